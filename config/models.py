@@ -1,0 +1,282 @@
+"""The table configuration (`config/tables.yml`): pydantic models and the loader.
+
+A bad file fails here, before any database is touched, with one line that names the file, the
+table and the key, and for a misspelt key the closest valid one.
+
+Example:
+    ```python
+    from config.models import load_pipeline_config
+
+    cfg = load_pipeline_config("config/tables.yml")
+    for group in cfg.groups_in_order():
+        print(group.name, [t.name for t in cfg.tables_in_group(group.name)])
+    ```
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError
+
+Mode = Literal["full", "incremental"]
+Deletes = Literal["detect", "off"]
+ColumnCase = Literal["lower", "preserve"]
+
+_LOOKBACK_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+
+
+def parse_lookback_seconds(value: str) -> int:
+    """`'2h'` -> 7200. Raises ValueError naming the accepted forms."""
+    m = _LOOKBACK_RE.match(value)
+    if not m:
+        raise ValueError(f"lookback {value!r} is not a duration like '90s', '30m', '2h' or '30d'")
+    n, unit = int(m.group(1)), m.group(2)
+    return n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriorityGroup(_Strict):
+    """One priority group: its tables run after every earlier group has finished."""
+
+    name: str = Field(description="Group name that tables refer to with `priority:`.")
+    workers: int = Field(
+        default=2, ge=1, le=64,
+        description="Tables of this group processed at the same time; 1 means sequential.",
+    )
+
+
+class TableSettings(_Strict):
+    """Keys that may appear under `defaults:` and under each table. Unset keys inherit."""
+
+    enabled: bool | None = Field(default=None, description="Process this table. Disabled tables are skipped.")
+    priority: str | None = Field(default=None, description="Name of the priority group this table runs in.")
+    mode: Mode | None = Field(
+        default=None,
+        description="`full` reloads the whole table; `incremental` moves rows whose change columns advanced.",
+    )
+    batch_size: int | None = Field(
+        default=None, gt=0, le=5_000_000,
+        description="Rows per keyset chunk read from MySQL and committed to the target.",
+    )
+    deletes: Deletes | None = Field(
+        default=None, description="`detect` propagates rows deleted in the source; `off` never deletes."
+    )
+    lookback: str | None = Field(
+        default=None, description="Window re-read on every incremental run, e.g. `2h` or `30d`."
+    )
+    boolean_columns: list[str] | None = Field(
+        default=None,
+        description="tinyint(1) columns loaded as PostgreSQL boolean; any value other than 0/1 then fails loudly.",
+    )
+
+    @field_validator("lookback")
+    @classmethod
+    def _lookback_is_duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_lookback_seconds(v)
+        return v
+
+
+class TableConfig(TableSettings):
+    """One source table. Keys left out take their value from `defaults:`."""
+
+    primary_key: list[str] | None = Field(
+        default=None,
+        description="Primary key columns (composite allowed). Empty or missing: the table is copied whole.",
+    )
+    incremental_columns: list[str] | None = Field(
+        default=None,
+        description="Change-tracking columns; a row changed when any of them advanced (OR semantics).",
+    )
+    estimated_rows: int | None = Field(
+        default=None, ge=0, description="Row estimate written by `etl discover`; informational only."
+    )
+    comment: str | None = Field(default=None, description="Free text, e.g. why discover chose this mode.")
+
+
+class ResolvedTable(BaseModel):
+    """A table with every default applied: what the pipeline actually uses."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Table name as spelled in the source database.")
+    enabled: bool = Field(description="Whether the table is processed.")
+    priority: str = Field(description="Priority group name.")
+    mode: Mode = Field(description="full or incremental.")
+    batch_size: int = Field(description="Rows per keyset chunk.")
+    deletes: Deletes = Field(description="Delete propagation.")
+    lookback: str | None = Field(description="Re-read window for incremental runs.")
+    boolean_columns: tuple[str, ...] = Field(description="tinyint(1) columns mapped to boolean.")
+    primary_key: tuple[str, ...] = Field(description="Primary key columns; empty when the table has none.")
+    incremental_columns: tuple[str, ...] = Field(description="Change-tracking columns.")
+    estimated_rows: int | None = Field(description="Row estimate from discover.")
+
+
+class AnalyticsOptions(_Strict):
+    """How tables look in PostgreSQL."""
+
+    column_case: ColumnCase = Field(
+        default="lower",
+        description="`lower` lower-cases column names; `preserve` keeps the source spelling (then quote them).",
+    )
+
+
+_BUILTIN_DEFAULTS = TableSettings(
+    enabled=True, priority="normal", mode="full", batch_size=50_000, deletes="detect",
+    lookback=None, boolean_columns=[],
+)
+
+
+class PipelineConfig(_Strict):
+    """The whole `tables.yml`."""
+
+    version: Literal[1] = Field(default=1, description="File format version.")
+    priorities: list[PriorityGroup] = Field(
+        default_factory=lambda: [
+            PriorityGroup(name="critical", workers=2),
+            PriorityGroup(name="normal", workers=2),
+            PriorityGroup(name="bulk", workers=1),
+        ],
+        description="Priority groups in the order they run.",
+    )
+    analytics: AnalyticsOptions = Field(default_factory=AnalyticsOptions, description="PostgreSQL naming options.")
+    defaults: TableSettings = Field(default_factory=TableSettings, description="Applied to every table.")
+    tables: dict[str, TableConfig] = Field(default_factory=dict, description="Source table name -> settings.")
+
+    @model_validator(mode="after")
+    def _check_references(self) -> PipelineConfig:
+        names = [g.name for g in self.priorities]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"priorities: group {dup[0]!r} is listed twice")
+        for tname, t in self.tables.items():
+            prio = t.priority or self.defaults.priority or _BUILTIN_DEFAULTS.priority
+            if prio not in names:
+                hint = _closest(prio, names)
+                raise ValueError(
+                    f"tables.{tname}.priority: unknown group {prio!r}"
+                    f"{hint}; define it under `priorities:`"
+                )
+            if t.primary_key is not None and len(set(t.primary_key)) != len(t.primary_key):
+                raise ValueError(f"tables.{tname}.primary_key: a column is listed twice")
+        lowered: dict[str, str] = {}
+        for tname in self.tables:
+            other = lowered.setdefault(tname.lower(), tname)
+            if other != tname:
+                raise ValueError(
+                    f"tables.{tname}: clashes with {other!r} once lower-cased for PostgreSQL; disable one of them"
+                )
+        return self
+
+    def groups_in_order(self) -> list[PriorityGroup]:
+        return list(self.priorities)
+
+    def resolve(self, name: str) -> ResolvedTable:
+        t = self.tables[name]
+        merged: dict[str, Any] = {}
+        for key in TableSettings.model_fields:
+            for layer in (t, self.defaults, _BUILTIN_DEFAULTS):
+                value = getattr(layer, key)
+                if value is not None:
+                    merged[key] = value
+                    break
+        return ResolvedTable(
+            name=name,
+            enabled=merged["enabled"],
+            priority=merged["priority"],
+            mode=merged["mode"],
+            batch_size=merged["batch_size"],
+            deletes=merged["deletes"],
+            lookback=merged.get("lookback"),
+            boolean_columns=tuple(merged["boolean_columns"]),
+            primary_key=tuple(t.primary_key or ()),
+            incremental_columns=tuple(t.incremental_columns or ()),
+            estimated_rows=t.estimated_rows,
+        )
+
+    def resolved_tables(self, only: list[str] | None = None) -> list[ResolvedTable]:
+        """Enabled tables (or exactly `only`, enabled or not), in file order."""
+        if only:
+            unknown = [n for n in only if n not in self.tables]
+            if unknown:
+                hint = _closest(unknown[0], list(self.tables))
+                raise ConfigError(f"table {unknown[0]!r} is not in the table config{hint}")
+            return [self.resolve(n) for n in only]
+        return [r for r in (self.resolve(n) for n in self.tables) if r.enabled]
+
+    def tables_in_group(self, group: str, tables: list[ResolvedTable]) -> list[ResolvedTable]:
+        return [t for t in tables if t.priority == group]
+
+
+def _closest(word: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at the place an `extra_forbidden` error points to."""
+    if not loc:
+        return list(PipelineConfig.model_fields)
+    if loc[0] == "tables" and len(loc) >= 3:
+        return list(TableConfig.model_fields)
+    if loc[0] == "defaults":
+        return list(TableSettings.model_fields)
+    if loc[0] == "priorities":
+        return list(PriorityGroup.model_fields)
+    if loc[0] == "analytics":
+        return list(AnalyticsOptions.model_fields)
+    return list(PipelineConfig.model_fields)
+
+
+def _format_error(path: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        hint = _closest(key, _allowed_keys(loc[:-1]))
+        return f"{path}: {where}: unknown key {key!r}{hint}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error" and not loc:
+        return f"{path}: {msg}"
+    return f"{path}: {where}: {msg}"
+
+
+def parse_pipeline_config(text: str, path: str = "<string>") -> PipelineConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with `tables:` at the top level")
+    tables = raw.get("tables")
+    if isinstance(tables, dict):
+        # `patient:` with nothing under it means "all defaults".
+        raw["tables"] = {str(k): (v if v is not None else {}) for k, v in tables.items()}
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from None
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: table config not found; run `etl discover --output {p}` to create it") from None
+    return parse_pipeline_config(text, str(p))

@@ -1,0 +1,64 @@
+"""Settings from the environment (`ETL_*`). URLs are secrets: they may carry a password.
+
+Example:
+    ```python
+    from config.settings import Settings
+
+    s = Settings()                     # reads ETL_SOURCE_URL, ETL_REPLICA_URL, ...
+    print(s.describe("source"))        # 'mysql+pymysql://etl:***@db:3306/clinic'
+    ```
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from tasks.errors import ConfigError
+
+Role = Literal["source", "replica", "analytics"]
+
+
+class Settings(BaseSettings):
+    """Connection settings and run options, read from `ETL_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ETL_", extra="ignore")
+
+    source_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL of the production MySQL/MariaDB database (read-only use)."
+    )
+    replica_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL of the replica MySQL database we own (created when missing)."
+    )
+    analytics_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL of the analytics PostgreSQL database."
+    )
+    analytics_schema: str = Field(default="raw", description="PostgreSQL schema that receives the tables.")
+    config: str = Field(default="config/tables.yml", description="Path of the table config file.")
+    replica_method: Literal["auto", "server", "stream"] = Field(
+        default="auto",
+        description="Replica copy path: `server` = INSERT..SELECT on a shared server, `stream` = LOAD DATA "
+        "from a client-side stream, `auto` = server when source and replica share a server.",
+    )
+    max_source_queries: int = Field(
+        default=4, ge=1, description="Cap on concurrent queries against the source database."
+    )
+
+    def url(self, role: Role) -> str:
+        value = getattr(self, f"{role}_url")
+        if value is None:
+            raise ConfigError(f"ETL_{role.upper()}_URL is not set; set it or pass a {role} block name")
+        return value.get_secret_value()
+
+    def describe(self, role: Role) -> str:
+        """The URL with its password hidden, for messages."""
+        return safe_url(self.url(role))
+
+
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL must still never be printed whole
+        return "<unparsable URL>"

@@ -1,0 +1,285 @@
+"""Engines for the three databases: created once per run, session settings fixed, usage tracked.
+
+Every engine the pipeline uses comes from `open_engines`, which is a context manager: the engines
+are disposed when the run ends, so no pool outlives the run. Pool listeners count connections
+opened, checked out, returned and closed per database, so a leak shows up as "still open".
+
+Example:
+    ```python
+    from tasks.connections import open_engines, EngineUrls
+
+    urls = EngineUrls(source="mysql+pymysql://root@127.0.0.1/clinic", replica="...", analytics="...")
+    with open_engines(urls, workers=2) as engines:
+        with engines.source.connect() as conn:
+            ...
+    print(engines.usage())   # per database: opened, peak_checked_out, still_open
+    ```
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from tasks.errors import ConfigError, redact
+
+# Session settings for every MySQL connection we open. A known sql_mode makes our SQL mean the same
+# on every server: backslash escapes on (the COPY-text expressions rely on them), zero dates and
+# id 0 accepted when writing the replica (the replica must hold what the source holds).
+MYSQL_SQL_MODE = "NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO"
+# Streaming a big result to a slower consumer (PostgreSQL) can pause reads for a while.
+MYSQL_NET_TIMEOUT = 3600
+
+
+@dataclass(frozen=True)
+class EngineUrls:
+    """Resolved connection URLs (may contain passwords: never print them, use `describe`)."""
+
+    source: str
+    replica: str
+    analytics: str
+    source_connect_args: dict = field(default_factory=dict)
+    replica_connect_args: dict = field(default_factory=dict)
+    analytics_connect_args: dict = field(default_factory=dict)
+
+    def describe(self, role: str) -> str:
+        return describe_url(getattr(self, role))
+
+    def secrets(self) -> tuple[str, ...]:
+        out = []
+        for role in ("source", "replica", "analytics"):
+            try:
+                pw = make_url(getattr(self, role)).password
+            except Exception:  # noqa: BLE001
+                pw = None
+            if pw:
+                out.append(str(pw))
+        return tuple(out)
+
+
+def describe_url(url: str) -> str:
+    """host:port/database of a URL, never the password."""
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001
+        return "<unparsable URL>"
+    port = u.port or {"mysql": 3306, "postgresql": 5432}.get(u.get_backend_name(), "")
+    return f"{u.get_backend_name()} {u.host or 'localhost'}:{port}/{u.database or ''}"
+
+
+@dataclass
+class PoolUsage:
+    """Connection counters for one engine (updated by pool events, read by metrics)."""
+
+    role: str
+    opened: int = 0
+    closed: int = 0
+    checked_out: int = 0
+    checkouts: int = 0
+    peak_checked_out: int = 0
+    threads: set = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def still_open(self) -> int:
+        return self.opened - self.closed
+
+    def as_dict(self) -> dict:
+        return {
+            "role": self.role, "opened": self.opened, "closed": self.closed,
+            "still_open": self.still_open, "checkouts": self.checkouts,
+            "peak_checked_out": self.peak_checked_out, "threads": len(self.threads),
+        }
+
+
+def _track(engine: Engine, usage: PoolUsage) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, record):  # noqa: ANN001
+        with usage._lock:
+            usage.opened += 1
+
+    @event.listens_for(engine, "close")
+    def _on_close(dbapi_conn, record):  # noqa: ANN001
+        with usage._lock:
+            usage.closed += 1
+
+    @event.listens_for(engine, "close_detached")
+    def _on_close_detached(dbapi_conn):  # noqa: ANN001
+        with usage._lock:
+            usage.closed += 1
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(dbapi_conn, record, exc):  # noqa: ANN001
+        # An invalidated connection is closed by the pool; "close" does not fire for it.
+        with usage._lock:
+            usage.closed += 1
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn, record, proxy):  # noqa: ANN001
+        with usage._lock:
+            usage.checked_out += 1
+            usage.checkouts += 1
+            usage.peak_checked_out = max(usage.peak_checked_out, usage.checked_out)
+            usage.threads.add(threading.get_ident())
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_conn, record):  # noqa: ANN001
+        with usage._lock:
+            usage.checked_out = max(0, usage.checked_out - 1)
+
+
+def _mysql_session_setup(engine: Engine, *, read_only: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, record):  # noqa: ANN001
+        with dbapi_conn.cursor() as cur:
+            cur.execute(
+                f"SET SESSION sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00', "
+                f"net_write_timeout={MYSQL_NET_TIMEOUT}, net_read_timeout={MYSQL_NET_TIMEOUT}"
+            )
+            if read_only:
+                # The source is production: this session can never write, whatever a bug tries.
+                cur.execute("SET SESSION TRANSACTION READ ONLY")
+        dbapi_conn.commit()
+
+
+def create_engine(role: str, url: str, *, pool_size: int, connect_args: dict | None = None) -> Engine:
+    """An engine for one database role, with our session settings. Raises ConfigError on a bad URL."""
+    env = f"ETL_{role.upper()}_URL"
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{env}: not a valid SQLAlchemy URL (expected e.g. mysql+pymysql://user@host:3306/db)") from None
+    backend = u.get_backend_name()
+    expected = "postgresql" if role == "analytics" else "mysql"
+    if backend not in (expected, "mariadb" if expected == "mysql" else expected):
+        raise ConfigError(f"{env}: {backend!r} URL given, the {role} database must be {expected}")
+    if not u.database:
+        raise ConfigError(f"{env}: the URL names no database ({describe_url(url)})")
+    args: dict = {}
+    if expected == "mysql":
+        if u.get_driver_name() not in ("pymysql", "mysqldb"):
+            raise ConfigError(f"{env}: driver {u.get_driver_name()!r} is not supported; use mysql+pymysql://")
+        args = {"charset": "utf8mb4", "local_infile": role == "replica", "connect_timeout": 10}
+    else:
+        if u.get_driver_name() != "psycopg2":
+            raise ConfigError(f"{env}: driver {u.get_driver_name()!r} is not supported; use postgresql+psycopg2://")
+        args = {"options": "-c timezone=UTC -c datestyle=ISO,YMD -c client_encoding=UTF8", "connect_timeout": 10}
+    args.update(connect_args or {})
+    try:
+        engine = sa.create_engine(
+            u, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+            pool_recycle=3600, connect_args=args,
+        )
+    except NoSuchModuleError:
+        raise ConfigError(f"{env}: unknown driver in {describe_url(url)!r}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{env}: {redact(str(e))}") from None
+    if expected == "mysql":
+        _mysql_session_setup(engine, read_only=role == "source")
+    return engine
+
+
+@dataclass
+class Engines:
+    """The three engines of one run and their usage counters."""
+
+    source: Engine
+    replica: Engine
+    analytics: Engine
+    urls: EngineUrls
+    usage_by_role: dict[str, PoolUsage]
+
+    def usage(self) -> dict[str, dict]:
+        return {role: u.as_dict() for role, u in self.usage_by_role.items()}
+
+    def dispose(self) -> None:
+        for e in (self.source, self.replica, self.analytics):
+            e.dispose()
+
+
+def ensure_replica_database(url: str, connect_args: dict | None = None) -> None:
+    """CREATE DATABASE IF NOT EXISTS for the replica, through a short-lived server-level connection."""
+    u = make_url(url)
+    engine = create_engine("replica", url, pool_size=1, connect_args=connect_args)
+    server = sa.create_engine(u.set(database=""), poolclass=sa.pool.NullPool,
+                              connect_args={"charset": "utf8mb4", "connect_timeout": 10, **(connect_args or {})})
+    engine.dispose()
+    try:
+        with server.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{u.database.replace('`', '``')}` "
+                                 f"CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
+    finally:
+        server.dispose()
+
+
+@contextmanager
+def open_engines(urls: EngineUrls, *, workers: int, create_replica: bool = True) -> Iterator[Engines]:
+    """Create the three engines for one run and dispose them when it ends, whatever happens.
+
+    With `create_replica`, the replica database is created first when it does not exist.
+    """
+    created: list[Engine] = []
+    usage: dict[str, PoolUsage] = {}
+    try:
+        if create_replica:
+            ensure_replica_database(urls.replica, urls.replica_connect_args)
+        built = {}
+        for role in ("source", "replica", "analytics"):
+            # A table task holds at most two connections to one database at a time.
+            engine = create_engine(role, getattr(urls, role), pool_size=max(2, workers * 2),
+                                   connect_args=getattr(urls, f"{role}_connect_args"))
+            created.append(engine)
+            usage[role] = PoolUsage(role=role)
+            _track(engine, usage[role])
+            built[role] = engine
+        engines = Engines(urls=urls, usage_by_role=usage, **built)
+        yield engines
+    finally:
+        for e in created:
+            e.dispose()
+
+
+# Engines of runs in progress in this process, by run key. Subflow parameters must be plain data,
+# so flows pass the key and look the engines up here.
+_REGISTRY: dict[str, Engines] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register(key: str, engines: Engines) -> None:
+    with _REGISTRY_LOCK:
+        _REGISTRY[key] = engines
+
+
+def unregister(key: str) -> None:
+    with _REGISTRY_LOCK:
+        _REGISTRY.pop(key, None)
+
+
+def lookup(key: str) -> Engines:
+    with _REGISTRY_LOCK:
+        try:
+            return _REGISTRY[key]
+        except KeyError:
+            raise RuntimeError(f"no open engines for run {key!r}; table flows run inside the pipeline flow") from None
+
+
+def check_reachable(engine: Engine, role: str, url: str) -> None:
+    """Connect once; raise a retriable error naming host, port and database (never the password)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as e:  # noqa: BLE001
+        from tasks.errors import LoadError, is_retriable
+
+        root = getattr(e, "orig", None) or e
+        detail = redact(str(root).splitlines()[0] if str(root) else type(root).__name__)
+        raise LoadError(
+            f"cannot reach the {role} database at {describe_url(url)}: {detail}",
+            table="*", phase="connect", retriable=is_retriable(e),
+        ) from None

@@ -1,0 +1,106 @@
+"""`etl discover`: write a table config for every base table of the source.
+
+Nobody should hand-write 450 entries. For each table discover records the primary key, the
+columns that look like change tracking (OpenDental's DateTStamp / SecDateTEdit, any TIMESTAMP
+maintained by ON UPDATE CURRENT_TIMESTAMP, *updated_at*-style names), a size estimate and a
+priority guess; the output is plain YAML a person can edit.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import yaml
+from sqlalchemy.engine import Connection
+
+from tasks.mysql_schema import TableSchema, list_base_tables, read_table_schema
+
+# OpenDental's core clinical and financial tables: what a practice looks at first in the morning.
+CRITICAL_TABLES = {
+    "patient", "appointment", "procedurelog", "claim", "claimproc", "payment", "paysplit",
+    "adjustment", "insplan", "inssub", "patplan", "provider", "procedurecode", "definition",
+}
+BULK_ROWS = 1_000_000  # tables this large run in the sequential `bulk` group, gentle on the source
+
+_CHANGE_NAME = re.compile(
+    r"^(DateTStamp|SecDateTEdit|DateTEdit|.*updated_?at|.*modified(_?(at|on|date))?|last_?update|.*_?tstamp)$", re.I
+)
+_TEMPORAL = {"timestamp", "datetime"}
+
+
+@dataclass(frozen=True)
+class DiscoveredTable:
+    name: str
+    primary_key: tuple[str, ...]
+    incremental_columns: tuple[str, ...]
+    estimated_rows: int
+    priority: str
+    comment: str
+
+
+def change_columns(schema: TableSchema) -> tuple[str, ...]:
+    """Columns that look like they record when a row last changed, best first."""
+    found: list[str] = []
+    for c in schema.columns:
+        if c.data_type in _TEMPORAL and (c.on_update_timestamp or _CHANGE_NAME.match(c.name)):
+            found.append(c.name)
+    # Server-maintained (ON UPDATE CURRENT_TIMESTAMP) columns first: the application cannot forget them.
+    found.sort(key=lambda n: not schema.column(n).on_update_timestamp)
+    return tuple(found)
+
+
+def guess_priority(name: str, rows: int) -> str:
+    if name.lower() in CRITICAL_TABLES:
+        return "critical"
+    if rows >= BULK_ROWS:
+        return "bulk"
+    return "normal"
+
+
+def discover_tables(conn: Connection, database: str) -> list[DiscoveredTable]:
+    out = []
+    for info in list_base_tables(conn, database):
+        schema = read_table_schema(conn, database, info.name)
+        inc = change_columns(schema)
+        notes = []
+        if not schema.primary_key:
+            notes.append("no primary key: copied whole every run")
+        out.append(DiscoveredTable(
+            name=info.name,
+            primary_key=schema.primary_key,
+            incremental_columns=inc,
+            estimated_rows=info.estimated_rows,
+            priority=guess_priority(info.name, info.estimated_rows),
+            comment="; ".join(notes),
+        ))
+    return out
+
+
+def render_config(tables: list[DiscoveredTable], *, source_label: str) -> str:
+    """The YAML text of a complete table config."""
+    doc = {
+        "version": 1,
+        "priorities": [
+            {"name": "critical", "workers": 2},
+            {"name": "normal", "workers": 2},
+            {"name": "bulk", "workers": 1},
+        ],
+        "analytics": {"column_case": "lower"},
+        "defaults": {"enabled": True, "mode": "full", "batch_size": 50000, "deletes": "detect"},
+        "tables": {},
+    }
+    for t in tables:
+        entry: dict = {"priority": t.priority}
+        entry["primary_key"] = list(t.primary_key)
+        if t.incremental_columns:
+            entry["incremental_columns"] = list(t.incremental_columns)
+        entry["estimated_rows"] = t.estimated_rows
+        if t.comment:
+            entry["comment"] = t.comment
+        doc["tables"][t.name] = entry
+    header = (
+        f"# Table config written by `etl discover` from {source_label}.\n"
+        "# Edit freely: keys under a table override `defaults:`; `enabled: false` skips a table.\n"
+        "# Priority groups run in the order listed; `workers` tables of a group run at once.\n"
+    )
+    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)

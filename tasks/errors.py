@@ -1,0 +1,133 @@
+"""Every error the pipeline raises, and the one place that decides what is worth retrying.
+
+Retriable errors are transient database conditions (a dropped connection, a lock wait timeout,
+a deadlock, a server restarting). Everything else (bad config, a missing table, a value that does
+not fit its type, a programming error) is fatal: retrying would only repeat it.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pymysql
+import psycopg2
+import psycopg2.errorcodes
+from sqlalchemy import exc as sa_exc
+
+
+class EtlError(Exception):
+    """Base class of the pipeline's own errors."""
+
+
+class ConfigError(EtlError):
+    """The table config or the environment is wrong; the message says what to change."""
+
+
+class SchemaError(EtlError):
+    """The source schema does not match the config, or changed in a way we will not apply silently."""
+
+
+class DataError(EtlError):
+    """A value cannot be loaded as configured (e.g. 7 in a boolean-mapped tinyint(1))."""
+
+
+class LoadError(EtlError):
+    """A table failed in one phase; carries table and phase so metrics can record them."""
+
+    def __init__(self, message: str, *, table: str, phase: str, retriable: bool = False):
+        super().__init__(message)
+        self.table = table
+        self.phase = phase
+        self.retriable = retriable
+
+
+class TablesFailed(EtlError):
+    """Raised by the parent flow when at least one table failed; the message names them all."""
+
+
+# MySQL server error numbers that mean "try again".
+_MYSQL_RETRIABLE = {
+    1205,  # ER_LOCK_WAIT_TIMEOUT
+    1213,  # ER_LOCK_DEADLOCK
+    1040,  # ER_CON_COUNT_ERROR (too many connections)
+    1053,  # ER_SERVER_SHUTDOWN
+    1317,  # ER_QUERY_INTERRUPTED
+    1927,  # ER_CONNECTION_KILLED (MariaDB)
+    2003,  # CR_CONN_HOST_ERROR
+    2006,  # CR_SERVER_GONE_ERROR
+    2013,  # CR_SERVER_LOST
+    2055,  # CR_SERVER_LOST_EXTENDED
+    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+}
+
+# PostgreSQL SQLSTATE classes/codes that mean "try again".
+_PG_RETRIABLE_CODES = {
+    psycopg2.errorcodes.SERIALIZATION_FAILURE,
+    psycopg2.errorcodes.DEADLOCK_DETECTED,
+    psycopg2.errorcodes.LOCK_NOT_AVAILABLE,
+    psycopg2.errorcodes.ADMIN_SHUTDOWN,
+    psycopg2.errorcodes.CRASH_SHUTDOWN,
+    psycopg2.errorcodes.CANNOT_CONNECT_NOW,
+    psycopg2.errorcodes.TOO_MANY_CONNECTIONS,
+    psycopg2.errorcodes.QUERY_CANCELED,
+}
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The DBAPI error under SQLAlchemy wrappers and our own `raise ... from`."""
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, sa_exc.DBAPIError) and cur.orig is not None:
+            return _root(cur.orig)
+        if isinstance(cur, (pymysql.Error, psycopg2.Error)):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return exc
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True when the error is a transient database condition worth retrying."""
+    if isinstance(exc, LoadError):
+        if exc.retriable:
+            return True
+    if isinstance(exc, (ConfigError, SchemaError, DataError)):
+        return False
+    root = _root(exc)
+    if isinstance(root, pymysql.err.OperationalError | pymysql.err.InternalError | pymysql.err.InterfaceError):
+        code = root.args[0] if root.args and isinstance(root.args[0], int) else None
+        if isinstance(root, pymysql.err.InterfaceError):
+            return True  # "(0, '')": the socket is gone
+        return code in _MYSQL_RETRIABLE
+    if isinstance(root, psycopg2.OperationalError):
+        # Connection-level failures carry no SQLSTATE (server closed the connection unexpectedly).
+        return root.pgcode is None or root.pgcode in _PG_RETRIABLE_CODES
+    if isinstance(root, psycopg2.InterfaceError):
+        return True  # connection already closed
+    if isinstance(root, psycopg2.Error):
+        return root.pgcode in _PG_RETRIABLE_CODES
+    if isinstance(root, (ConnectionError, TimeoutError)):
+        return True
+    return False
+
+
+def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """`retry_condition_fn` for Prefect tasks: retry only transient database errors."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - we classify, not handle
+        return is_retriable(exc)
+    return False
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove passwords from a message: any `scheme://user:pw@` and every known secret value."""
+    out = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    for s in secrets:
+        if s and len(s) >= 3:
+            out = out.replace(s, "***")
+    return out

@@ -1,0 +1,169 @@
+"""Run history in the analytics database, schema `etl` (kept apart from `raw` so dbt never reads it).
+
+- `etl.pipeline_runs`: one row per pipeline run (run id = the Prefect flow run id).
+- `etl.table_runs`: one row per table per run: phase timings, rows, bytes, mode, error.
+- `etl.errors`: every failed attempt (table, phase, error class, message, retriable?, attempt).
+Rows are written as the run goes (each write commits on its own), so a crash still leaves the
+rows that say where it stopped. Every message is passed through `redact` before it is stored.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from tasks.errors import is_retriable, redact
+
+log = logging.getLogger("etl.metrics")
+
+SCHEMA = "etl"
+
+DDL = [
+    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.pipeline_runs (
+        run_id text PRIMARY KEY,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        ended_at timestamptz,
+        status text NOT NULL,
+        tables_total integer NOT NULL DEFAULT 0,
+        tables_ok integer NOT NULL DEFAULT 0,
+        tables_failed integer NOT NULL DEFAULT 0,
+        rows_replica bigint NOT NULL DEFAULT 0,
+        rows_analytics bigint NOT NULL DEFAULT 0,
+        full_refresh boolean NOT NULL DEFAULT false,
+        replica_method text,
+        failed_tables text[],
+        connection_usage jsonb
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.table_runs (
+        run_id text NOT NULL,
+        table_name text NOT NULL,
+        priority text,
+        mode text,
+        status text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        ended_at timestamptz,
+        replica_seconds double precision,
+        analytics_seconds double precision,
+        verify_seconds double precision,
+        replica_rows bigint,
+        analytics_rows bigint,
+        bytes bigint,
+        rows_per_second double precision,
+        replica_method text,
+        watermark_before text,
+        watermark_after text,
+        verified boolean,
+        notes text,
+        error text,
+        PRIMARY KEY (run_id, table_name)
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.errors (
+        id bigserial PRIMARY KEY,
+        run_id text NOT NULL,
+        table_name text,
+        phase text NOT NULL,
+        error_class text NOT NULL,
+        message text NOT NULL,
+        retriable boolean NOT NULL,
+        attempt integer NOT NULL,
+        at timestamptz NOT NULL DEFAULT now()
+    )""",
+    f"CREATE INDEX IF NOT EXISTS table_runs_started ON {SCHEMA}.table_runs (started_at)",
+    f"CREATE INDEX IF NOT EXISTS pipeline_runs_started ON {SCHEMA}.pipeline_runs (started_at)",
+]
+
+
+@dataclass
+class MetricsWriter:
+    """Writes metric rows through its own short transactions on the analytics engine."""
+
+    engine: Engine
+    run_id: str
+    secrets: tuple[str, ...] = ()
+
+    def _exec(self, sql: str, params: tuple = ()) -> None:
+        with self.engine.connect() as c:
+            raw = c.connection.driver_connection
+            with raw.cursor() as cur:
+                cur.execute(sql, params)
+            raw.commit()
+
+    def ensure_schema(self) -> None:
+        with self.engine.connect() as c:
+            raw = c.connection.driver_connection
+            with raw.cursor() as cur:
+                # Two runs starting together must not race on CREATE TABLE IF NOT EXISTS.
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.metrics.ddl'))")
+                for stmt in DDL:
+                    cur.execute(stmt)
+            raw.commit()
+
+    def clean(self, text: str | None) -> str | None:
+        return None if text is None else redact(text, self.secrets)[:4000]
+
+    def pipeline_started(self, *, tables_total: int, full_refresh: bool, replica_method: str) -> None:
+        self._exec(
+            f"INSERT INTO {SCHEMA}.pipeline_runs (run_id, status, tables_total, full_refresh, replica_method) "
+            "VALUES (%s, 'running', %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET status = 'running', "
+            "started_at = now(), ended_at = NULL",
+            (self.run_id, tables_total, full_refresh, replica_method),
+        )
+
+    def pipeline_finished(self, *, status: str, tables_ok: int, failed: list[str], rows_replica: int,
+                          rows_analytics: int, connection_usage: dict | None) -> None:
+        self._exec(
+            f"UPDATE {SCHEMA}.pipeline_runs SET ended_at = now(), status = %s, tables_ok = %s, tables_failed = %s, "
+            "failed_tables = %s, rows_replica = %s, rows_analytics = %s, connection_usage = %s WHERE run_id = %s",
+            (status, tables_ok, len(failed), failed, rows_replica, rows_analytics,
+             json.dumps(connection_usage) if connection_usage is not None else None, self.run_id),
+        )
+
+    def table_started(self, table: str, *, priority: str, mode: str) -> None:
+        self._exec(
+            f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, priority, mode, status) "
+            "VALUES (%s, %s, %s, %s, 'running') ON CONFLICT (run_id, table_name) DO UPDATE SET "
+            "status = 'running', started_at = now(), ended_at = NULL, error = NULL",
+            (self.run_id, table, priority, mode),
+        )
+
+    def table_finished(self, table: str, values: dict[str, Any]) -> None:
+        allowed = {
+            "status", "replica_seconds", "analytics_seconds", "verify_seconds", "replica_rows", "analytics_rows",
+            "bytes", "rows_per_second", "replica_method", "watermark_before", "watermark_after", "verified",
+            "notes", "error",
+        }
+        cols = [k for k in values if k in allowed]
+        vals = [self.clean(values[k]) if k in ("error", "notes") else values[k] for k in cols]
+        sets = ", ".join(f"{k} = %s" for k in cols)
+        self._exec(
+            f"UPDATE {SCHEMA}.table_runs SET ended_at = now(), {sets} WHERE run_id = %s AND table_name = %s",
+            (*vals, self.run_id, table),
+        )
+
+    def error(self, *, table: str | None, phase: str, exc: BaseException, attempt: int) -> None:
+        try:
+            self._exec(
+                f"INSERT INTO {SCHEMA}.errors (run_id, table_name, phase, error_class, message, retriable, attempt) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (self.run_id, table, phase, type(exc).__name__, self.clean(str(exc)) or type(exc).__name__,
+                 is_retriable(exc), attempt),
+            )
+        except Exception:  # noqa: BLE001 - losing a metrics row must not hide the real error
+            log.warning("could not record an error row for %s/%s", table, phase, exc_info=True)
+
+    def cleanup_old_metrics(self, keep_days: int) -> int:
+        """Delete history older than `keep_days`; returns the number of pipeline runs removed."""
+        with self.engine.connect() as c:
+            raw = c.connection.driver_connection
+            with raw.cursor() as cur:
+                cutoff = "now() - make_interval(days => %s)"
+                cur.execute(f"DELETE FROM {SCHEMA}.errors WHERE at < {cutoff}", (keep_days,))
+                cur.execute(f"DELETE FROM {SCHEMA}.table_runs WHERE started_at < {cutoff}", (keep_days,))
+                cur.execute(f"DELETE FROM {SCHEMA}.pipeline_runs WHERE started_at < {cutoff}", (keep_days,))
+                n = cur.rowcount
+            raw.commit()
+        return n

@@ -1,0 +1,310 @@
+"""Reading MySQL/MariaDB schemas: tables, columns, primary keys, CREATE TABLE text.
+
+Only information_schema and SHOW CREATE TABLE are used, both of which MySQL 8 and MariaDB share.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tasks.errors import SchemaError
+from tasks.identifiers import mysql_ident, mysql_qualified
+
+
+@dataclass(frozen=True)
+class Column:
+    """One MySQL column as information_schema describes it."""
+
+    name: str
+    data_type: str  # lower case: int, varchar, datetime, ...
+    column_type: str  # lower case full type: int(10) unsigned, enum('a','b'), ...
+    nullable: bool
+    char_length: int | None
+    precision: int | None
+    scale: int | None
+    datetime_precision: int | None
+    charset: str | None
+    extra: str
+    default: str | None
+    is_json: bool = False
+
+    @property
+    def unsigned(self) -> bool:
+        return "unsigned" in self.column_type
+
+    @property
+    def on_update_timestamp(self) -> bool:
+        return "on update" in self.extra
+
+    @property
+    def auto_increment(self) -> bool:
+        return "auto_increment" in self.extra
+
+    @property
+    def bit_width(self) -> int:
+        m = re.match(r"bit\((\d+)\)", self.column_type)
+        return int(m.group(1)) if m else 1
+
+    @property
+    def display_width(self) -> int | None:
+        m = re.match(r"\w+\((\d+)\)", self.column_type)
+        return int(m.group(1)) if m else None
+
+    @property
+    def enum_values(self) -> list[str]:
+        m = re.match(r"(?:enum|set)\((.*)\)$", self.column_type, re.S)
+        if not m:
+            return []
+        return [v.replace("''", "'").replace("\\\\", "\\") for v in re.findall(r"'((?:[^']|'')*)'", m.group(1))]
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A table's columns and primary key."""
+
+    database: str
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    estimated_rows: int
+    data_length: int
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    estimated_rows: int
+    data_length: int
+
+
+def list_base_tables(conn: Connection, database: str) -> list[TableInfo]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT TABLE_NAME, COALESCE(TABLE_ROWS, 0), COALESCE(DATA_LENGTH, 0) "
+            "FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db AND TABLE_TYPE = 'BASE TABLE' "
+            "ORDER BY TABLE_NAME"
+        ),
+        {"db": database},
+    ).all()
+    return [TableInfo(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+
+def table_exists(conn: Connection, database: str, table: str) -> bool:
+    return conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db "
+            "AND TABLE_NAME = :t AND TABLE_TYPE = 'BASE TABLE'"
+        ),
+        {"db": database, "t": table},
+    ).scalar_one() > 0
+
+
+def is_mariadb(conn: Connection) -> bool:
+    return "mariadb" in str(conn.execute(sa.text("SELECT VERSION()")).scalar_one()).lower()
+
+
+def _json_columns_mariadb(conn: Connection, database: str, table: str) -> set[str]:
+    """MariaDB stores JSON as LONGTEXT with a CHECK (json_valid(`col`)) constraint."""
+    try:
+        rows = conn.execute(
+            sa.text(
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+                "WHERE CONSTRAINT_SCHEMA = :db AND TABLE_NAME = :t"
+            ),
+            {"db": database, "t": table},
+        ).all()
+    except sa.exc.DBAPIError:
+        return set()
+    out = set()
+    for (clause,) in rows:
+        m = re.fullmatch(r"\s*json_valid\(`((?:[^`]|``)+)`\)\s*", str(clause), re.I)
+        if m:
+            out.add(m.group(1).replace("``", "`"))
+    return out
+
+
+def read_table_schema(conn: Connection, database: str, table: str) -> TableSchema:
+    """Columns, primary key and size estimate of one table. SchemaError when it does not exist."""
+    info = conn.execute(
+        sa.text(
+            "SELECT COALESCE(TABLE_ROWS, 0), COALESCE(DATA_LENGTH, 0), TABLE_TYPE FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t"
+        ),
+        {"db": database, "t": table},
+    ).first()
+    if info is None:
+        raise SchemaError(f"table {table!r} does not exist in MySQL database {database!r}; remove it from the config or check its spelling")
+    if info[2] != "BASE TABLE":
+        raise SchemaError(f"{database}.{table} is a {info[2]}, not a base table; remove it from the config")
+    rows = conn.execute(
+        sa.text(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_MAXIMUM_LENGTH, "
+            "NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, EXTRA, COLUMN_DEFAULT "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t "
+            "ORDER BY ORDINAL_POSITION"
+        ),
+        {"db": database, "t": table},
+    ).all()
+    json_cols = _json_columns_mariadb(conn, database, table)
+    columns = tuple(
+        Column(
+            name=str(r[0]),
+            data_type=str(r[1]).lower(),
+            column_type=str(r[2]).lower() if str(r[1]).lower() not in ("enum", "set") else str(r[2]),
+            nullable=r[3] == "YES",
+            char_length=int(r[4]) if r[4] is not None else None,
+            precision=int(r[5]) if r[5] is not None else None,
+            scale=int(r[6]) if r[6] is not None else None,
+            datetime_precision=int(r[7]) if r[7] is not None else None,
+            charset=r[8],
+            extra=str(r[9] or "").lower(),
+            default=r[10],
+            is_json=str(r[1]).lower() == "json" or str(r[0]) in json_cols,
+        )
+        for r in rows
+    )
+    pk = conn.execute(
+        sa.text(
+            "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = :db "
+            "AND TABLE_NAME = :t AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX"
+        ),
+        {"db": database, "t": table},
+    ).scalars().all()
+    return TableSchema(
+        database=database, name=table, columns=columns, primary_key=tuple(str(c) for c in pk),
+        estimated_rows=int(info[0]), data_length=int(info[1]),
+    )
+
+
+def show_create_table(conn: Connection, database: str, table: str) -> str:
+    row = conn.execute(sa.text(f"SHOW CREATE TABLE {mysql_qualified(database, table)}")).first()
+    return str(row[1])
+
+
+@dataclass(frozen=True)
+class SplitDDL:
+    """CREATE TABLE for loading (primary key only) plus what to add once the rows are in."""
+
+    create: str
+    add_indexes: str | None
+    dropped_foreign_keys: tuple[str, ...]
+
+
+_KEY_LINE = re.compile(r"^\s*(UNIQUE KEY|KEY|FULLTEXT KEY|SPATIAL KEY|UNIQUE INDEX|INDEX)\s", re.I)
+_FK_LINE = re.compile(r"^\s*CONSTRAINT\s+`(?:[^`]|``)*`\s+FOREIGN KEY", re.I)
+
+
+def split_create_table(ddl: str, new_name: str) -> SplitDDL:
+    """Rewrite SHOW CREATE TABLE output for a shadow table named `new_name`.
+
+    Secondary indexes move to one ALTER TABLE run after the load (building them once is several
+    times faster than maintaining them row by row). Foreign keys are dropped: the replica is a copy
+    whose tables are swapped one at a time, and a constraint across tables would block the swap.
+    Triggers are not part of SHOW CREATE TABLE, so none is copied (they must not fire on the copy).
+    """
+    lines = ddl.split("\n")
+    m = re.match(r"^CREATE TABLE `(?:[^`]|``)+` \($", lines[0])
+    if not m:
+        raise SchemaError(f"unexpected SHOW CREATE TABLE output: {lines[0][:80]!r}")
+    body = lines[1:-1]
+    tail = lines[-1]
+    kept: list[str] = []
+    keys: list[str] = []
+    fks: list[str] = []
+    for line in body:
+        stripped = line.strip().rstrip(",")
+        if _KEY_LINE.match(line):
+            keys.append(stripped)
+        elif _FK_LINE.match(line):
+            fks.append(stripped)
+        else:
+            kept.append(stripped)
+    # Never carry AUTO_INCREMENT=n: the copy gets its own counter from the rows it receives.
+    tail = re.sub(r"\s*AUTO_INCREMENT=\d+", "", tail)
+    create = f"CREATE TABLE {mysql_ident(new_name)} (\n  " + ",\n  ".join(kept) + "\n" + tail
+    add = None
+    if keys:
+        add = f"ALTER TABLE {mysql_ident(new_name)} " + ", ".join(f"ADD {k}" for k in keys)
+    return SplitDDL(create=create, add_indexes=add, dropped_foreign_keys=tuple(fks))
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    hostname: str
+    port: int
+    datadir: str
+    version: str
+
+    def same_server(self, other: ServerIdentity) -> bool:
+        return (self.hostname, self.port, self.datadir) == (other.hostname, other.port, other.datadir)
+
+    @property
+    def mysql8_alias_upsert(self) -> bool:
+        """MySQL 8.0.20+ deprecates VALUES() in ON DUPLICATE KEY UPDATE in favour of a row alias."""
+        if "mariadb" in self.version.lower():
+            return False
+        m = re.match(r"(\d+)\.(\d+)\.(\d+)", self.version)
+        return bool(m) and tuple(int(x) for x in m.groups()) >= (8, 0, 20)
+
+
+def server_identity(conn: Connection) -> ServerIdentity:
+    r = conn.execute(sa.text("SELECT @@hostname, @@port, @@datadir, VERSION()")).one()
+    return ServerIdentity(str(r[0]), int(r[1]), str(r[2]), str(r[3]))
+
+
+def ensure_database(conn: Connection, database: str, *, like_charset: str = "utf8mb4") -> None:
+    conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS {mysql_ident(database)} CHARACTER SET {like_charset}"))
+
+
+def unique_keys(conn: Connection, database: str, table: str) -> list[tuple[str, ...]]:
+    """Every unique index (the primary key included) as a tuple of column names."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = :db "
+            "AND TABLE_NAME = :t AND NON_UNIQUE = 0 ORDER BY INDEX_NAME, SEQ_IN_INDEX"
+        ),
+        {"db": database, "t": table},
+    ).all()
+    out: dict[str, list[str]] = {}
+    for name, col in rows:
+        out.setdefault(str(name), []).append(str(col))
+    return [tuple(v) for v in out.values()]
+
+
+def choose_key(schema: TableSchema, configured: tuple[str, ...], uniques: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The key used for keyset chunks: the configured one if the table guarantees it is unique.
+
+    A key that is not unique would make keyset pagination skip rows, so it is refused, not trusted.
+    """
+    names = set(schema.column_names)
+    for c in configured:
+        if c not in names:
+            import difflib
+
+            m = difflib.get_close_matches(c, list(names), n=1)
+            hint = f" (did you mean {m[0]!r}?)" if m else ""
+            raise SchemaError(f"table {schema.name!r}: primary_key column {c!r} does not exist{hint}; fix tables.{schema.name}.primary_key")
+    if not configured:
+        return schema.primary_key
+    if configured == schema.primary_key:
+        return configured
+    for u in uniques:
+        if set(u) == set(configured) and all(not schema.column(c).nullable for c in configured):
+            return configured
+    raise SchemaError(
+        f"table {schema.name!r}: primary_key {list(configured)} is not a unique NOT NULL key of the table "
+        f"(its primary key is {list(schema.primary_key)}); fix tables.{schema.name}.primary_key"
+    )

@@ -1,0 +1,257 @@
+"""Source MySQL -> replica MySQL: full refresh through a shadow table swapped in with RENAME TABLE.
+
+Two paths, chosen once per run:
+- `server`: source and replica live on the same server. Each chunk is one
+  `INSERT INTO replica.shadow SELECT ... FROM source.t WHERE pk > last ORDER BY pk LIMIT n`,
+  run in READ COMMITTED so the source rows are read without shared locks.
+- `stream`: different servers. The source prints each row as a LOAD DATA line (type_mapping); a
+  reader thread writes the lines into a FIFO while the replica connection runs
+  `LOAD DATA LOCAL INFILE` on it. The source is read inside one consistent-snapshot transaction.
+Both load in primary-key order into a table that has only its primary key, save the chunk's
+checkpoint in the same transaction, then build the secondary indexes and swap atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Any
+
+import pymysql
+
+from config.models import ResolvedTable
+from tasks import checkpoints, faults
+from tasks.analytics_load import PhaseStats, ProgressFn
+from tasks.connections import Engines
+from tasks.errors import SchemaError
+from tasks.identifiers import mysql_ident, mysql_qualified, shadow_name
+from tasks.keyset import Keyset
+from tasks.mysql_schema import (
+    TableSchema, choose_key, ensure_database, read_table_schema, show_create_table, split_create_table,
+    table_exists, unique_keys,
+)
+from tasks.streaming import ChunkResult, LineQuery, read_chunk_blocks
+from tasks.type_mapping import load_data_column
+
+log = logging.getLogger("etl.replica")
+
+
+def _exec(cur: Any, sql: str, params: Any = None) -> int:
+    cur.execute(sql, params)
+    return cur.rowcount
+
+
+def _prepare_shadow(cur: Any, src_ddl: str, replica_db: str, table: str, shadow: str, *, resume: bool) -> tuple[tuple | None, int, str | None]:
+    """Create (or, on resume, reuse) the shadow table. Returns (resume key, rows done, index DDL)."""
+    split = split_create_table(src_ddl, shadow)
+    checkpoints.mysql_ensure(cur)
+    if resume:
+        cp = checkpoints.mysql_load(cur, table)
+        cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                    (replica_db, shadow))
+        if cp and cp[0] == shadow and cur.fetchone()[0]:
+            log.info("%s: resuming replica copy after %d committed rows", table, cp[2])
+            return cp[1], cp[2], split.add_indexes
+    cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(shadow)}")
+    cur.execute(split.create)
+    checkpoints.mysql_save(cur, table, shadow, None, 0)
+    cur.connection.commit()
+    return None, 0, split.add_indexes
+
+
+def _swap(cur: Any, table: str, shadow: str, live_exists: bool) -> None:
+    """RENAME TABLE swaps both names in one atomic step; readers never see a missing table."""
+    old = shadow_name(table, "old")
+    cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(old)}")
+    if live_exists:
+        cur.execute(f"RENAME TABLE {mysql_ident(table)} TO {mysql_ident(old)}, {mysql_ident(shadow)} TO {mysql_ident(table)}")
+        cur.execute(f"DROP TABLE {mysql_ident(old)}")
+    else:
+        cur.execute(f"RENAME TABLE {mysql_ident(shadow)} TO {mysql_ident(table)}")
+
+
+def copy_full(
+    engines: Engines,
+    table: ResolvedTable,
+    *,
+    source_db: str,
+    replica_db: str,
+    method: str,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+) -> PhaseStats:
+    """Copy one table from the source into the replica. `method` is `server` or `stream`."""
+    started = time.monotonic()
+    stats = PhaseStats(method=method)
+    shadow = shadow_name(table.name)
+    with engines.source.connect() as sc:
+        schema = read_table_schema(sc, source_db, table.name)
+        key = choose_key(schema, table.primary_key, unique_keys(sc, source_db, table.name))
+        ddl = show_create_table(sc, source_db, table.name)
+        sc.rollback()
+
+    with engines.replica.connect() as rc:
+        rep = rc.connection.driver_connection
+        cur = rep.cursor()
+        ensure_database(rc, replica_db)
+        cur.execute(f"USE {mysql_ident(replica_db)}")
+        after, done, add_indexes = _prepare_shadow(cur, ddl, replica_db, table.name, shadow, resume=resume and bool(key))
+        stats.resumed_at_rows = done
+        stats.rows = done
+        if method == "server":
+            _copy_server_side(cur, rep, schema, key, table, source_db, replica_db, shadow, after, stats, progress)
+        else:
+            with engines.source.connect() as sc:
+                src = sc.connection.driver_connection
+                try:
+                    _copy_streamed(src, cur, rep, schema, key, table, source_db, shadow, after, stats, progress)
+                except BaseException:
+                    sc.invalidate()
+                    raise
+        if add_indexes:
+            t0 = time.monotonic()
+            cur.execute(add_indexes)
+            if time.monotonic() - t0 >= 1.0:
+                stats.notes.append(f"secondary indexes built after the load in {time.monotonic() - t0:.1f}s")
+        live_exists = table_exists(rc, replica_db, table.name)
+        _swap(cur, table.name, shadow, live_exists)
+        checkpoints.mysql_clear(cur, table.name)
+        rep.commit()
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
+                      source_db: str, replica_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
+                      progress: ProgressFn | None) -> None:
+    cols = ", ".join(mysql_ident(c) for c in schema.column_names)
+    src = mysql_qualified(source_db, table.name)
+    dst = mysql_qualified(replica_db, shadow)
+    # READ COMMITTED: INSERT ... SELECT then reads the source without locking its rows.
+    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    try:
+        if not key:
+            n = _exec(cur, f"INSERT INTO {dst} ({cols}) SELECT {cols} FROM {src}")
+            rep.commit()
+            stats.rows += n
+            stats.chunks += 1
+            return
+        ks = Keyset(key, mysql_ident)
+        while True:
+            cond, params = ks.after(after)
+            n = _exec(cur, f"INSERT INTO {dst} ({cols}) SELECT {cols} FROM {src} WHERE {cond} "
+                           f"ORDER BY {ks.order_by} LIMIT {int(table.batch_size)}", params)
+            if n == 0:
+                rep.commit()
+                break
+            cur.execute(f"SELECT {ks.select_list} FROM {dst} ORDER BY {ks.order_by_desc} LIMIT 1")
+            after = tuple(cur.fetchone())
+            stats.rows += n
+            stats.chunks += 1
+            checkpoints.mysql_save(cur, table.name, shadow, after, stats.rows)
+            rep.commit()
+            if progress:
+                progress(stats.rows)
+            faults.check("replica", table.name, stats.chunks)
+            if n < table.batch_size:
+                break
+    finally:
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+
+def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
+                   source_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
+                   progress: ProgressFn | None) -> None:
+    ld = [load_data_column(c, i) for i, c in enumerate(schema.columns)]
+    line = "CONCAT_WS('\\t', " + ", ".join(c.select_expr for c in ld) + ")" if len(ld) > 1 else ld[0].select_expr
+    query = LineQuery(
+        table_sql=mysql_qualified(source_db, table.name),
+        line_expr=line,
+        keyset=Keyset(key, mysql_ident) if key else None,
+        batch_size=table.batch_size if key else 0,
+    )
+    targets = ", ".join(c.target for c in ld)
+    sets = [c.set_clause for c in ld if c.set_clause]
+    set_sql = (" SET " + ", ".join(sets)) if sets else ""
+    with src.cursor() as scur:
+        # One consistent snapshot for the whole table, read-only: no locks on production rows.
+        scur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+    with tempfile.TemporaryDirectory(prefix="etl-fifo-") as tmp:
+        fifo = os.path.join(tmp, "rows")
+        os.mkfifo(fifo, 0o600)
+        load_sql = (
+            f"LOAD DATA LOCAL INFILE %s INTO TABLE {mysql_ident(shadow)} CHARACTER SET utf8mb4 "
+            f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({targets}){set_sql}"
+        )
+        try:
+            while True:
+                chunk = ChunkResult()
+                _load_one_chunk(src, cur, fifo, load_sql, query, after, chunk)
+                if chunk.rows == 0:
+                    rep.commit()
+                    break
+                after = chunk.last_key
+                stats.rows += chunk.rows
+                stats.bytes += chunk.bytes
+                stats.chunks += 1
+                if key:
+                    checkpoints.mysql_save(cur, table.name, shadow, after, stats.rows)
+                rep.commit()
+                if progress:
+                    progress(stats.rows)
+                faults.check("replica", table.name, stats.chunks)
+                if not key or chunk.rows < table.batch_size:
+                    break
+        finally:
+            src.rollback()
+
+
+def _load_one_chunk(src: Any, cur: Any, fifo: str, load_sql: str, query: LineQuery, after: tuple | None,
+                    chunk: ChunkResult) -> None:
+    """Stream one chunk: a writer thread reads the source into the FIFO, LOAD DATA reads it."""
+    error: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with open(fifo, "wb", buffering=1 << 16) as f:
+                for block in read_chunk_blocks(src, query, after, chunk, strip_nul=False):
+                    f.write(block)
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller
+            error.append(e)
+
+    t = threading.Thread(target=writer, name="etl-replica-writer", daemon=True)
+    t.start()
+    try:
+        cur.execute(load_sql, (fifo,))
+        warnings = cur.warning_count
+    except BaseException:
+        # Unblock a writer still waiting to open or write the FIFO, then report the real error.
+        _drain(fifo, t)
+        raise
+    t.join()
+    if error:
+        raise error[0]
+    if warnings:
+        cur.execute("SHOW WARNINGS LIMIT 5")
+        shown = "; ".join(f"{r[2]}" for r in cur.fetchall())
+        raise SchemaError(f"LOAD DATA into the replica changed values ({warnings} warnings: {shown}); "
+                          f"the replica would not equal the source")
+
+
+def _drain(fifo: str, t: threading.Thread) -> None:
+    try:
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        deadline = time.monotonic() + 30
+        while t.is_alive() and time.monotonic() < deadline:
+            try:
+                if not os.read(fd, 1 << 16):
+                    time.sleep(0.01)
+            except BlockingIOError:
+                time.sleep(0.01)
+    finally:
+        os.close(fd)

@@ -1,0 +1,188 @@
+"""Moving ready-made lines from a MySQL server-side cursor to a target in bounded blocks.
+
+MySQL formats each row as one line (see `type_mapping`), returned as bytes (the SELECT casts it
+to BINARY, so PyMySQL does not decode it and psycopg2 does not re-encode it). A reader thread
+fetches blocks into a small bounded queue while the caller writes them, so reading MySQL and
+writing the target overlap, and memory holds at most `depth` blocks whatever the table size.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import pymysql.cursors
+
+from tasks.errors import DataError
+from tasks.keyset import Keyset
+
+FETCH_ROWS = 2000  # rows per fetchmany from the server-side cursor
+BLOCK_BYTES = 1 << 20  # bytes per block handed to the writer
+
+
+@dataclass
+class ChunkResult:
+    """What one keyset chunk read: its row count, bytes, and the key of its last row."""
+
+    rows: int = 0
+    bytes: int = 0
+    last_key: tuple | None = None
+    nul_chars_removed: int = 0
+    source_nulls_lines: int = 0
+
+
+@dataclass
+class LineQuery:
+    """SELECT <key columns>, <line> FROM <table> [WHERE ...] ORDER BY <key> LIMIT n."""
+
+    table_sql: str  # qualified, quoted table name
+    line_expr: str  # SQL printing one row as one line (bytes)
+    keyset: Keyset | None  # None: the table has no primary key and is read whole
+    batch_size: int
+    where: str | None = None  # extra condition, e.g. an incremental window
+    where_params: Sequence[Any] = ()
+
+    def sql(self, after: tuple | None) -> tuple[str, list[Any]]:
+        conds: list[str] = []
+        params: list[Any] = []
+        if self.where:
+            conds.append(f"({self.where})")
+            params.extend(self.where_params)
+        if self.keyset is None:
+            where = f" WHERE {' AND '.join(conds)}" if conds else ""
+            return f"SELECT CAST({self.line_expr} AS BINARY) FROM {self.table_sql}{where}", params
+        cond, kparams = self.keyset.after(after)
+        conds.append(cond)
+        params.extend(kparams)
+        sql = (
+            f"SELECT {self.keyset.select_list}, CAST({self.line_expr} AS BINARY) FROM {self.table_sql} "
+            f"WHERE {' AND '.join(conds)} ORDER BY {self.keyset.order_by} LIMIT {int(self.batch_size)}"
+        )
+        return sql, params
+
+
+def read_chunk_blocks(dbapi_conn: Any, query: LineQuery, after: tuple | None, result: ChunkResult,
+                      *, strip_nul: bool) -> Iterator[bytes]:
+    """Yield the lines of one chunk as blocks of about BLOCK_BYTES; fill `result` as it goes.
+
+    A NULL line means MySQL could not build the row (it exceeded max_allowed_packet): that is an
+    error, never a silently missing row.
+    """
+    sql, params = query.sql(after)
+    nkey = len(query.keyset.columns) if query.keyset else 0
+    cur = dbapi_conn.cursor(pymysql.cursors.SSCursor)
+    try:
+        cur.execute(sql, params)
+        pending: list[bytes] = []
+        pending_bytes = 0
+        while True:
+            rows = cur.fetchmany(FETCH_ROWS)
+            if not rows:
+                break
+            lines = [r[nkey] for r in rows] if nkey else [r[0] for r in rows]
+            if None in lines:
+                bad = rows[lines.index(None)][:nkey]
+                raise DataError(
+                    f"{query.table_sql}: a row{' with key ' + repr(tuple(bad)) if nkey else ''} is larger than "
+                    f"the server's max_allowed_packet once formatted; raise max_allowed_packet on the MySQL server"
+                )
+            block = b"\n".join(lines) + b"\n"
+            if strip_nul and b"\x00" in block:
+                n = block.count(b"\x00")
+                block = block.replace(b"\x00", b"")
+                result.nul_chars_removed += n
+            result.rows += len(rows)
+            result.bytes += len(block)
+            if nkey:
+                result.last_key = tuple(rows[-1][:nkey])
+            pending.append(block)
+            pending_bytes += len(block)
+            if pending_bytes >= BLOCK_BYTES:
+                yield b"".join(pending)
+                pending, pending_bytes = [], 0
+        if pending:
+            yield b"".join(pending)
+    finally:
+        try:
+            cur.close()  # drains an unfinished unbuffered result so the connection stays usable
+        except Exception:  # noqa: BLE001 - the connection is discarded by the caller on error
+            pass
+
+
+_DONE = object()
+
+
+@dataclass
+class Prefetcher:
+    """Runs an iterator in a thread, `depth` items ahead of the consumer."""
+
+    source: Iterator[bytes]
+    depth: int = 4
+    _q: queue.Queue = field(init=False)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._q = queue.Queue(maxsize=self.depth)
+
+    def _run(self) -> None:
+        try:
+            for item in self.source:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._put_final(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put_final(e)
+
+    def _put_final(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._thread = threading.Thread(target=self._run, name="etl-reader", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                item = self._q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=60)
+
+
+class BlockFile:
+    """A read-only file over an iterator of byte blocks, for psycopg2 `copy_expert`."""
+
+    def __init__(self, blocks: Iterator[bytes]):
+        self._it = iter(blocks)
+
+    def read(self, size: int = -1) -> bytes:  # noqa: ARG002 - psycopg2 accepts any length
+        for block in self._it:
+            if block:
+                return block
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:  # pragma: no cover - COPY uses read()
+        return self.read(size)
+
+
+ProgressFn = Callable[[int], None]
