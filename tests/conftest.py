@@ -1,0 +1,170 @@
+"""Shared fixtures: uniquely named databases on the real servers, dropped afterwards.
+
+Every test that moves data gets its own source and replica MySQL databases and its own PostgreSQL
+database, named `etlt_<hex>_*`, and the ETL_* environment pointing at them. Nothing else on the
+servers is touched.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import psycopg2
+import pymysql
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MYSQL = dict(host=os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_MYSQL_PORT", "3306")),
+             user=os.environ.get("TEST_MYSQL_USER", "root"), password=os.environ.get("TEST_MYSQL_PASSWORD", ""))
+PG = dict(host=os.environ.get("TEST_PG_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_PG_PORT", "5432")),
+          user=os.environ.get("TEST_PG_USER", "postgres"))
+SHARED = ROOT.parent / "shared"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def mysql_connect(db: str | None = None, **kw) -> pymysql.connections.Connection:
+    return pymysql.connect(**MYSQL, database=db, charset="utf8mb4", autocommit=True, **kw)
+
+
+def pg_connect(db: str) -> psycopg2.extensions.connection:
+    conn = psycopg2.connect(**PG, dbname=db, options="-c timezone=UTC")
+    conn.autocommit = True
+    return conn
+
+
+def run_mysql_script(db: str, text: str) -> None:
+    """Run a multi-statement SQL script (no DELIMITER blocks) in `db`."""
+    conn = pymysql.connect(**MYSQL, database=db, charset="utf8mb4", autocommit=True,
+                           client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(text)
+            while cur.nextset():
+                pass
+    finally:
+        conn.close()
+
+
+@dataclass
+class EtlEnv:
+    """One test's databases and the settings that point the pipeline at them."""
+
+    prefix: str
+    source_db: str
+    replica_db: str
+    pg_db: str
+    pg_schema: str = "raw"
+    config_path: Path = field(default=Path("tables.yml"))
+
+    @property
+    def source_url(self) -> str:
+        return _mysql_url(self.source_db)
+
+    @property
+    def replica_url(self) -> str:
+        return _mysql_url(self.replica_db)
+
+    @property
+    def analytics_url(self) -> str:
+        return f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{self.pg_db}"
+
+    def mysql(self, db: str | None = None) -> pymysql.connections.Connection:
+        return mysql_connect(db or self.source_db)
+
+    def pg(self) -> psycopg2.extensions.connection:
+        return pg_connect(self.pg_db)
+
+    def source_sql(self, text: str) -> None:
+        run_mysql_script(self.source_db, text)
+
+    def write_config(self, text: str) -> Path:
+        self.config_path.write_text(text, encoding="utf-8")
+        return self.config_path
+
+    def etl(self, *args: str) -> int:
+        """Run the `etl` CLI in-process against this environment; returns the exit status."""
+        from flows.cli import main
+
+        return main(list(args))
+
+
+def _mysql_url(db: str) -> str:
+    pw = f":{MYSQL['password']}" if MYSQL["password"] else ""
+    return f"mysql+pymysql://{MYSQL['user']}{pw}@{MYSQL['host']}:{MYSQL['port']}/{db}"
+
+
+def _drop_everything(env: EtlEnv) -> None:
+    try:
+        conn = mysql_connect()
+        with conn.cursor() as cur:
+            for db in (env.source_db, env.replica_db):
+                cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+        conn.close()
+    finally:
+        conn = pg_connect("postgres")
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{env.pg_db}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for the whole session (flows under test report to it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def new_env(tmp_path: Path) -> EtlEnv:
+    prefix = f"etlt_{secrets.token_hex(4)}"
+    env = EtlEnv(prefix=prefix, source_db=f"{prefix}_src", replica_db=f"{prefix}_rep", pg_db=f"{prefix}_pg",
+                 config_path=tmp_path / "tables.yml")
+    conn = mysql_connect()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{env.source_db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+    conn.close()
+    conn = pg_connect("postgres")
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{env.pg_db}"')
+    conn.close()
+    return env
+
+
+@pytest.fixture
+def etl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EtlEnv]:
+    env = new_env(tmp_path)
+    monkeypatch.setenv("ETL_SOURCE_URL", env.source_url)
+    monkeypatch.setenv("ETL_REPLICA_URL", env.replica_url)
+    monkeypatch.setenv("ETL_ANALYTICS_URL", env.analytics_url)
+    monkeypatch.setenv("ETL_ANALYTICS_SCHEMA", env.pg_schema)
+    monkeypatch.setenv("ETL_CONFIG", str(env.config_path))
+    try:
+        yield env
+    finally:
+        from tasks import faults
+
+        faults.clear()
+        _drop_everything(env)
+
+
+def load_sakila(db: str) -> None:
+    """Load ../shared/corpus/sakila into `db` (its script names the database `sakila`)."""
+    schema = (SHARED / "corpus" / "sakila" / "schema.sql").read_text(encoding="utf-8")
+    data = (SHARED / "corpus" / "sakila" / "data.sql").read_text(encoding="utf-8")
+    schema = re.sub(r"\bsakila\b", db, schema)
+    data = re.sub(r"^USE sakila;", f"USE `{db}`;", data, flags=re.M)
+    # The schema file uses DELIMITER blocks for triggers, which only the mariadb client understands.
+    import subprocess
+
+    for text in (schema, data):
+        subprocess.run(["mariadb", "-h", MYSQL["host"], "-P", str(MYSQL["port"]), "-u", MYSQL["user"]],
+                       input=text, text=True, check=True, capture_output=True)
