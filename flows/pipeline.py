@@ -26,7 +26,9 @@ from blocks.connectors import BlockNames, urls_from_blocks, urls_from_settings
 from config.models import PipelineConfig, ResolvedTable, load_pipeline_config
 from config.settings import Settings
 from tasks import analytics_load, replica_copy
-from tasks.connections import Engines, check_reachable, lookup, open_engines, register, unregister
+from tasks.connections import (
+    Engines, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
+)
 from tasks.errors import LoadError, TablesFailed, redact, retry_condition
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
@@ -236,14 +238,20 @@ def etl_pipeline(
                 outcomes.extend(group_flow.with_options(task_runner=runner)(group.name, members, opts))
 
             failed = [o.table for o in outcomes if o.status != "ok"]
-            metrics.pipeline_finished(
-                status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
-                rows_replica=sum(o.replica_rows for o in outcomes),
-                rows_analytics=sum(o.analytics_rows for o in outcomes),
-                connection_usage=engines.usage(),
-            )
         finally:
             unregister(run_id)
+    # The engines are disposed now, so the usage counters say whether any connection outlived the run.
+    usage = engines.usage()
+    leaked = {role: u["still_open"] for role, u in usage.items() if u["still_open"]}
+    if leaked:
+        logger.warning("connections still open after the run: %s", leaked)
+    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
+        MetricsWriter(final, run_id, urls.secrets()).pipeline_finished(
+            status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
+            rows_replica=sum(o.replica_rows for o in outcomes),
+            rows_analytics=sum(o.analytics_rows for o in outcomes),
+            connection_usage=usage,
+        )
     if failed:
         details = "; ".join(f"{o.table}: {o.error}" for o in outcomes if o.status != "ok")
         raise TablesFailed(f"{len(failed)} of {len(outcomes)} tables failed: {', '.join(failed)} ({details})")

@@ -214,6 +214,8 @@ def ensure_replica_database(url: str, connect_args: dict | None = None) -> None:
         with server.connect() as conn:
             conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{u.database.replace('`', '``')}` "
                                  f"CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
+    except sa.exc.DBAPIError as e:
+        raise connection_error("replica", url, e) from None
     finally:
         server.dispose()
 
@@ -269,17 +271,31 @@ def lookup(key: str) -> Engines:
             raise RuntimeError(f"no open engines for run {key!r}; table flows run inside the pipeline flow") from None
 
 
+def connection_error(role: str, url: str, exc: BaseException) -> Exception:
+    """A one-line error naming the database (host, port, name) and the server's reason, never the password."""
+    from tasks.errors import LoadError, is_retriable
+
+    root = getattr(exc, "orig", None) or exc
+    text = str(root).splitlines()[0] if str(root) else type(root).__name__
+    secrets = (str(make_url(url).password),) if make_url(url).password else ()
+    return LoadError(f"cannot reach the {role} database at {describe_url(url)}: {redact(text, secrets)}",
+                     table="*", phase="connect", retriable=is_retriable(exc))
+
+
 def check_reachable(engine: Engine, role: str, url: str) -> None:
-    """Connect once; raise a retriable error naming host, port and database (never the password)."""
+    """Connect once; raise a LoadError naming host, port and database (never the password)."""
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as e:  # noqa: BLE001
-        from tasks.errors import LoadError, is_retriable
+        raise connection_error(role, url, e) from None
 
-        root = getattr(e, "orig", None) or e
-        detail = redact(str(root).splitlines()[0] if str(root) else type(root).__name__)
-        raise LoadError(
-            f"cannot reach the {role} database at {describe_url(url)}: {detail}",
-            table="*", phase="connect", retriable=is_retriable(e),
-        ) from None
+
+@contextmanager
+def open_metrics_engine(url: str, connect_args: dict | None = None) -> Iterator[Engine]:
+    """A one-connection analytics engine for bookkeeping outside a run's pools (not tracked)."""
+    engine = create_engine("analytics", url, pool_size=1, connect_args=connect_args)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 
@@ -20,7 +21,8 @@ class Fault:
     phase: str
     table: str
     after_chunks: int
-    action: str = "raise"  # raise | kill
+    action: str = "raise"  # raise | kill | sleep (stands in for a slow table)
+    seconds: float = 0.0
 
 
 _injected: list[Fault] = []
@@ -51,4 +53,7 @@ def check(phase: str, table: str, chunks_done: int) -> None:
         if f.phase == phase and f.table == table and chunks_done == f.after_chunks:
             if f.action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if f.action == "sleep":
+                time.sleep(f.seconds)
+                continue
             raise InjectedFault(f"injected fault in {phase} of {table} after {chunks_done} chunks")

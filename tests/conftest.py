@@ -18,6 +18,9 @@ import psycopg2
 import pymysql
 import pytest
 
+# No telemetry from the test Prefect server (there is no network here).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

@@ -1,0 +1,196 @@
+"""The parent flow: priority groups in order, parallel table subflows, failures isolated and named."""
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import urllib.parse
+
+import pytest
+
+from tasks import faults
+from tests.conftest import MYSQL, mysql_connect
+from tests.dbcompare import assert_mysql_equal, assert_pg_matches_mysql
+
+FOUR_TABLES = "".join(
+    f"CREATE TABLE {t} (id INT PRIMARY KEY, v VARCHAR(20), d DATETIME);"
+    f"INSERT INTO {t} SELECT seq, CONCAT('{t}-', seq), '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_{n};"
+    for t, n in (("patient", 300), ("appointment", 500), ("claim", 200), ("payment", 400), ("document", 100))
+)
+
+CONFIG = """
+priorities:
+  - {name: critical, workers: 2}
+  - {name: normal, workers: 2}
+  - {name: bulk, workers: 1}
+defaults: {batch_size: 100}
+tables:
+  patient: {priority: critical, primary_key: [id]}
+  appointment: {priority: critical, primary_key: [id]}
+  claim: {priority: critical, primary_key: [id]}
+  payment: {priority: critical, primary_key: [id]}
+  ghost: {priority: normal, primary_key: [id]}
+  document: {priority: bulk, primary_key: [id]}
+"""
+
+
+def table_runs(env) -> dict[str, tuple]:
+    pg = env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT table_name, status, started_at, ended_at, error, priority FROM etl.table_runs")
+        out = {r[0]: r[1:] for r in cur.fetchall()}
+    pg.close()
+    return out
+
+
+def test_failing_table_leaves_others_loaded_and_fails_the_run(etl_env, prefect_harness, capsys) -> None:
+    etl_env.source_sql(FOUR_TABLES)
+    etl_env.write_config(CONFIG)
+
+    assert etl_env.etl("run") == 1
+    err = capsys.readouterr().err
+    assert "1 of 6 tables failed: ghost" in err
+    assert "table 'ghost' does not exist in MySQL database" in err
+
+    runs = table_runs(etl_env)
+    assert {t: r[0] for t, r in runs.items()} == {
+        "patient": "ok", "appointment": "ok", "claim": "ok", "payment": "ok", "document": "ok", "ghost": "failed"}
+    src, rep, pg = etl_env.mysql(), etl_env.mysql(etl_env.replica_db), etl_env.pg()
+    for t in ("patient", "appointment", "claim", "payment", "document"):
+        assert_mysql_equal(src, etl_env.source_db, rep, etl_env.replica_db, t)
+        assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", t)
+    with pg.cursor() as cur:
+        cur.execute("SELECT status, tables_ok, tables_failed, failed_tables, connection_usage FROM etl.pipeline_runs")
+        status, ok, failed, failed_tables, usage = cur.fetchone()
+        cur.execute("SELECT table_name, phase, error_class, retriable, attempt FROM etl.errors")
+        errors = cur.fetchall()
+    src.close(), rep.close(), pg.close()
+    assert (status, ok, failed, failed_tables) == ("failed", 5, 1, ["ghost"])
+    # A missing table is a config problem: recorded once, not retried.
+    assert errors == [("ghost", "replica", "SchemaError", False, 1)]
+    # Engines are disposed at the end of the run: not one connection is left open, and no database
+    # ever had more connections checked out than the widest group could use (2 workers x 2 each).
+    for role in ("source", "replica", "analytics"):
+        assert usage[role]["still_open"] == 0, usage
+        assert 1 <= usage[role]["peak_checked_out"] <= 4, usage
+
+
+def test_groups_run_in_order_and_tables_in_parallel(etl_env, prefect_harness) -> None:
+    etl_env.source_sql(FOUR_TABLES)
+    etl_env.write_config(CONFIG.replace("  ghost: {priority: normal, primary_key: [id]}\n", ""))
+    # Each critical table takes a while (an injected pause), so overlap is about the runner, not timing luck
+    # (the test's Prefect API runs on SQLite, which serializes flow-run bookkeeping).
+    for t in ("patient", "appointment", "claim", "payment"):
+        faults.inject(faults.Fault("replica", t, after_chunks=1, action="sleep", seconds=3.0))
+    assert etl_env.etl("run") == 0
+    runs = table_runs(etl_env)
+    critical = [runs[t] for t in ("patient", "appointment", "claim", "payment")]
+    document = runs["document"]
+    # Every critical table finished before the bulk group started.
+    assert max(r[2] for r in critical) <= document[1]
+    # Inside the critical group (2 workers) two tables ran at the same time, never three.
+    events = sorted([(r[1], 1) for r in critical] + [(r[2], -1) for r in critical])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2
+
+    # Each table is its own flow run named table-<name>, under a group-<name> flow run.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    names = ["table-patient", "table-appointment", "table-claim", "table-payment", "table-document",
+             "group-critical", "group-bulk"]
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)))
+    assert {fr.name for fr in found} >= set(names)
+    assert all(fr.state.is_completed() for fr in found if fr.name in names)
+
+
+def test_failed_load_leaves_yesterdays_table_and_next_run_converges(etl_env, prefect_harness) -> None:
+    etl_env.source_sql(FOUR_TABLES)
+    etl_env.write_config(CONFIG.replace("  ghost: {priority: normal, primary_key: [id]}\n", ""))
+    assert etl_env.etl("run", "--tables", "appointment") == 0
+
+    etl_env.source_sql("UPDATE appointment SET v = CONCAT(v, '-new'); INSERT INTO appointment VALUES (9999, 'late', NULL);")
+    faults.inject(faults.Fault("analytics", "appointment", after_chunks=2))
+    assert etl_env.etl("run", "--tables", "appointment") == 1
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        # Readers still see yesterday's complete table, not a half-loaded one.
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE v LIKE '%-new') FROM raw.appointment")
+        assert cur.fetchone() == (500, 0)
+    faults.clear()
+    assert etl_env.etl("run", "--tables", "appointment") == 0
+    src = etl_env.mysql()
+    assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", "appointment")
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'raw' AND tablename LIKE '\\_etl%%'")
+        assert cur.fetchone()[0] == 0
+    src.close(), pg.close()
+
+
+def test_dependent_views_survive_a_full_refresh(etl_env, prefect_harness) -> None:
+    etl_env.source_sql(FOUR_TABLES)
+    etl_env.write_config(CONFIG.replace("  ghost: {priority: normal, primary_key: [id]}\n", ""))
+    assert etl_env.etl("run", "--tables", "claim") == 0
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("CREATE SCHEMA marts; CREATE VIEW marts.claim_count AS SELECT count(*) AS n FROM raw.claim")
+    etl_env.source_sql("INSERT INTO claim VALUES (1000, 'new', NULL)")
+    assert etl_env.etl("run", "--tables", "claim") == 0
+    with pg.cursor() as cur:
+        cur.execute("SELECT n FROM marts.claim_count")
+        assert cur.fetchone()[0] == 201
+        cur.execute("SELECT notes FROM etl.table_runs WHERE table_name = 'claim' ORDER BY started_at DESC LIMIT 1")
+        assert "views depend on it: marts.claim_count" in cur.fetchone()[0]
+
+    # A shape change under a view stops the table with a message saying what to do; nothing is dropped.
+    etl_env.source_sql("ALTER TABLE claim ADD COLUMN extra INT")
+    assert etl_env.etl("run", "--tables", "claim") == 1
+    with pg.cursor() as cur:
+        cur.execute("SELECT error FROM etl.table_runs WHERE table_name = 'claim' ORDER BY started_at DESC LIMIT 1")
+        assert "views depend on it (marts.claim_count)" in cur.fetchone()[0]
+        cur.execute("SELECT n FROM marts.claim_count")
+        assert cur.fetchone()[0] == 201
+    pg.close()
+
+
+def test_password_with_special_characters_works_and_never_leaks(etl_env, prefect_harness, monkeypatch, capfd) -> None:
+    user = f"etl_pw_{secrets.token_hex(3)}"
+    password = "p@ss:w/rd#%?&=' \"x" + secrets.token_hex(2)
+    admin = mysql_connect()
+    with admin.cursor() as cur:
+        for host in ("localhost", "127.0.0.1", "%"):
+            cur.execute(f"CREATE USER '{user}'@'{host.replace('%', '%%')}' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL ON `{etl_env.source_db}`.* TO '{user}'@'{host}'")
+            cur.execute(f"GRANT ALL ON `{etl_env.replica_db}`.* TO '{user}'@'{host}'")
+    try:
+        etl_env.source_sql(FOUR_TABLES)
+        etl_env.write_config(CONFIG.replace("  ghost: {priority: normal, primary_key: [id]}\n", ""))
+        quoted = urllib.parse.quote(password, safe="")
+        base = f"mysql+pymysql://{user}:{quoted}@{MYSQL['host']}:{MYSQL['port']}"
+        monkeypatch.setenv("ETL_SOURCE_URL", f"{base}/{etl_env.source_db}")
+        monkeypatch.setenv("ETL_REPLICA_URL", f"{base}/{etl_env.replica_db}")
+        assert etl_env.etl("run", "--tables", "patient") == 0
+
+        # A run that fails on purpose (wrong password for the replica) names the database, not the password.
+        monkeypatch.setenv("ETL_REPLICA_URL", f"mysql+pymysql://{user}:{quoted}x@{MYSQL['host']}:{MYSQL['port']}/{etl_env.replica_db}")
+        assert etl_env.etl("run", "--tables", "patient") == 1
+        out = capfd.readouterr()
+        text = out.out + out.err
+        assert f"replica database at mysql {MYSQL['host']}:{MYSQL['port']}/{etl_env.replica_db}" in text
+        for leaked in (password, quoted):
+            assert leaked not in text
+        pg = etl_env.pg()
+        with pg.cursor() as cur:
+            cur.execute("SELECT coalesce(string_agg(message, ' '), '') FROM etl.errors")
+            assert password not in cur.fetchone()[0]
+            cur.execute("SELECT coalesce(string_agg(coalesce(error, '') || coalesce(notes, ''), ' '), '') FROM etl.table_runs")
+            assert password not in cur.fetchone()[0]
+        pg.close()
+    finally:
+        with admin.cursor() as cur:
+            for host in ("localhost", "127.0.0.1", "%"):
+                cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+        admin.close()
