@@ -226,7 +226,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     """Valid keys at the place an `extra_forbidden` error points to."""
     if not loc:
         return list(PipelineConfig.model_fields)
-    if loc[0] == "tables" and len(loc) >= 3:
+    if loc[0] == "tables" and len(loc) >= 2:
         return list(TableConfig.model_fields)
     if loc[0] == "defaults":
         return list(TableSettings.model_fields)
