@@ -29,7 +29,7 @@ from tasks import analytics_load, replica_copy
 from tasks.connections import (
     Engines, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
 )
-from tasks.errors import LoadError, TablesFailed, redact, retry_condition
+from tasks.errors import ConfigError, LoadError, TablesFailed, redact, retry_condition
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
 from tasks.progress import Progress
@@ -193,6 +193,7 @@ def etl_pipeline(
     full_refresh: bool = False,
     config_path: str | None = None,
     blocks: BlockNames | None = None,
+    groups: list[str] | None = None,
 ) -> list[TableOutcome]:
     """Copy every configured table source -> replica -> analytics, priority group by priority group.
 
@@ -201,11 +202,17 @@ def etl_pipeline(
         full_refresh: reload the chosen tables from scratch.
         config_path: table config file (default: ETL_CONFIG or config/tables.yml).
         blocks: read credentials from these SqlAlchemyConnector blocks instead of ETL_*_URL.
+        groups: only the tables of these priority groups (e.g. ["critical"]).
     """
     logger = get_run_logger()
     settings = Settings()
     cfg: PipelineConfig = load_pipeline_config(config_path or settings.config)
     chosen = cfg.resolved_tables(tables)
+    if groups:
+        unknown = [g for g in groups if g not in {p.name for p in cfg.priorities}]
+        if unknown:
+            raise ConfigError(f"priority group {unknown[0]!r} is not defined under `priorities:` in the table config")
+        chosen = [t for t in chosen if t.priority in groups]
     urls = urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
     run_id = str(runtime_flow_run.id or uuid.uuid4())
     workers = max((g.workers for g in cfg.priorities), default=1)
