@@ -15,6 +15,8 @@ import sys
 
 # Our plain-function modules log under `etl.*`; let Prefect forward those records to the run logs.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "etl")
+# The temporary local API would try to send telemetry; clinics often run without internet access.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from config.settings import Settings  # noqa: E402
 from tasks.errors import EtlError, redact  # noqa: E402
