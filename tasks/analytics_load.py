@@ -155,6 +155,7 @@ def load_full(
             after, stats.resumed_at_rows = cp[1], cp[2]
             stats.rows = cp[2]
             log.info("%s: resuming analytics load after %d committed rows", table.name, cp[2])
+            stats.notes.append(f"analytics load resumed after {cp[2]} committed rows")
         else:
             cur.execute(f"DROP TABLE IF EXISTS {q_shadow}")
             cur.execute(pg_create_table_sql(q_shadow, cols))

@@ -101,6 +101,8 @@ def copy_full(
         after, done, add_indexes = _prepare_shadow(cur, ddl, replica_db, table.name, shadow, resume=resume and bool(key))
         stats.resumed_at_rows = done
         stats.rows = done
+        if done:
+            stats.notes.append(f"replica copy resumed after {done} committed rows")
         if method == "server":
             _copy_server_side(cur, rep, schema, key, table, source_db, replica_db, shadow, after, stats, progress)
         else:
