@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,8 +28,10 @@ from tasks.identifiers import (
     mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, shadow_name, PG_MAX_IDENT,
 )
 from tasks.keyset import Keyset
-from tasks.mysql_schema import TableSchema, choose_key, read_table_schema, unique_keys
-from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, read_chunk_blocks
+from tasks.mysql_schema import TableSchema, choose_key, max_allowed_packet, read_table_schema, unique_keys
+from tasks.streaming import (
+    BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks,
+)
 from tasks.type_mapping import PgColumn, copy_line_select, pg_columns, pg_create_table_sql
 
 log = logging.getLogger("etl.analytics")
@@ -111,6 +115,57 @@ def _wrap_copy_error(e: psycopg2.Error, table: str, cols: list[PgColumn]) -> Exc
     return DataError(f"table {table!r}: PostgreSQL rejected a value: {first} ({context}){hint}")
 
 
+PARALLEL_MIN_ROWS = 200_000  # below this one COPY stream is as fast as two
+_INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A primary-key range of a table loaded by its own COPY stream."""
+
+    no: int
+    where: str | None
+    params: tuple = ()
+
+
+def split_parts(conn: Any, table_sql: str, schema: TableSchema, key: tuple[str, ...], streams: int,
+                estimated_rows: int) -> list[Part]:
+    """Split a big table with an integer key into `streams` key ranges of about equal width."""
+    if streams <= 1 or len(key) != 1 or estimated_rows < PARALLEL_MIN_ROWS:
+        return [Part(0, None)]
+    if schema.column(key[0]).data_type not in _INTEGER_TYPES:
+        return [Part(0, None)]
+    k = mysql_ident(key[0])
+    lo, hi = conn.exec_driver_sql(f"SELECT MIN({k}), MAX({k}) FROM {table_sql}").one()
+    if lo is None or int(hi) - int(lo) < streams * 2:
+        return [Part(0, None)]
+    lo, hi = int(lo), int(hi)
+    bounds = [lo + (hi - lo + 1) * i // streams for i in range(1, streams)]
+    parts = [Part(0, f"{k} < %s", (bounds[0],))]
+    for i in range(1, streams - 1):
+        parts.append(Part(i, f"{k} >= %s AND {k} < %s", (bounds[i - 1], bounds[i])))
+    parts.append(Part(streams - 1, f"{k} >= %s", (bounds[-1],)))
+    return parts
+
+
+@dataclass
+class _Shared:
+    """Counters the COPY streams of one table update together."""
+
+    stats: PhaseStats
+    progress: ProgressFn | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, chunk: ChunkResult) -> tuple[int, int]:
+        with self.lock:
+            self.stats.rows += chunk.rows
+            self.stats.bytes += chunk.bytes
+            self.stats.chunks += 1
+            self.stats.nul_chars_removed += chunk.nul_chars_removed
+            return self.stats.rows, self.stats.chunks
+
+
 def load_full(
     engines: Engines,
     table: ResolvedTable,
@@ -120,26 +175,29 @@ def load_full(
     column_case: str,
     resume: bool = False,
     progress: ProgressFn | None = None,
+    streams: int = 2,
 ) -> PhaseStats:
-    """Reload one table into PostgreSQL from the replica. Returns what it moved."""
+    """Reload one table into PostgreSQL from the replica. Returns what it moved.
+
+    A big table with an integer key is split into `streams` key ranges, each read and copied by
+    its own pair of connections, so MySQL's formatting and PostgreSQL's parsing use both cores.
+    """
     started = time.monotonic()
     stats = PhaseStats(method="copy")
     pg_name = pg_table_name(table.name)
     shadow = shadow_name(pg_name)
     q_shadow = pg_qualified(pg_schema, shadow)
+    table_sql = mysql_qualified(replica_db, table.name)
 
     with engines.replica.connect() as rc:
         schema = read_table_schema(rc, replica_db, table.name)
         key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
+        parts = split_parts(rc, table_sql, schema, key, streams, schema.estimated_rows)
+        group = group_rows_for(schema.avg_row_length, table.batch_size, max_allowed_packet(rc))
     cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)
     by_source = {c.source.name: c for c in cols}
-    query = LineQuery(
-        table_sql=mysql_qualified(replica_db, table.name),
-        line_expr=copy_line_select(cols),
-        keyset=Keyset(key, mysql_ident) if key else None,
-        batch_size=table.batch_size,
-    )
     copy_sql = f"COPY {q_shadow} ({', '.join(pg_ident(c.name) for c in cols)}) FROM STDIN"
+    line_expr = copy_line_select(cols)
 
     with engines.analytics.connect() as pc:
         pg = pc.connection.driver_connection
@@ -149,52 +207,52 @@ def load_full(
         checkpoints.pg_ensure(cur)
         pg.commit()
 
-        after: tuple | None = None
-        cp = checkpoints.pg_load(cur, pg_schema, pg_name) if resume and key else None
-        if cp and cp[0] == shadow and _pg_exists(cur, pg_schema, shadow):
-            after, stats.resumed_at_rows = cp[1], cp[2]
-            stats.rows = cp[2]
-            log.info("%s: resuming analytics load after %d committed rows", table.name, cp[2])
-            stats.notes.append(f"analytics load resumed after {cp[2]} committed rows")
+        saved = checkpoints.pg_load(cur, pg_schema, pg_name) if resume and key else {}
+        starts: dict[int, tuple[tuple | None, int, bool]] = {}
+        if (saved and set(saved) == {p.no for p in parts} and all(v[0] == shadow for v in saved.values())
+                and _pg_exists(cur, pg_schema, shadow)):
+            starts = {no: (v[1], v[2], v[3]) for no, v in saved.items()}
+            done = sum(v[2] for v in saved.values())
+            stats.rows = stats.resumed_at_rows = done
+            log.info("%s: resuming analytics load after %d committed rows", table.name, done)
+            stats.notes.append(f"analytics load resumed after {done} committed rows")
         else:
             cur.execute(f"DROP TABLE IF EXISTS {q_shadow}")
             cur.execute(pg_create_table_sql(q_shadow, cols))
-            checkpoints.pg_save(cur, pg_schema, pg_name, shadow, None, 0)
+            checkpoints.pg_clear(cur, pg_schema, pg_name)
+            for p in parts:
+                checkpoints.pg_save(cur, pg_schema, pg_name, p.no, shadow, None, 0)
             pg.commit()
+            starts = {p.no: (None, 0, False) for p in parts}
 
-        with engines.replica.connect() as rc:
-            my = rc.connection.driver_connection
-            while True:
-                chunk = ChunkResult()
-                reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
-                try:
-                    cur.copy_expert(copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
-                except psycopg2.DataError as e:
-                    pg.rollback()
-                    rc.invalidate()
-                    raise _wrap_copy_error(e, table.name, cols) from e
-                except BaseException:
-                    pg.rollback()
-                    rc.invalidate()
-                    raise
-                finally:
-                    reader.close()
-                if chunk.rows == 0:
-                    pg.commit()
-                    break
-                stats.rows += chunk.rows
-                stats.bytes += chunk.bytes
-                stats.chunks += 1
-                stats.nul_chars_removed += chunk.nul_chars_removed
-                after = chunk.last_key
-                if key:
-                    checkpoints.pg_save(cur, pg_schema, pg_name, shadow, after, stats.rows)
-                pg.commit()
-                if progress:
-                    progress(stats.rows)
-                faults.check("analytics", table.name, stats.chunks)
-                if not key or chunk.rows < table.batch_size:
-                    break
+        shared = _Shared(stats, progress)
+
+        def run(part: Part) -> None:
+            after, rows_done, finished = starts[part.no]
+            if finished:
+                return
+            query = LineQuery(table_sql=table_sql, line_expr=line_expr,
+                              keyset=Keyset(key, mysql_ident) if key else None,
+                              batch_size=table.batch_size, where=part.where, where_params=part.params,
+                              group_rows=group)
+            _copy_part(engines, query, copy_sql, cols, table.name, pg_schema, pg_name, shadow, part.no, after,
+                       rows_done, shared, keyed=bool(key))
+
+        if len(parts) == 1:
+            run(parts[0])
+        else:
+            stats.notes.append(f"{len(parts)} parallel COPY streams")
+            with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix=f"etl-copy-{pg_name}") as pool:
+                futures = [pool.submit(run, p) for p in parts]
+                errors = []
+                for f in futures:
+                    try:
+                        f.result()
+                    except BaseException as e:  # noqa: BLE001 - the first one is re-raised below
+                        shared.cancel.set()
+                        errors.append(e)
+                if errors:
+                    raise errors[0]
 
         if key:
             pk_cols = ", ".join(pg_ident(by_source[k].name) for k in key)
@@ -213,6 +271,47 @@ def load_full(
         log.warning("%s: removed %d NUL characters from text values", table.name, stats.nul_chars_removed)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _copy_part(engines: Engines, query: LineQuery, copy_sql: str, cols: list[PgColumn], table: str,
+               pg_schema: str, pg_name: str, shadow: str, part: int, after: tuple | None, rows_done: int,
+               shared: _Shared, *, keyed: bool) -> None:
+    """Keyset chunks of one part: each chunk is one COPY committed with the part's checkpoint."""
+    with engines.analytics.connect() as pc, engines.replica.connect() as rc:
+        pg = pc.connection.driver_connection
+        pg.autocommit = False
+        cur = pg.cursor()
+        my = rc.connection.driver_connection
+        while not shared.cancel.is_set():
+            chunk = ChunkResult()
+            reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
+            try:
+                cur.copy_expert(copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
+            except psycopg2.DataError as e:
+                pg.rollback()
+                rc.invalidate()
+                raise _wrap_copy_error(e, table, cols) from e
+            except BaseException:
+                pg.rollback()
+                rc.invalidate()
+                raise
+            finally:
+                reader.close()
+            last = chunk.rows < query.batch_size or not keyed
+            if chunk.rows:
+                after = chunk.last_key
+                rows_done += chunk.rows
+            if keyed:
+                checkpoints.pg_save(cur, pg_schema, pg_name, part, shadow, after, rows_done, finished=last)
+            pg.commit()
+            if not chunk.rows:
+                break
+            total, chunks = shared.add(chunk)
+            if shared.progress:
+                shared.progress(total)
+            faults.check("analytics", table, chunks)
+            if last:
+                break
 
 
 def _swap(cur: Any, schema: str, table: str, shadow: str, *, has_key: bool, notes: list[str]) -> None:

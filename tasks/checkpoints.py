@@ -17,7 +17,7 @@ from tasks.identifiers import mysql_ident, pg_ident
 
 MYSQL_TABLE = "_etl_checkpoints"
 PG_SCHEMA = "etl"
-PG_TABLE = "checkpoints"
+PG_TABLE = "load_checkpoints"
 
 
 def encode_key(key: tuple | None) -> str | None:
@@ -100,29 +100,32 @@ def pg_ensure(cur: Any) -> None:
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_ident(PG_SCHEMA)}")
     cur.execute(
         f"CREATE TABLE IF NOT EXISTS {_pg_name()} ("
-        "target_schema text NOT NULL, table_name text NOT NULL, shadow text NOT NULL, last_key text, "
-        "rows_done bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
-        "PRIMARY KEY (target_schema, table_name))"
+        "target_schema text NOT NULL, table_name text NOT NULL, part integer NOT NULL, shadow text NOT NULL, "
+        "last_key text, rows_done bigint NOT NULL, finished boolean NOT NULL DEFAULT false, "
+        "updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target_schema, table_name, part))"
     )
 
 
-def pg_save(cur: Any, schema: str, table: str, shadow: str, key: tuple | None, rows_done: int) -> None:
+def pg_save(cur: Any, schema: str, table: str, part: int, shadow: str, key: tuple | None, rows_done: int,
+            *, finished: bool = False) -> None:
+    """Record one part's progress; call inside the transaction that committed its rows."""
     cur.execute(
-        f"INSERT INTO {_pg_name()} (target_schema, table_name, shadow, last_key, rows_done, updated_at) "
-        "VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (target_schema, table_name) DO UPDATE SET "
+        f"INSERT INTO {_pg_name()} (target_schema, table_name, part, shadow, last_key, rows_done, finished, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (target_schema, table_name, part) DO UPDATE SET "
         "shadow = EXCLUDED.shadow, last_key = EXCLUDED.last_key, rows_done = EXCLUDED.rows_done, "
-        "updated_at = EXCLUDED.updated_at",
-        (schema, table, shadow, encode_key(key), rows_done),
+        "finished = EXCLUDED.finished, updated_at = EXCLUDED.updated_at",
+        (schema, table, part, shadow, encode_key(key), rows_done, finished),
     )
 
 
-def pg_load(cur: Any, schema: str, table: str) -> tuple[str, tuple | None, int] | None:
+def pg_load(cur: Any, schema: str, table: str) -> dict[int, tuple[str, tuple | None, int, bool]]:
+    """part -> (shadow, last key, rows done, finished) for every recorded part of a table."""
     cur.execute(
-        f"SELECT shadow, last_key, rows_done FROM {_pg_name()} WHERE target_schema = %s AND table_name = %s",
+        f"SELECT part, shadow, last_key, rows_done, finished FROM {_pg_name()} "
+        "WHERE target_schema = %s AND table_name = %s",
         (schema, table),
     )
-    row = cur.fetchone()
-    return (row[0], decode_key(row[1]), int(row[2])) if row else None
+    return {int(r[0]): (r[1], decode_key(r[2]), int(r[3]), bool(r[4])) for r in cur.fetchall()}
 
 
 def pg_clear(cur: Any, schema: str, table: str) -> None:

@@ -35,6 +35,9 @@ from tasks.errors import ConfigError, redact
 MYSQL_SQL_MODE = "NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO"
 # Streaming a big result to a slower consumer (PostgreSQL) can pause reads for a while.
 MYSQL_NET_TIMEOUT = 3600
+# Rows travel in GROUP_CONCAT blocks (tasks/streaming.py); the block size is bounded by
+# max_allowed_packet, so the concat limit itself must not be the bound.
+MYSQL_GROUP_CONCAT_MAX = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ def _mysql_session_setup(engine: Engine, *, read_only: bool) -> None:
         with dbapi_conn.cursor() as cur:
             cur.execute(
                 f"SET SESSION sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00', "
-                f"net_write_timeout={MYSQL_NET_TIMEOUT}, net_read_timeout={MYSQL_NET_TIMEOUT}"
+                f"net_write_timeout={MYSQL_NET_TIMEOUT}, net_read_timeout={MYSQL_NET_TIMEOUT}, "
+                f"group_concat_max_len={MYSQL_GROUP_CONCAT_MAX}"
             )
             if read_only:
                 # The source is production: this session can never write, whatever a bug tries.

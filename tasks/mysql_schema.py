@@ -71,6 +71,7 @@ class TableSchema:
     primary_key: tuple[str, ...]
     estimated_rows: int
     data_length: int
+    avg_row_length: int = 0
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -140,7 +141,8 @@ def read_table_schema(conn: Connection, database: str, table: str) -> TableSchem
     """Columns, primary key and size estimate of one table. SchemaError when it does not exist."""
     info = conn.execute(
         sa.text(
-            "SELECT COALESCE(TABLE_ROWS, 0), COALESCE(DATA_LENGTH, 0), TABLE_TYPE FROM information_schema.TABLES "
+            "SELECT COALESCE(TABLE_ROWS, 0), COALESCE(DATA_LENGTH, 0), TABLE_TYPE, COALESCE(AVG_ROW_LENGTH, 0) "
+            "FROM information_schema.TABLES "
             "WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t"
         ),
         {"db": database, "t": table},
@@ -185,7 +187,7 @@ def read_table_schema(conn: Connection, database: str, table: str) -> TableSchem
     ).scalars().all()
     return TableSchema(
         database=database, name=table, columns=columns, primary_key=tuple(str(c) for c in pk),
-        estimated_rows=int(info[0]), data_length=int(info[1]),
+        estimated_rows=int(info[0]), data_length=int(info[1]), avg_row_length=int(info[3]),
     )
 
 
@@ -308,3 +310,7 @@ def choose_key(schema: TableSchema, configured: tuple[str, ...], uniques: list[t
         f"table {schema.name!r}: primary_key {list(configured)} is not a unique NOT NULL key of the table "
         f"(its primary key is {list(schema.primary_key)}); fix tables.{schema.name}.primary_key"
     )
+
+
+def max_allowed_packet(conn: Connection) -> int:
+    return int(conn.execute(sa.text("SELECT @@max_allowed_packet")).scalar_one())

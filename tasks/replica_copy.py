@@ -33,7 +33,7 @@ from tasks.mysql_schema import (
     TableSchema, choose_key, ensure_database, read_table_schema, show_create_table, split_create_table,
     table_exists, unique_keys,
 )
-from tasks.streaming import ChunkResult, LineQuery, read_chunk_blocks
+from tasks.streaming import ChunkResult, LineQuery, group_rows_for, read_chunk_blocks
 from tasks.type_mapping import load_data_column
 
 log = logging.getLogger("etl.replica")
@@ -122,6 +122,9 @@ def copy_full(
         _swap(cur, table.name, shadow, live_exists)
         checkpoints.mysql_clear(cur, table.name)
         rep.commit()
+        # Fresh statistics: the analytics stage sizes its parallel streams and blocks from them.
+        cur.execute(f"ANALYZE NO_WRITE_TO_BINLOG TABLE {mysql_ident(table.name)}")
+        cur.fetchall()
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -169,11 +172,15 @@ def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple
                    progress: ProgressFn | None) -> None:
     ld = [load_data_column(c, i) for i, c in enumerate(schema.columns)]
     line = "CONCAT_WS('\\t', " + ", ".join(c.select_expr for c in ld) + ")" if len(ld) > 1 else ld[0].select_expr
+    with src.cursor() as c:
+        c.execute("SELECT @@max_allowed_packet")
+        packet = int(c.fetchone()[0])
     query = LineQuery(
         table_sql=mysql_qualified(source_db, table.name),
         line_expr=line,
         keyset=Keyset(key, mysql_ident) if key else None,
         batch_size=table.batch_size if key else 0,
+        group_rows=group_rows_for(schema.avg_row_length, table.batch_size, packet) if key else 0,
     )
     targets = ", ".join(c.target for c in ld)
     sets = [c.set_clause for c in ld if c.set_clause]

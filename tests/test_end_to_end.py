@@ -52,6 +52,12 @@ def discover_with(env, **defaults) -> dict:
 def test_every_type_arrives_unchanged(etl_env, prefect_harness, monkeypatch, method) -> None:
     etl_env.source_sql((FIXTURES / "all_types.sql").read_text(encoding="utf-8"))
     monkeypatch.setenv("ETL_REPLICA_METHOD", method)
+    # Exercise every fast path on small data: parallel COPY streams for the 3,000-row table and
+    # GROUP_CONCAT blocks small enough that each chunk takes several of them.
+    from tasks import analytics_load, streaming
+
+    monkeypatch.setattr(analytics_load, "PARALLEL_MIN_ROWS", 1000)
+    monkeypatch.setattr(streaming, "GROUP_BYTES", 64 * 1024)
     discover_with(etl_env, batch_size=700)
 
     assert etl_env.etl("run") == 0
@@ -73,9 +79,11 @@ def test_every_type_arrives_unchanged(etl_env, prefect_harness, monkeypatch, met
         notes, status, rows = cur.fetchone()
         assert status == "ok" and rows > 0
         assert "NUL characters removed" in notes
-        # Several chunks were really used for the big table.
+        # Several chunks and two parallel COPY streams were really used for the big table.
         cur.execute("SELECT count(*) FROM raw.wide_rows")
         assert cur.fetchone()[0] > 700 * 2
+        cur.execute("SELECT notes FROM etl.table_runs WHERE table_name = 'wide_rows'")
+        assert "2 parallel COPY streams" in cur.fetchone()[0]
         # No shadow table is left behind.
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'raw' AND tablename LIKE '\\_etl%%'")
         assert cur.fetchone()[0] == 0

@@ -65,10 +65,12 @@ def test_killed_source_connection_is_retried_and_resumes(etl_env, prefect_harnes
                     cur.execute(f"SELECT rows_done FROM `{etl_env.replica_db}`._etl_checkpoints WHERE table_name = 'visits'")
                     row = cur.fetchone()
                     return bool(row and row[0] >= 300)
-            if _wait_for(checkpoint_at_300):
+            ok = _wait_for(checkpoint_at_300)
+            if ok:
                 with admin.cursor() as cur:
                     cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", (etl_env.source_db,))
-                    for (cid,) in cur.fetchall():
+                    found = cur.fetchall()
+                    for (cid,) in found:
                         cur.execute(f"KILL CONNECTION {int(cid)}")
         finally:
             admin.close()
@@ -94,10 +96,10 @@ def test_terminated_analytics_connection_is_retried_and_resumes(etl_env, prefect
         try:
             def checkpoint_at_400() -> bool:
                 with pg.cursor() as cur:
-                    cur.execute("SELECT to_regclass('etl.checkpoints') IS NOT NULL")
+                    cur.execute("SELECT to_regclass('etl.load_checkpoints') IS NOT NULL")
                     if not cur.fetchone()[0]:
                         return False
-                    cur.execute("SELECT rows_done FROM etl.checkpoints WHERE table_name = 'visits'")
+                    cur.execute("SELECT rows_done FROM etl.load_checkpoints WHERE table_name = 'visits'")
                     row = cur.fetchone()
                     return bool(row and row[0] >= 400)
             if _wait_for(checkpoint_at_400):
