@@ -42,3 +42,5 @@ demo: demo-data
 
 clean:
 	rm -rf build .pytest_cache
+include mk/prefect.mk
+-include mk/bench.mk

@@ -1,0 +1,69 @@
+"""One Prefect server + process worker for the deployment tests, with prefect.yaml deployed to it.
+
+The server runs on a free port, on a PostgreSQL database of its own (`etlt_<hex>_prefect`, dropped
+afterwards), with its scheduler off (the nightly cron must not fire mid-test). `prefect deploy --all`
+applies the repository's prefect.yaml to a uniquely named `process` pool, and the worker polls that
+pool from the repository root. The worker gets no ETL_*_URL: credentials come from the blocks.
+Everything is stopped by PID (process group) whatever happens.
+"""
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import PG, EtlEnv, pg_connect
+from tests.deploy.prefect_server import ROOT, PrefectStack
+
+
+def _pg_url(db: str) -> str:
+    return f"postgresql+asyncpg://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
+
+
+@pytest.fixture(scope="package")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectStack]:
+    token = secrets.token_hex(4)
+    db = f"etlt_{token}_prefect"
+    run_dir = tmp_path_factory.mktemp("prefect-stack")
+    conn = pg_connect("postgres")
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{db}"')
+    conn.close()
+    stack = None
+    t0 = time.monotonic()
+    try:
+        stack = PrefectStack.start(run_dir, db_url=_pg_url(db), pool=f"etlt-{token}")
+        stack.timings["server"] = time.monotonic() - t0
+        stack.prefect("block", "register", "-m", "prefect_sqlalchemy")
+        stack.prefect("work-pool", "create", stack.pool, "--type", "process")
+        t1 = time.monotonic()
+        stack.prefect("--no-prompt", "deploy", "--all", timeout=180, env={
+            "ETL_WORK_POOL": stack.pool, "ETL_IMAGE": "unused-by-process-pools", "ETL_CODE_DIR": str(ROOT)})
+        stack.timings["deploy"] = time.monotonic() - t1
+        stack.config_path = run_dir / "tables.yml"
+        stack.start_worker(env={"ETL_CONFIG": str(stack.config_path)})
+        stack.timings["total"] = time.monotonic() - t0
+        yield stack
+    finally:
+        try:
+            if stack is not None:
+                stack.stop()
+        finally:
+            conn = pg_connect("postgres")
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            conn.close()
+
+
+@pytest.fixture
+def deployed_env(etl_env: EtlEnv, prefect_stack: PrefectStack) -> EtlEnv:
+    """etl_env behind the deployments: the three blocks point at its databases and
+    `write_config` writes the worker's table config (ETL_CONFIG)."""
+    prefect_stack.run([sys.executable, "-m", "flows.cli", "blocks", "register"], env={
+        "ETL_SOURCE_URL": etl_env.source_url, "ETL_REPLICA_URL": etl_env.replica_url,
+        "ETL_ANALYTICS_URL": etl_env.analytics_url})
+    etl_env.config_path = prefect_stack.config_path
+    return etl_env

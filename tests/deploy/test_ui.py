@@ -1,0 +1,140 @@
+"""The Prefect UI, in headless Chromium: a custom run of the repair deployment from its parameter form.
+
+Opens the server's UI at its root (which lands on the default UI), goes Deployments -> repair ->
+Run -> Custom run, adds a table to the `tables` list in the form, submits, and watches the flow run
+page until it says Completed; the page is saved to docs/ui-run.png. Then checks the data landed.
+
+Needs Playwright for Python (`pip install playwright`; no `playwright install`: the browser is the
+Debian `chromium` package at /usr/bin/chromium, or ETL_TEST_CHROMIUM). Skipped when either is missing.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from tests.dbcompare import assert_pg_matches_mysql
+from tests.deploy.prefect_server import ROOT
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("ETL_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# The committed screenshot in docs/ is refreshed only on request, so `make test` leaves the tree clean.
+SCREENSHOT = ROOT / ("docs" if os.environ.get("ETL_UPDATE_SCREENSHOT") else "build") / "ui-run.png"
+
+try:
+    from playwright.sync_api import Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    pytest.skip("Playwright for Python is not installed (`.venv/bin/pip install playwright`; "
+                "no `playwright install`, the test uses the Debian chromium package)", allow_module_level=True)
+if not os.access(CHROMIUM, os.X_OK):  # pragma: no cover - depends on the machine
+    pytest.skip(f"no Chromium at {CHROMIUM} (`apt-get install -y chromium`, or set ETL_TEST_CHROMIUM)",
+                allow_module_level=True)
+
+TABLE = """
+CREATE TABLE appointment (id INT PRIMARY KEY, patient_id INT NOT NULL, starts_at DATETIME, note TEXT);
+INSERT INTO appointment SELECT seq, seq % 37, '2024-03-01 08:00' + INTERVAL seq * 15 MINUTE,
+       IF(seq % 5 = 0, NULL, CONCAT('visit ', seq)) FROM seq_1_to_180;
+CREATE TABLE document (id INT PRIMARY KEY, body TEXT);
+INSERT INTO document SELECT seq, REPEAT('x', seq) FROM seq_1_to_20;
+"""
+CONFIG = """
+priorities:
+  - {name: critical, workers: 2}
+  - {name: normal, workers: 2}
+  - {name: bulk, workers: 1}
+tables:
+  appointment: {priority: normal, primary_key: [id]}
+  document: {priority: bulk, primary_key: [id]}
+"""
+RUN_URL = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
+
+
+def _field(page: Page, label: str):
+    """The form block of one parameter: the element that holds its <label> and its input."""
+    return page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$")).locator(
+        "xpath=ancestor::div[.//fieldset or .//textarea][1]")
+
+
+def _state_badge(page: Page, state: str):
+    """The run's state badge in the page header (e.g. "Completed"), not the word anywhere else."""
+    return page.locator("span[data-slot='badge']", has_text=re.compile(rf"^\s*{state}\s*$")).filter(visible=True).first
+
+
+def _wait_for_state_badge(page: Page, state: str, timeout: float) -> None:
+    """The run page polls the API and updates itself; should it ever sit on a stale state, reload it
+    every 20 s, as a person would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            expect(_state_badge(page, state)).to_be_visible(timeout=20_000)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            page.reload()
+
+
+def test_custom_run_from_the_deployment_form_completes(deployed_env, prefect_stack) -> None:
+    env = deployed_env
+    env.source_sql(TABLE)
+    env.write_config(CONFIG)
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    run_id = None
+    t0 = time.monotonic()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            try:
+                page.goto(prefect_stack.ui_url)
+                page.get_by_role("link", name="Deployments", exact=True).first.click()
+                page.get_by_role("link", name="repair", exact=True).first.click()
+                page.get_by_role("button", name="Run", exact=True).first.click()
+                page.get_by_text("Custom run", exact=True).first.click()
+
+                tables = _field(page, "tables")
+                tables.get_by_role("button", name="Add item").click()
+                tables.locator("textarea").first.fill("appointment")
+                page.get_by_role("button", name="Submit", exact=True).click()
+                # Back on the deployment page, a toast says the run is scheduled and links to it.
+                page.get_by_text("View run", exact=True).first.click()
+                page.wait_for_url(RUN_URL, timeout=30_000)
+                run_id = RUN_URL.search(page.url).group(1)
+                _wait_for_state_badge(page, "Completed", timeout=180)
+                # Once running, the flow renamed its run after the tables (flows/deployments.py).
+                expect(page.get_by_text("repair-appointment", exact=True).first).to_be_visible()
+                page.wait_for_timeout(1500)  # let the timeline and logs finish drawing
+                expect(_state_badge(page, "Completed")).to_be_visible()
+            except Exception:
+                failure = prefect_stack.run_dir / "ui-failure.png"
+                page.screenshot(path=str(failure))
+                print(f"UI test failed at {page.url}; screenshot {failure}")
+                if run_id:
+                    print(prefect_stack.diagnose(run_id))
+                raise
+            page.screenshot(path=str(SCREENSHOT))
+        finally:
+            browser.close()
+    seconds = time.monotonic() - t0
+
+    run = prefect_stack.wait_for_flow_run(run_id, timeout=30)  # the page said Completed; so must the API
+    assert run["state"]["type"] == "COMPLETED", prefect_stack.diagnose(run_id)
+    assert run["parameters"]["tables"] == ["appointment"]
+    assert run["parameters"]["full_refresh"] is True  # the deployment's default, kept by the form
+
+    src, pg = env.mysql(), env.pg()
+    try:
+        assert_pg_matches_mysql(src, env.source_db, pg, env.pg_schema, "appointment")
+        with pg.cursor() as cur:
+            cur.execute("SELECT to_regclass('raw.document') IS NULL")
+            assert cur.fetchone()[0] is True
+    finally:
+        src.close(), pg.close()
+    print(f"UI run: {seconds:.1f}s from opening the UI to Completed; screenshot {SCREENSHOT}")
