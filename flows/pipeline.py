@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from blocks.connectors import BlockNames, urls_from_blocks, urls_from_settings
 from config.models import PipelineConfig, ResolvedTable, load_pipeline_config
 from config.settings import Settings
-from tasks import analytics_load, replica_copy
+from tasks import sync
 from tasks.connections import (
     Engines, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
 )
@@ -83,9 +83,9 @@ def replicate_table(table: ResolvedTable, opts: RunOptions) -> dict:
     logger = get_run_logger()
     attempt = _attempt()
     try:
-        stats = replica_copy.copy_full(
+        stats = sync.replicate(
             engines, table, source_db=opts.source_db, replica_db=opts.replica_db, method=opts.replica_method,
-            resume=attempt > 1,
+            full_refresh=opts.full_refresh, resume=attempt > 1,
             progress=Progress(table.name, "replica copy", table.estimated_rows or 0, logger),
         )
     except Exception as e:
@@ -94,7 +94,8 @@ def replicate_table(table: ResolvedTable, opts: RunOptions) -> dict:
     logger.info("%s: %s rows to the replica in %.2fs (%s, %d chunks)", table.name, f"{stats.rows:,}",
                 stats.seconds, stats.method, stats.chunks)
     return {"rows": stats.rows, "seconds": stats.seconds, "method": stats.method, "notes": stats.notes,
-            "bytes": stats.bytes}
+            "bytes": stats.bytes, "mode": stats.mode, "watermark_before": stats.watermark_before,
+            "watermark_after": stats.watermark_after, "deleted": stats.deleted}
 
 
 @task(task_run_name="load-{table.name}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
@@ -105,9 +106,9 @@ def load_table(table: ResolvedTable, opts: RunOptions) -> dict:
     logger = get_run_logger()
     attempt = _attempt()
     try:
-        stats = analytics_load.load_full(
+        stats = sync.load(
             engines, table, replica_db=opts.replica_db, pg_schema=opts.pg_schema, column_case=opts.column_case,
-            resume=attempt > 1,
+            full_refresh=opts.full_refresh, resume=attempt > 1,
             progress=Progress(table.name, "analytics load", table.estimated_rows or 0, logger),
         )
     except Exception as e:
@@ -115,7 +116,8 @@ def load_table(table: ResolvedTable, opts: RunOptions) -> dict:
         raise
     logger.info("%s: %s rows to PostgreSQL in %.2fs (%d chunks, %.0f rows/s)", table.name, f"{stats.rows:,}",
                 stats.seconds, stats.chunks, stats.rows_per_second)
-    return {"rows": stats.rows, "seconds": stats.seconds, "notes": stats.notes, "bytes": stats.bytes}
+    return {"rows": stats.rows, "seconds": stats.seconds, "notes": stats.notes, "bytes": stats.bytes,
+            "mode": stats.mode, "deleted": stats.deleted}
 
 
 @task(task_run_name="verify-{table.name}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
@@ -134,7 +136,7 @@ def table_flow(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
     """One table, start to finish: replica copy, analytics load, verification, metrics."""
     engines = lookup(opts.run_key)
     metrics = _metrics(opts, engines)
-    metrics.table_started(table.name, priority=table.priority, mode="full")
+    metrics.table_started(table.name, priority=table.priority, mode=table.mode)
     t0 = time.monotonic()
     try:
         rep = replicate_table(table, opts)
@@ -150,6 +152,7 @@ def table_flow(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
         "verify_seconds": ver["seconds"], "replica_rows": rep["rows"], "analytics_rows": ana["rows"],
         "bytes": ana["bytes"], "rows_per_second": ana["rows"] / seconds if seconds else None,
         "replica_method": rep["method"], "verified": True, "notes": "; ".join(notes) or None,
+        "mode": rep["mode"], "watermark_before": rep["watermark_before"], "watermark_after": rep["watermark_after"],
     })
     return TableOutcome(table=table.name, status="ok", replica_rows=rep["rows"], analytics_rows=ana["rows"],
                         seconds=seconds, notes=notes)

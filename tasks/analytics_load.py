@@ -50,6 +50,10 @@ class PhaseStats:
     nul_chars_removed: int = 0
     resumed_at_rows: int = 0
     method: str = ""
+    mode: str = "full"
+    watermark_before: str | None = None
+    watermark_after: str | None = None
+    deleted: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -134,7 +134,7 @@ class MetricsWriter:
         allowed = {
             "status", "replica_seconds", "analytics_seconds", "verify_seconds", "replica_rows", "analytics_rows",
             "bytes", "rows_per_second", "replica_method", "watermark_before", "watermark_after", "verified",
-            "notes", "error",
+            "notes", "error", "mode",
         }
         cols = [k for k in values if k in allowed]
         vals = [self.clean(values[k]) if k in ("error", "notes") else values[k] for k in cols]
