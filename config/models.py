@@ -77,6 +77,16 @@ class TableSettings(_Strict):
         default=None,
         description="tinyint(1) columns loaded as PostgreSQL boolean; any value other than 0/1 then fails loudly.",
     )
+    deletes_every: int | None = Field(
+        default=None, ge=1, description="Check for deleted rows on every Nth incremental run (1 = every run)."
+    )
+    deletes_max_fraction: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Refuse (fail the table) when a run would delete more than this fraction of its rows ...",
+    )
+    deletes_min_rows: int | None = Field(
+        default=None, ge=0, description="... and more than this many rows. Both must be exceeded to refuse."
+    )
 
     @field_validator("lookback")
     @classmethod
@@ -115,6 +125,9 @@ class ResolvedTable(BaseModel):
     batch_size: int = Field(description="Rows per keyset chunk.")
     deletes: Deletes = Field(description="Delete propagation.")
     lookback: str | None = Field(description="Re-read window for incremental runs.")
+    deletes_every: int = Field(description="Delete check every Nth incremental run.")
+    deletes_max_fraction: float = Field(description="Delete guard: fraction of the table.")
+    deletes_min_rows: int = Field(description="Delete guard: row count.")
     boolean_columns: tuple[str, ...] = Field(description="tinyint(1) columns mapped to boolean.")
     primary_key: tuple[str, ...] = Field(description="Primary key columns; empty when the table has none.")
     incremental_columns: tuple[str, ...] = Field(description="Change-tracking columns.")
@@ -128,11 +141,15 @@ class AnalyticsOptions(_Strict):
         default="lower",
         description="`lower` lower-cases column names; `preserve` keeps the source spelling (then quote them).",
     )
+    loaded_at_column: str = Field(
+        default="_etl_loaded_at",
+        description="Extra timestamptz column on every analytics table: when the row was last loaded.",
+    )
 
 
 _BUILTIN_DEFAULTS = TableSettings(
     enabled=True, priority="normal", mode="full", batch_size=50_000, deletes="detect",
-    lookback=None, boolean_columns=[],
+    lookback=None, boolean_columns=[], deletes_every=1, deletes_max_fraction=0.10, deletes_min_rows=1000,
 )
 
 
@@ -197,6 +214,9 @@ class PipelineConfig(_Strict):
             batch_size=merged["batch_size"],
             deletes=merged["deletes"],
             lookback=merged.get("lookback"),
+            deletes_every=merged["deletes_every"],
+            deletes_max_fraction=merged["deletes_max_fraction"],
+            deletes_min_rows=merged["deletes_min_rows"],
             boolean_columns=tuple(merged["boolean_columns"]),
             primary_key=tuple(t.primary_key or ()),
             incremental_columns=tuple(t.incremental_columns or ()),

@@ -180,11 +180,15 @@ def load_full(
     resume: bool = False,
     progress: ProgressFn | None = None,
     streams: int = 2,
+    in_swap: Callable[[Any], None] | None = None,
+    loaded_at_column: str | None = "_etl_loaded_at",
 ) -> PhaseStats:
     """Reload one table into PostgreSQL from the replica. Returns what it moved.
 
     A big table with an integer key is split into `streams` key ranges, each read and copied by
     its own pair of connections, so MySQL's formatting and PostgreSQL's parsing use both cores.
+    `in_swap(cursor)` runs inside the swap transaction (the sync state is written there).
+    `loaded_at_column` (if set) is an extra timestamptz column stamped with the load time.
     """
     started = time.monotonic()
     stats = PhaseStats(method="copy")
@@ -222,7 +226,7 @@ def load_full(
             stats.notes.append(f"analytics load resumed after {done} committed rows")
         else:
             cur.execute(f"DROP TABLE IF EXISTS {q_shadow}")
-            cur.execute(pg_create_table_sql(q_shadow, cols))
+            cur.execute(pg_create_table_sql(q_shadow, cols, loaded_at_column=loaded_at_column))
             checkpoints.pg_clear(cur, pg_schema, pg_name)
             for p in parts:
                 checkpoints.pg_save(cur, pg_schema, pg_name, p.no, shadow, None, 0)
@@ -266,6 +270,8 @@ def load_full(
             pg.commit()
         _swap(cur, pg_schema, pg_name, shadow, has_key=bool(key), notes=stats.notes)
         checkpoints.pg_clear(cur, pg_schema, pg_name)
+        if in_swap:
+            in_swap(cur)
         pg.commit()
         pg.autocommit = True
         cur.execute(f"ANALYZE {pg_qualified(pg_schema, pg_name)}")
@@ -338,15 +344,24 @@ def _swap(cur: Any, schema: str, table: str, shadow: str, *, has_key: bool, note
                         f"TO {pg_ident(_constraint_name(table))}")
         return
     # Views depend on the live table: keep the table (and the views, grants and comments on it),
-    # replace its rows in the same transaction. Only possible when the columns are unchanged.
-    live_cols = _column_signature(cur, schema, table)
+    # replace its rows in the same transaction. New columns are added in place first; a dropped or
+    # retyped column would break the views, so that stops the table with a message instead.
+    live_cols = dict(_column_signature(cur, schema, table))
     new_cols = _column_signature(cur, schema, shadow)
-    if live_cols != new_cols:
+    dropped = [c for c in live_cols if c not in dict(new_cols)]
+    retyped = [c for c, t in new_cols if c in live_cols and live_cols[c] != t]
+    if dropped or retyped:
+        what = ", ".join([f"{c} dropped" for c in dropped] + [f"{c} retyped" for c in retyped])
         raise SchemaError(
-            f"table {schema}.{table} changed shape but views depend on it ({', '.join(views)}); "
+            f"table {schema}.{table} changed shape ({what}) but views depend on it ({', '.join(views)}); "
             f"drop or adjust those views, or run with --full-refresh after recreating them"
         )
     cur.execute(f"TRUNCATE {q_live}")
-    cur.execute(f"INSERT INTO {q_live} SELECT * FROM {q_shadow}")
+    for c, t in new_cols:
+        if c not in live_cols:
+            cur.execute(f"ALTER TABLE {q_live} ADD COLUMN {pg_ident(c)} {t}")
+            notes.append(f"column {c} added in place (views depend on the table)")
+    names = ", ".join(pg_ident(c) for c, _ in new_cols)
+    cur.execute(f"INSERT INTO {q_live} ({names}) SELECT {names} FROM {q_shadow}")
     cur.execute(f"DROP TABLE {q_shadow}")
     notes.append(f"rows replaced in place because views depend on it: {', '.join(views)}")

@@ -18,7 +18,9 @@ import re
 import tempfile
 import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import pymysql
 
@@ -82,8 +84,13 @@ def copy_full(
     method: str,
     resume: bool = False,
     progress: ProgressFn | None = None,
+    after_swap: Callable[[Any], None] | None = None,
 ) -> PhaseStats:
-    """Copy one table from the source into the replica. `method` is `server` or `stream`."""
+    """Copy one table from the source into the replica. `method` is `server` or `stream`.
+
+    `after_swap(cursor)` runs on the replica connection right after the swap, before the final
+    commit (the sync state is written there).
+    """
     started = time.monotonic()
     stats = PhaseStats(method=method)
     shadow = shadow_name(table.name)
@@ -121,6 +128,8 @@ def copy_full(
         live_exists = table_exists(rc, replica_db, table.name)
         _swap(cur, table.name, shadow, live_exists)
         checkpoints.mysql_clear(cur, table.name)
+        if after_swap:
+            after_swap(cur)
         rep.commit()
         # Fresh statistics: the analytics stage sizes its parallel streams and blocks from them.
         cur.execute(f"ANALYZE NO_WRITE_TO_BINLOG TABLE {mysql_ident(table.name)}")
@@ -167,37 +176,60 @@ def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, .
         cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
 
-def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
-                   source_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
-                   progress: ProgressFn | None) -> None:
+@dataclass(frozen=True)
+class LoadDataPlan:
+    """How a table's rows travel through LOAD DATA: the source's line and the replica's statement."""
+
+    line_expr: str
+    load_sql: str  # with one %s: the FIFO path
+    enum_columns: frozenset[str]
+
+
+def load_data_plan(schema: TableSchema, target_table: str) -> LoadDataPlan:
     ld = [load_data_column(c, i) for i, c in enumerate(schema.columns)]
     line = "CONCAT_WS('\\t', " + ", ".join(c.select_expr for c in ld) + ")" if len(ld) > 1 else ld[0].select_expr
-    with src.cursor() as c:
-        c.execute("SELECT @@max_allowed_packet")
-        packet = int(c.fetchone()[0])
-    query = LineQuery(
-        table_sql=mysql_qualified(source_db, table.name),
-        line_expr=line,
-        keyset=Keyset(key, mysql_ident) if key else None,
-        batch_size=table.batch_size if key else 0,
-        group_rows=group_rows_for(schema.avg_row_length, table.batch_size, packet) if key else 0,
-    )
     targets = ", ".join(c.target for c in ld)
     sets = [c.set_clause for c in ld if c.set_clause]
     set_sql = (" SET " + ", ".join(sets)) if sets else ""
-    enum_columns = {c.name for c in schema.columns if c.data_type == "enum"}
+    load_sql = (
+        f"LOAD DATA LOCAL INFILE %s INTO TABLE {mysql_ident(target_table)} CHARACTER SET utf8mb4 "
+        f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({targets}){set_sql}"
+    )
+    return LoadDataPlan(line, load_sql, frozenset(c.name for c in schema.columns if c.data_type == "enum"))
+
+
+def packet_size(dbapi_conn: Any) -> int:
+    with dbapi_conn.cursor() as c:
+        c.execute("SELECT @@max_allowed_packet")
+        return int(c.fetchone()[0])
+
+
+@contextmanager
+def fifo_path() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="etl-fifo-") as tmp:
+        path = os.path.join(tmp, "rows")
+        os.mkfifo(path, 0o600)
+        yield path
+
+
+def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
+                   source_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
+                   progress: ProgressFn | None) -> None:
+    plan = load_data_plan(schema, shadow)
+    query = LineQuery(
+        table_sql=mysql_qualified(source_db, table.name),
+        line_expr=plan.line_expr,
+        keyset=Keyset(key, mysql_ident) if key else None,
+        batch_size=table.batch_size if key else 0,
+        group_rows=group_rows_for(schema.avg_row_length, table.batch_size, packet_size(src)) if key else 0,
+    )
+    load_sql, enum_columns = plan.load_sql, set(plan.enum_columns)
     # Every warning of a chunk must be inspected (see _check_load_warnings).
     cur.execute("SET SESSION max_error_count = 65535")
     with src.cursor() as scur:
         # One consistent snapshot for the whole table, read-only: no locks on production rows.
         scur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-    with tempfile.TemporaryDirectory(prefix="etl-fifo-") as tmp:
-        fifo = os.path.join(tmp, "rows")
-        os.mkfifo(fifo, 0o600)
-        load_sql = (
-            f"LOAD DATA LOCAL INFILE %s INTO TABLE {mysql_ident(shadow)} CHARACTER SET utf8mb4 "
-            f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({targets}){set_sql}"
-        )
+    with fifo_path() as fifo:
         try:
             while True:
                 chunk = ChunkResult()

@@ -1,27 +1,242 @@
 """Which way a table is synchronised this run: full refresh or incremental. The flows call only this.
 
-`replicate` (source -> replica) and `load` (replica -> analytics) pick the path for the table's
-mode and state, and return the phase's PhaseStats with `mode` and the watermarks filled in.
+`replicate` (source -> replica) and `load` (replica -> analytics) each read their own state,
+pick the path, and write the new state with the data:
+
+- full refresh when the table's mode is `full`, when it has no primary key or no usable change
+  column, on its first run, with `--full-refresh`, or after a column was added in the source
+  (the reload back-fills it). The watermarks saved are the change columns' maxima read *before*
+  the copy started, so rows changed during the copy are read again next time.
+- incremental otherwise (see tasks/incremental.py); widened columns are altered in place first,
+  and in the analytics phase deleted rows are propagated when `deletes: detect` is due.
+Analytics reloads in full whenever the replica's generation (count of full reloads) differs from
+the one it last loaded.
 """
 from __future__ import annotations
 
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
 from config.models import ResolvedTable
-from tasks import analytics_load, replica_copy
+from tasks import analytics_load, deletes, drift, incremental, replica_copy, state
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
+from tasks.errors import SchemaError
+from tasks.identifiers import mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name
+from tasks.mysql_schema import (
+    TableSchema, choose_key, ensure_database, read_table_schema, server_identity, show_create_table, table_exists,
+    unique_keys,
+)
+from tasks.state import TableState
+from tasks.type_mapping import pg_columns
+
+log = logging.getLogger("etl.sync")
+
+
+def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ...]) -> tuple[str, str]:
+    """(mode, why) for a table; raises SchemaError when the config names columns that do not fit."""
+    for c in table.incremental_columns:
+        if c not in schema.column_names:
+            import difflib
+
+            m = difflib.get_close_matches(c, schema.column_names, n=1)
+            hint = f" (did you mean {m[0]!r}?)" if m else ""
+            raise SchemaError(f"table {table.name!r}: incremental column {c!r} does not exist{hint}; "
+                              f"fix tables.{table.name}.incremental_columns")
+        try:
+            state.watermark_kind(schema.column(c).data_type)
+        except ValueError as e:
+            raise SchemaError(f"table {table.name!r}: incremental column {c!r}: {e}") from None
+    if table.mode == "full":
+        return "full", "mode: full"
+    if not key:
+        return "full", "no primary key: full refresh every run (rows cannot be merged)"
+    if not table.incremental_columns:
+        return "full", "mode: incremental but no incremental_columns: full refresh"
+    return "incremental", f"incremental on {', '.join(table.incremental_columns)} (any of them advanced)"
+
+
+def _source_time_zone(conn: sa.Connection) -> str:
+    tz, system = conn.execute(sa.text("SELECT @@global.time_zone, @@system_time_zone")).one()
+    return str(system) if str(tz) == "SYSTEM" else str(tz)
 
 
 def replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replica_db: str, method: str,
               full_refresh: bool, resume: bool, progress: ProgressFn | None = None) -> PhaseStats:
-    stats = replica_copy.copy_full(engines, table, source_db=source_db, replica_db=replica_db, method=method,
-                                   resume=resume, progress=progress)
+    with engines.source.connect() as sc:
+        src_schema = read_table_schema(sc, source_db, table.name)
+        key = choose_key(src_schema, table.primary_key, unique_keys(sc, source_db, table.name))
+        mode, why = effective_mode(table, src_schema, key)
+        tz = _source_time_zone(sc)
+        sc.rollback()
+    with engines.replica.connect() as rc:
+        raw = rc.connection.driver_connection
+        cur = raw.cursor()
+        ensure_database(rc, replica_db)
+        cur.execute(f"USE {mysql_ident(replica_db)}")
+        state.mysql_ensure(cur)
+        if full_refresh:
+            state.mysql_reset(cur, table.name)
+        current = state.mysql_load(cur, table.name)
+        raw.commit()
+        live = table_exists(rc, replica_db, table.name)
+        rep_server = server_identity(rc)
+        rep_schema = read_table_schema(rc, replica_db, table.name) if live else None
+
+    notes: list[str] = []
+    if mode == "incremental" and current is not None and live and not full_refresh:
+        d = drift.compare(src_schema, rep_schema)
+        if d.problems:
+            raise drift.refuse(table.name, d)
+        if d.added or d.widened:
+            with engines.source.connect() as sc:
+                ddl = show_create_table(sc, source_db, table.name)
+            with engines.replica.connect() as rc:
+                c = rc.connection.driver_connection.cursor()
+                c.execute(f"USE {mysql_ident(replica_db)}")
+                for stmt in drift.replica_alter_sql(table.name, d, src_schema, ddl):
+                    c.execute(stmt)
+            notes.append(f"schema drift applied in place: {d.describe()}")
+        if not d.added:
+            def save(cur, watermarks) -> None:  # noqa: ANN001
+                state.mysql_save(cur, table.name, TableState(
+                    generation=current.generation, watermarks=watermarks, run_count=current.run_count + 1,
+                    source_time_zone=tz))
+            stats = incremental.replicate_incremental(
+                engines, table, src_schema, key, source_db=source_db, replica_db=replica_db, method=method,
+                state=current, replica_server=rep_server, save_state=save, progress=progress)
+            stats.notes = notes + stats.notes
+            return stats
+        notes.append("reloaded in full to back-fill the added column(s)")
+
+    highs: dict = {}
+    if mode == "incremental":
+        with engines.source.connect() as sc:
+            cur = sc.connection.driver_connection.cursor()
+            for c in table.incremental_columns:
+                v = incremental.column_max(cur, mysql_qualified(source_db, table.name), c)
+                if v is not None:
+                    highs[c] = v
+            sc.rollback()
+    new = TableState(generation=(current.generation if current else 0) + 1, watermarks=highs, source_time_zone=tz)
+    stats = replica_copy.copy_full(
+        engines, table, source_db=source_db, replica_db=replica_db, method=method, resume=resume,
+        progress=progress, after_swap=lambda cur: state.mysql_save(cur, table.name, new))
     stats.mode = "full"
+    stats.watermark_before = current.describe() if current else None
+    stats.watermark_after = new.describe()
+    stats.notes = notes + [why] + stats.notes if mode == "full" else notes + stats.notes
     return stats
 
 
 def load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
-         full_refresh: bool, resume: bool, progress: ProgressFn | None = None) -> PhaseStats:
-    stats = analytics_load.load_full(engines, table, replica_db=replica_db, pg_schema=pg_schema,
-                                     column_case=column_case, resume=resume, progress=progress)
+         full_refresh: bool, resume: bool, progress: ProgressFn | None = None,
+         loaded_at_column: str | None = "_etl_loaded_at") -> PhaseStats:
+    pg_name = pg_table_name(table.name)
+    with engines.replica.connect() as rc:
+        rep_schema = read_table_schema(rc, replica_db, table.name)
+        key = choose_key(rep_schema, table.primary_key, unique_keys(rc, replica_db, table.name))
+        mode, _ = effective_mode(table, rep_schema, key)
+        cur = rc.connection.driver_connection.cursor()
+        cur.execute(f"USE {mysql_ident(replica_db)}")
+        state.mysql_ensure(cur)
+        rep_state = state.mysql_load(cur, table.name)
+        rc.connection.driver_connection.commit()
+    with engines.analytics.connect() as pc:
+        pg = pc.connection.driver_connection
+        pcur = pg.cursor()
+        state.pg_ensure(pcur)
+        pg.commit()
+        current = state.pg_load(pcur, pg_schema, pg_name)
+        pcur.execute("SELECT to_regclass(%s) IS NOT NULL", (pg_qualified(pg_schema, pg_name),))
+        live = bool(pcur.fetchone()[0])
+        pg.commit()
+
+    if (mode == "incremental" and not full_refresh and live and current is not None and rep_state is not None
+            and current.generation == rep_state.generation):
+        notes = _widen_in_place(engines, table, rep_schema, pg_schema, column_case)
+
+        def save(cur, watermarks) -> None:  # noqa: ANN001
+            state.pg_save(cur, pg_schema, pg_name, TableState(
+                generation=current.generation, watermarks=watermarks, run_count=current.run_count + 1))
+        stats = incremental.load_incremental(
+            engines, table, rep_schema, key, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case,
+            state=current, save_state=save, loaded_at_column=loaded_at_column, progress=progress)
+        stats.notes = notes + stats.notes
+        if table.deletes == "detect" and (current.run_count + 1) % table.deletes_every == 0:
+            stats.deleted = _propagate_deletes(engines, table, key, rep_schema, replica_db=replica_db,
+                                               pg_schema=pg_schema, column_case=column_case)
+            stats.notes.append(f"deletes checked: {stats.deleted} removed")
+        return stats
+
+    highs: dict = {}
+    if mode == "incremental" and rep_state is not None:
+        highs = dict(rep_state.watermarks)  # the replica was static since its own state was written
+    new = TableState(generation=rep_state.generation if rep_state else 0, watermarks=highs)
+
+    def in_swap(cur) -> None:  # noqa: ANN001
+        if full_refresh:
+            state.pg_reset(cur, pg_schema, pg_name)
+        state.pg_save(cur, pg_schema, pg_name, new)
+
+    stats = analytics_load.load_full(
+        engines, table, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case, resume=resume,
+        progress=progress, in_swap=in_swap, loaded_at_column=loaded_at_column)
     stats.mode = "full"
+    stats.watermark_before = current.describe() if current else None
+    stats.watermark_after = new.describe()
     return stats
+
+
+def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSchema, pg_schema: str,
+                    column_case: str) -> list[str]:
+    """ALTER COLUMN ... TYPE for analytics columns whose replica type was widened."""
+    pg_name = pg_table_name(table.name)
+    wanted = {c.name: c.pg_type for c in pg_columns(rep_schema, column_case=column_case,
+                                                    boolean_columns=table.boolean_columns)}
+    notes = []
+    with engines.analytics.connect() as pc:
+        pg = pc.connection.driver_connection
+        cur = pg.cursor()
+        cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+                    (pg_qualified(pg_schema, pg_name),))
+        have = dict(cur.fetchall())
+        for name, typ in wanted.items():
+            if name in have and _norm(have[name]) != _norm(typ):
+                try:
+                    cur.execute(f"ALTER TABLE {pg_qualified(pg_schema, pg_name)} ALTER COLUMN {pg_ident(name)} "
+                                f"TYPE {typ}")
+                except Exception as e:  # noqa: BLE001
+                    pg.rollback()
+                    raise SchemaError(
+                        f"table {pg_schema}.{pg_name}: cannot widen column {name!r} to {typ} in place "
+                        f"({str(e).splitlines()[0]}); drop the views that use it, rerun, then recreate them") from None
+                notes.append(f"analytics column {name} widened to {typ}")
+        pg.commit()
+    return notes
+
+
+def _norm(pg_type: str) -> str:
+    t = pg_type.replace("character varying", "varchar").replace("timestamp with time zone", "timestamptz")
+    t = t.replace("timestamp without time zone", "timestamp").replace(" ", "")
+    return t.replace("timestamptz(0)", "timestamptz").replace("timestamp(0)", "timestamp")
+
+
+def _propagate_deletes(engines: Engines, table: ResolvedTable, key: tuple[str, ...], rep_schema: TableSchema, *,
+                       replica_db: str, pg_schema: str, column_case: str) -> int:
+    source_db = make_url(engines.urls.source).database
+    by_source = {c.source.name: c.name for c in pg_columns(rep_schema, column_case=column_case,
+                                                           boolean_columns=table.boolean_columns)}
+    with engines.source.connect() as sc, engines.replica.connect() as rc, engines.analytics.connect() as pc:
+        scur = sc.connection.driver_connection.cursor()
+        result = deletes.propagate_deletes(
+            scur, rc.connection.driver_connection, pc.connection.driver_connection,
+            source_sql=mysql_qualified(source_db, table.name), replica_sql=mysql_qualified(replica_db, table.name),
+            pg_schema=pg_schema, pg_table=pg_table_name(table.name), key=key, pg_key=[by_source[k] for k in key],
+            table=table.name, page=max(table.batch_size, 10_000), max_fraction=table.deletes_max_fraction,
+            min_rows=table.deletes_min_rows)
+        sc.rollback()
+    return result.deleted

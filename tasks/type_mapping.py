@@ -233,8 +233,11 @@ def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[
     return out
 
 
-def pg_create_table_sql(qualified: str, cols: list[PgColumn]) -> str:
+def pg_create_table_sql(qualified: str, cols: list[PgColumn], *, loaded_at_column: str | None = None) -> str:
     parts = [f"{pg_ident(c.name)} {c.pg_type}{'' if c.nullable else ' NOT NULL'}" for c in cols]
+    if loaded_at_column:
+        # When the row was loaded (dbt freshness checks read it); COPY leaves it to the default.
+        parts.append(f"{pg_ident(loaded_at_column)} timestamptz NOT NULL DEFAULT now()")
     return f"CREATE TABLE {qualified} (\n  " + ",\n  ".join(parts) + "\n)"
 
 

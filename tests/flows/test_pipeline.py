@@ -145,12 +145,18 @@ def test_dependent_views_survive_a_full_refresh(etl_env, prefect_harness) -> Non
         cur.execute("SELECT notes FROM etl.table_runs WHERE table_name = 'claim' ORDER BY started_at DESC LIMIT 1")
         assert "views depend on it: marts.claim_count" in cur.fetchone()[0]
 
-    # A shape change under a view stops the table with a message saying what to do; nothing is dropped.
-    etl_env.source_sql("ALTER TABLE claim ADD COLUMN extra INT")
+    # A column added in the source is added in place under the view; a dropped one stops the table
+    # with a message saying what to do, and nothing is dropped.
+    etl_env.source_sql("ALTER TABLE claim ADD COLUMN extra INT NOT NULL DEFAULT 7")
+    assert etl_env.etl("run", "--tables", "claim") == 0
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*), min(extra) FROM raw.claim")
+        assert cur.fetchone() == (201, 7)
+    etl_env.source_sql("ALTER TABLE claim DROP COLUMN v")
     assert etl_env.etl("run", "--tables", "claim") == 1
     with pg.cursor() as cur:
         cur.execute("SELECT error FROM etl.table_runs WHERE table_name = 'claim' ORDER BY started_at DESC LIMIT 1")
-        assert "views depend on it (marts.claim_count)" in cur.fetchone()[0]
+        assert "changed shape (v dropped) but views depend on it (marts.claim_count)" in cur.fetchone()[0]
         cur.execute("SELECT n FROM marts.claim_count")
         assert cur.fetchone()[0] == 201
     pg.close()

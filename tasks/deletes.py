@@ -1,0 +1,129 @@
+"""Delete propagation: find primary keys that vanished from the source and remove them downstream.
+
+The replica's key space is cut into ranges of `page` keys (boundaries found on the replica, which
+is ours). For each range both sides compute COUNT(*) and BIT_XOR(CRC32(key)) in SQL; only ranges
+whose aggregates differ are drilled into, by comparing their key lists. The source sees one cheap
+index-range aggregate per range and never a full key download.
+
+Guard: a partial read or a truncated source table must never empty a table downstream. If more
+than `max_fraction` of the table *and* more than `min_rows` rows would go in one run, the table
+fails loudly instead and nothing is deleted. Deleting 1 row of 6 is ordinary business.
+
+Rows are deleted from analytics first, then from the replica: if a run stops in between, the
+replica still holds the keys, so the next run finds them again and converges.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2.extras
+
+from tasks.errors import DataError
+from tasks.identifiers import mysql_ident, pg_ident, pg_qualified
+from tasks.keyset import Keyset
+
+log = logging.getLogger("etl.deletes")
+
+
+@dataclass
+class DeleteResult:
+    ranges: int = 0
+    ranges_differing: int = 0
+    deleted: int = 0
+    replica_rows: int = 0
+
+
+def _key_text(key: tuple[str, ...]) -> str:
+    return "CONCAT_WS(0x1f, " + ", ".join(mysql_ident(k) for k in key) + ")" if len(key) > 1 else mysql_ident(key[0])
+
+
+def _range_where(ks: Keyset, low: tuple | None, high: tuple | None) -> tuple[str, list[Any]]:
+    cond, params = ks.after(low)
+    if high is not None:
+        hcond, hparams = ks.after(high)
+        cond, params = f"{cond} AND NOT {hcond}", [*params, *hparams]
+    return cond, params
+
+
+def _aggregate(cur: Any, table_sql: str, key: tuple[str, ...], where: str, params: list[Any]) -> tuple[int, int]:
+    cur.execute(f"SELECT COUNT(*), COALESCE(BIT_XOR(CRC32({_key_text(key)})), 0) FROM {table_sql} WHERE {where}", params)
+    n, x = cur.fetchone()
+    return int(n), int(x)
+
+
+def _keys(cur: Any, table_sql: str, ks: Keyset, where: str, params: list[Any]) -> set[tuple]:
+    cur.execute(f"SELECT {ks.select_list} FROM {table_sql} WHERE {where}", params)
+    return {tuple(r) for r in cur.fetchall()}
+
+
+def find_deleted_ranges(src_cur: Any, rep_cur: Any, source_sql: str, replica_sql: str, key: tuple[str, ...],
+                        page: int) -> tuple[list[tuple[tuple | None, tuple | None, int]], DeleteResult]:
+    """Ranges (low exclusive, high inclusive, rows missing at least) whose key sets differ."""
+    ks = Keyset(key, mysql_ident)
+    result = DeleteResult()
+    differing = []
+    low: tuple | None = None
+    while True:
+        cond, params = ks.after(low)
+        rep_cur.execute(f"SELECT {ks.select_list} FROM {replica_sql} WHERE {cond} ORDER BY {ks.order_by} "
+                        f"LIMIT 1 OFFSET {int(page) - 1}", params)
+        row = rep_cur.fetchone()
+        high = tuple(row) if row else None  # None: the last range runs to the end
+        where, wparams = _range_where(ks, low, high)
+        rn, rx = _aggregate(rep_cur, replica_sql, key, where, wparams)
+        sn, sx = _aggregate(src_cur, source_sql, key, where, wparams)
+        result.ranges += 1
+        result.replica_rows += rn
+        if (rn, rx) != (sn, sx):
+            differing.append((low, high, max(rn - sn, 0)))
+        if high is None:
+            break
+        low = high
+    result.ranges_differing = len(differing)
+    return differing, result
+
+
+def propagate_deletes(src_cur: Any, rep: Any, pg: Any, *, source_sql: str, replica_sql: str, pg_schema: str,
+                      pg_table: str, key: tuple[str, ...], pg_key: list[str], table: str, page: int,
+                      max_fraction: float, min_rows: int) -> DeleteResult:
+    rep_cur = rep.cursor()
+    differing, result = find_deleted_ranges(src_cur, rep_cur, source_sql, replica_sql, key, page)
+    at_least = sum(d[2] for d in differing)
+    _guard(table, at_least, result.replica_rows, max_fraction, min_rows)
+    ks = Keyset(key, mysql_ident)
+    doomed: list[tuple] = []
+    for low, high, _ in differing:
+        where, params = _range_where(ks, low, high)
+        gone = _keys(rep_cur, replica_sql, ks, where, params) - _keys(src_cur, source_sql, ks, where, params)
+        doomed.extend(sorted(gone))
+    _guard(table, len(doomed), result.replica_rows, max_fraction, min_rows)
+    if not doomed:
+        return result
+    pcur = pg.cursor()
+    live = pg_qualified(pg_schema, pg_table)
+    cols = ", ".join(pg_ident(c) for c in pg_key)
+    match = " AND ".join(f"{live}.{pg_ident(c)} = d.{pg_ident(c)}" for c in pg_key)
+    psycopg2.extras.execute_values(pcur, f"DELETE FROM {live} USING (VALUES %s) AS d({cols}) WHERE {match}",
+                                   doomed, page_size=1000)
+    pg.commit()
+    row = "(" + ", ".join(["%s"] * len(key)) + ")"
+    cols_my = "(" + ", ".join(mysql_ident(k) for k in key) + ")"
+    for i in range(0, len(doomed), 500):
+        part = doomed[i:i + 500]
+        rep_cur.execute(f"DELETE FROM {replica_sql} WHERE {cols_my} IN ({', '.join([row] * len(part))})",
+                        [v for k in part for v in k])
+    rep.commit()
+    result.deleted = len(doomed)
+    log.info("%s: %d rows deleted in the source removed from replica and analytics", table, len(doomed))
+    return result
+
+
+def _guard(table: str, n: int, total: int, max_fraction: float, min_rows: int) -> None:
+    if n > min_rows and total and n > max_fraction * total:
+        raise DataError(
+            f"table {table!r}: refusing to delete {n:,} of {total:,} rows ({100.0 * n / total:.1f}%) in one run; "
+            f"if the source really lost them, reload with `etl run --full-refresh --tables {table}`, or raise "
+            f"deletes_max_fraction / deletes_min_rows for this table"
+        )

@@ -1,0 +1,300 @@
+"""Incremental sync: move only rows whose change columns advanced, merged by primary key.
+
+The change window of each change column c is [watermark(c) - lookback, MAX(c) read at the start].
+A row changed when ANY change column is inside its window (OR semantics), so the window is read as
+one pass per column; a row caught by two passes is merged twice, which changes nothing. Inside a
+pass the rows are paged with a composite keyset on (c, primary key), so thousands of rows sharing
+one timestamp are neither skipped nor read twice. The next run starts at `>=` the saved maximum:
+rows that arrive later with a timestamp equal to it are still picked up, and the merge makes the
+re-read boundary harmless. NULL change values never match a window (a nullable column alone cannot
+be trusted; `etl discover` only chooses incremental where a server-maintained column exists).
+
+Merges: MySQL `INSERT ... ON DUPLICATE KEY UPDATE` (`VALUES()` on MariaDB and MySQL < 8.0.20, the
+row-alias form on newer MySQL); PostgreSQL `INSERT ... ON CONFLICT DO UPDATE ... WHERE (...) IS
+DISTINCT FROM (...)`, so an unchanged row is not rewritten.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+
+from config.models import ResolvedTable, parse_lookback_seconds
+from tasks import faults
+from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error
+from tasks.connections import Engines
+from tasks.identifiers import mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, shadow_name
+from tasks.keyset import Keyset
+from tasks.mysql_schema import ServerIdentity, TableSchema
+from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan, packet_size
+from tasks.state import TableState, as_datetime
+from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks
+from tasks.type_mapping import copy_line_select, pg_columns
+
+log = logging.getLogger("etl.incremental")
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One change column's window."""
+
+    column: str
+    low: Any  # inclusive; None = from the beginning
+    high: Any  # inclusive
+
+    def condition(self) -> tuple[str, list[Any]]:
+        q = mysql_ident(self.column)
+        if self.low is None:
+            return f"{q} <= %s", [self.high]
+        return f"{q} >= %s AND {q} <= %s", [self.low, self.high]
+
+
+def column_max(cur: Any, table_sql: str, column: str) -> Any:
+    cur.execute(f"SELECT MAX({mysql_ident(column)}) FROM {table_sql}")
+    v = cur.fetchone()[0]
+    # An all-zero DATETIME column comes back as a string; it has no usable maximum.
+    if isinstance(v, str):
+        return None
+    return as_datetime(v)
+
+
+def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks: dict[str, Any],
+                  lookback: str | None) -> tuple[list[Pass], dict[str, Any]]:
+    """The passes to read now, and the watermarks to save once they are merged."""
+    back = dt.timedelta(seconds=parse_lookback_seconds(lookback)) if lookback else None
+    passes: list[Pass] = []
+    new: dict[str, Any] = {}
+    for c in columns:
+        high = column_max(cur, table_sql, c)
+        low = watermarks.get(c)
+        if high is None:
+            if low is not None:
+                new[c] = low
+            continue
+        if low is not None and back is not None and isinstance(low, dt.datetime):
+            low = low - back
+        if low is not None and isinstance(low, dt.datetime) and low.year < 1:
+            low = None
+        old = watermarks.get(c)
+        new[c] = high if old is None or high >= old else old
+        passes.append(Pass(c, low, high))
+    return passes, new
+
+
+def odku_clause(columns: list[str], key: tuple[str, ...], *, row_alias: str | None) -> str:
+    """ON DUPLICATE KEY UPDATE for every non-key column."""
+    sets = [c for c in columns if c not in key] or list(key[:1])
+    if row_alias:
+        return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{mysql_ident(c)} = {row_alias}.{mysql_ident(c)}" for c in sets)
+    return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{mysql_ident(c)} = VALUES({mysql_ident(c)})" for c in sets)
+
+
+def _boundary(cur: Any, table_sql: str, ks: Keyset, where: str, params: list[Any], n: int) -> tuple | None:
+    """Key of the n-th row of the window after the current position, or None if fewer remain."""
+    cur.execute(f"SELECT {ks.select_list} FROM {table_sql} WHERE {where} ORDER BY {ks.order_by} "
+                f"LIMIT 1 OFFSET {int(n) - 1}", params)
+    row = cur.fetchone()
+    return tuple(row) if row else None
+
+
+def replicate_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...], *,
+                          source_db: str, replica_db: str, method: str, state: TableState,
+                          replica_server: ServerIdentity, save_state: Any,
+                          progress: ProgressFn | None = None) -> PhaseStats:
+    """Merge the changed source rows into the replica table. `save_state(cursor, new_watermarks)`
+    is called in the transaction of the last merged chunk."""
+    started = time.monotonic()
+    stats = PhaseStats(method=method, mode="incremental", watermark_before=state.describe())
+    src_sql = mysql_qualified(source_db, table.name)
+    columns = schema.column_names
+    with engines.source.connect() as sc, engines.replica.connect() as rc:
+        src = sc.connection.driver_connection
+        rep = rc.connection.driver_connection
+        scur, cur = src.cursor(), rep.cursor()
+        cur.execute(f"USE {mysql_ident(replica_db)}")
+        passes, new_wm = change_window(scur, src_sql, table.incremental_columns, state.watermarks, table.lookback)
+        try:
+            if method == "server":
+                _merge_server(cur, rep, scur, table, schema, key, passes, src_sql, replica_db, replica_server,
+                              stats, progress)
+            else:
+                _merge_streamed(src, cur, rep, table, schema, key, passes, src_sql, replica_server, stats, progress)
+        except BaseException:
+            sc.invalidate()
+            raise
+        save_state(cur, new_wm)
+        rep.commit()
+        src.rollback()
+    stats.watermark_after = TableState(watermarks=new_wm).describe()
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _merge_server(cur: Any, rep: Any, scur: Any, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...],
+                  passes: list[Pass], src_sql: str, replica_db: str, server: ServerIdentity, stats: PhaseStats,
+                  progress: ProgressFn | None) -> None:
+    cols = ", ".join(mysql_ident(c) for c in schema.column_names)
+    dst = mysql_qualified(replica_db, table.name)
+    alias = "`_etl_new`" if server.mysql8_alias_upsert else None
+    update = odku_clause(schema.column_names, key, row_alias=alias)
+    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    try:
+        for p in passes:
+            ks = Keyset((p.column, *key), mysql_ident)
+            wcond, wparams = p.condition()
+            after: tuple | None = None
+            while True:
+                acond, aparams = ks.after(after)
+                where, params = f"({wcond}) AND {acond}", [*wparams, *aparams]
+                end = _boundary(scur, src_sql, ks, where, params, table.batch_size)
+                if end is not None:
+                    econd, eparams = ks.after(end)
+                    where, params = f"{where} AND NOT {econd}", [*params, *eparams]
+                select = f"SELECT {cols} FROM {src_sql} WHERE {where}"
+                if alias:
+                    sql = f"INSERT INTO {dst} ({cols}) SELECT * FROM ({select}) AS {alias} {update}"
+                else:
+                    sql = f"INSERT INTO {dst} ({cols}) {select} {update}"
+                cur.execute(sql, params)
+                stats.chunks += 1
+                # affected rows: 1 per insert, 2 per changed row, 0 per identical row
+                stats.rows += cur.rowcount
+                rep.commit()
+                if progress:
+                    progress(stats.rows)
+                faults.check("replica", table.name, stats.chunks)
+                if end is None:
+                    break
+                after = end
+    finally:
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+
+def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...],
+                    passes: list[Pass], src_sql: str, server: ServerIdentity, stats: PhaseStats,
+                    progress: ProgressFn | None) -> None:
+    stage = shadow_name(table.name, "stage")
+    cols = ", ".join(mysql_ident(c) for c in schema.column_names)
+    alias = "`_etl_new`" if server.mysql8_alias_upsert else None
+    update = odku_clause(schema.column_names, key, row_alias=alias)
+    cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+    cur.execute(f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
+    cur.execute("SET SESSION max_error_count = 65535")
+    plan = load_data_plan(schema, stage)
+    group = group_rows_for(schema.avg_row_length, table.batch_size, packet_size(src))
+    with src.cursor() as c:
+        c.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+    try:
+        with fifo_path() as fifo:
+            for p in passes:
+                wcond, wparams = p.condition()
+                query = LineQuery(table_sql=src_sql, line_expr=plan.line_expr,
+                                  keyset=Keyset((p.column, *key), mysql_ident), batch_size=table.batch_size,
+                                  where=wcond, where_params=wparams, group_rows=group)
+                after: tuple | None = None
+                while True:
+                    chunk = ChunkResult()
+                    _load_one_chunk(src, cur, fifo, plan.load_sql, query, after, chunk, set(plan.enum_columns))
+                    if chunk.rows:
+                        select = f"SELECT {cols} FROM {mysql_ident(stage)}"
+                        if alias:
+                            cur.execute(f"INSERT INTO {mysql_ident(table.name)} ({cols}) SELECT * FROM ({select}) "
+                                        f"AS {alias} {update}")
+                        else:
+                            cur.execute(f"INSERT INTO {mysql_ident(table.name)} ({cols}) {select} {update}")
+                        cur.execute(f"DELETE FROM {mysql_ident(stage)}")
+                        stats.rows += chunk.rows
+                        stats.bytes += chunk.bytes
+                        stats.chunks += 1
+                    rep.commit()
+                    if progress:
+                        progress(stats.rows)
+                    faults.check("replica", table.name, stats.chunks)
+                    if chunk.rows < table.batch_size:
+                        break
+                    after = chunk.last_key
+    finally:
+        cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+
+
+def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...], *,
+                     replica_db: str, pg_schema: str, column_case: str, state: TableState, save_state: Any,
+                     loaded_at_column: str | None = "_etl_loaded_at",
+                     progress: ProgressFn | None = None) -> PhaseStats:
+    """Merge the changed replica rows into the analytics table (COPY into a temp stage, then upsert)."""
+    started = time.monotonic()
+    stats = PhaseStats(method="copy+merge", mode="incremental", watermark_before=state.describe())
+    rep_sql = mysql_qualified(replica_db, table.name)
+    pg_name = pg_table_name(table.name)
+    live = pg_qualified(pg_schema, pg_name)
+    cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)
+    by_source = {c.source.name: c for c in cols}
+    names = [pg_ident(c.name) for c in cols]
+    key_cols = [pg_ident(by_source[k].name) for k in key]
+    non_key = [pg_ident(c.name) for c in cols if c.source.name not in key]
+    sets = [f"{n} = EXCLUDED.{n}" for n in non_key]
+    if loaded_at_column:
+        sets.append(f"{pg_ident(loaded_at_column)} = now()")
+    if non_key:
+        changed = (f" WHERE ({', '.join(f'{live}.{n}' for n in non_key)}) IS DISTINCT FROM "
+                   f"({', '.join(f'EXCLUDED.{n}' for n in non_key)})")
+        conflict = f"DO UPDATE SET {', '.join(sets)}{changed}"
+    else:
+        conflict = "DO NOTHING"
+    line = copy_line_select(cols)
+    with engines.replica.connect() as rc, engines.analytics.connect() as pc:
+        my = rc.connection.driver_connection
+        mcur = my.cursor()
+        passes, new_wm = change_window(mcur, rep_sql, table.incremental_columns, state.watermarks, table.lookback)
+        group = group_rows_for(schema.avg_row_length, table.batch_size, packet_size(my))
+        pg = pc.connection.driver_connection
+        pg.autocommit = False
+        cur = pg.cursor()
+        stage = pg_ident(shadow_name(pg_name, "stage"))
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {live}) ON COMMIT DELETE ROWS")
+        pg.commit()
+        copy_sql = f"COPY {stage} ({', '.join(names)}) FROM STDIN"
+        merge_sql = (f"INSERT INTO {live} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
+                     f"ON CONFLICT ({', '.join(key_cols)}) {conflict}")
+        try:
+            for p in passes:
+                wcond, wparams = p.condition()
+                query = LineQuery(table_sql=rep_sql, line_expr=line, keyset=Keyset((p.column, *key), mysql_ident),
+                                  batch_size=table.batch_size, where=wcond, where_params=wparams, group_rows=group)
+                after: tuple | None = None
+                while True:
+                    chunk = ChunkResult()
+                    reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
+                    try:
+                        cur.copy_expert(copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
+                    except psycopg2.DataError as e:
+                        pg.rollback()
+                        raise _wrap_copy_error(e, table.name, cols) from e
+                    finally:
+                        reader.close()
+                    if chunk.rows:
+                        cur.execute(merge_sql)
+                        stats.rows += cur.rowcount
+                        stats.bytes += chunk.bytes
+                        stats.chunks += 1
+                        stats.nul_chars_removed += chunk.nul_chars_removed
+                    pg.commit()
+                    if progress:
+                        progress(stats.rows)
+                    faults.check("analytics", table.name, stats.chunks)
+                    if chunk.rows < table.batch_size:
+                        break
+                    after = chunk.last_key
+            save_state(cur, new_wm)
+            pg.commit()
+        except BaseException:
+            pg.rollback()
+            rc.invalidate()
+            raise
+    stats.watermark_after = TableState(watermarks=new_wm).describe()
+    stats.seconds = time.monotonic() - started
+    return stats

@@ -1,0 +1,163 @@
+"""Per-table sync state: watermarks and full-load generations, one state table per target.
+
+- replica (MySQL): `_etl_state` in the replica database describes what the replica holds of the
+  source: one row per table and change column, with the high-water mark read from the source.
+- analytics (PostgreSQL): `etl.table_state` describes what analytics holds of the replica.
+Each stage reads its own state and writes it with the data it describes: the analytics state in
+the same transaction as the merge (or the swap), the replica state in the transaction of the last
+merged chunk. A crash can therefore never leave a watermark ahead of committed rows; at worst a
+window is read twice, which the merge makes harmless.
+
+Watermarks are typed (`wm_datetime` for DATE/DATETIME/TIMESTAMP columns, `wm_int` for integer
+columns), never a string holding either. TIMESTAMP values are UTC (every session runs in UTC);
+the source server's time zone is stored next to them. `generation` counts full loads of the
+replica table: when analytics holds an older generation it reloads in full (e.g. after drift).
+A reset (`--full-refresh`) first copies the rows into the `*_history` table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.identifiers import mysql_ident
+
+MYSQL_STATE = "_etl_state"
+MYSQL_HISTORY = "_etl_state_history"
+PG_STATE = "etl.table_state"
+PG_HISTORY = "etl.table_state_history"
+
+_INT_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+_TIME_TYPES = {"date", "datetime", "timestamp"}
+
+
+def watermark_kind(data_type: str) -> str:
+    if data_type in _TIME_TYPES:
+        return "datetime"
+    if data_type in _INT_TYPES:
+        return "int"
+    raise ValueError(f"type {data_type!r} cannot be a change column (use a date/time or integer column)")
+
+
+@dataclass
+class TableState:
+    """Watermarks by change column, plus the replica generation this state belongs to."""
+
+    generation: int = 0
+    watermarks: dict[str, Any] = field(default_factory=dict)
+    run_count: int = 0
+    source_time_zone: str | None = None
+
+    def describe(self) -> str | None:
+        if not self.watermarks:
+            return None
+        return ", ".join(f"{c}={_fmt(v)}" for c, v in sorted(self.watermarks.items()))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, dt.datetime):
+        return v.isoformat(sep=" ")
+    return str(v)
+
+
+# --- replica side ----------------------------------------------------------------------------------
+
+_MYSQL_COLUMNS = (
+    "table_name VARCHAR(64) NOT NULL, column_name VARCHAR(64) NOT NULL, "
+    "wm_datetime DATETIME(6) NULL, wm_int BIGINT NULL, generation BIGINT NOT NULL, "
+    "run_count BIGINT NOT NULL DEFAULT 0, source_time_zone VARCHAR(64) NULL, updated_at DATETIME(6) NOT NULL"
+)
+
+
+def mysql_ensure(cur: Any) -> None:
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_STATE)} ({_MYSQL_COLUMNS}, "
+                "PRIMARY KEY (table_name, column_name)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_HISTORY)} ({_MYSQL_COLUMNS}, "
+                "reset_at DATETIME(6) NOT NULL, KEY (table_name, reset_at)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+
+
+def mysql_load(cur: Any, table: str) -> TableState | None:
+    cur.execute(f"SELECT column_name, wm_datetime, wm_int, generation, run_count, source_time_zone "
+                f"FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s", (table,))
+    rows = cur.fetchall()
+    if not rows:
+        return None
+    st = TableState(generation=int(rows[0][3]), run_count=int(rows[0][4]), source_time_zone=rows[0][5])
+    for col, wdt, wint, *_ in rows:
+        if col != "":
+            st.watermarks[col] = wdt if wdt is not None else (int(wint) if wint is not None else None)
+    return st
+
+
+def mysql_save(cur: Any, table: str, st: TableState) -> None:
+    """Replace the table's state rows (caller commits, with the data they describe)."""
+    cur.execute(f"DELETE FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s", (table,))
+    # The row with an empty column name carries the generation even when there is no change column.
+    rows = [("", None)] + sorted(st.watermarks.items())
+    for col, v in rows:
+        cur.execute(
+            f"INSERT INTO {mysql_ident(MYSQL_STATE)} (table_name, column_name, wm_datetime, wm_int, generation, "
+            "run_count, source_time_zone, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(6))",
+            (table, col, v if isinstance(v, dt.datetime) else None, v if isinstance(v, int) else None,
+             st.generation, st.run_count, st.source_time_zone),
+        )
+
+
+def mysql_reset(cur: Any, table: str) -> None:
+    """Keep the current state in the history table, then forget it."""
+    cur.execute(f"INSERT INTO {mysql_ident(MYSQL_HISTORY)} SELECT *, UTC_TIMESTAMP(6) FROM {mysql_ident(MYSQL_STATE)} "
+                "WHERE table_name = %s", (table,))
+    cur.execute(f"DELETE FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s", (table,))
+
+
+# --- analytics side --------------------------------------------------------------------------------
+
+_PG_COLUMNS = (
+    "target_schema text NOT NULL, table_name text NOT NULL, column_name text NOT NULL, "
+    "wm_timestamp timestamp(6), wm_int numeric(20,0), generation bigint NOT NULL, "
+    "run_count bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now()"
+)
+
+
+def pg_ensure(cur: Any) -> None:
+    cur.execute("CREATE SCHEMA IF NOT EXISTS etl")
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {PG_STATE} ({_PG_COLUMNS}, "
+                "PRIMARY KEY (target_schema, table_name, column_name))")
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {PG_HISTORY} ({_PG_COLUMNS}, reset_at timestamptz NOT NULL DEFAULT now())")
+
+
+def pg_load(cur: Any, schema: str, table: str) -> TableState | None:
+    cur.execute(f"SELECT column_name, wm_timestamp, wm_int, generation, run_count FROM {PG_STATE} "
+                "WHERE target_schema = %s AND table_name = %s", (schema, table))
+    rows = cur.fetchall()
+    if not rows:
+        return None
+    st = TableState(generation=int(rows[0][3]), run_count=int(rows[0][4]))
+    for col, wts, wint, *_ in rows:
+        if col != "":
+            st.watermarks[col] = wts if wts is not None else (int(wint) if wint is not None else None)
+    return st
+
+
+def pg_save(cur: Any, schema: str, table: str, st: TableState) -> None:
+    cur.execute(f"DELETE FROM {PG_STATE} WHERE target_schema = %s AND table_name = %s", (schema, table))
+    for col, v in [("", None)] + sorted(st.watermarks.items()):
+        cur.execute(
+            f"INSERT INTO {PG_STATE} (target_schema, table_name, column_name, wm_timestamp, wm_int, generation, "
+            "run_count) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (schema, table, col, v if isinstance(v, dt.datetime) else None, v if isinstance(v, int) else None,
+             st.generation, st.run_count),
+        )
+
+
+def pg_reset(cur: Any, schema: str, table: str) -> None:
+    cur.execute(f"INSERT INTO {PG_HISTORY} SELECT *, now() FROM {PG_STATE} WHERE target_schema = %s AND table_name = %s",
+                (schema, table))
+    cur.execute(f"DELETE FROM {PG_STATE} WHERE target_schema = %s AND table_name = %s", (schema, table))
+
+
+def as_datetime(v: Any) -> Any:
+    """MySQL DATE values come back as date; watermarks keep one type (datetime) for time columns."""
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return dt.datetime(v.year, v.month, v.day)
+    return v
