@@ -36,6 +36,26 @@ class DiscoveredTable:
     estimated_rows: int
     priority: str
     comment: str
+    mode: str = "full"
+
+
+def choose_mode(schema: TableSchema, changes: tuple[str, ...]) -> tuple[str, str]:
+    """Incremental only where the change columns catch every insert and every update.
+
+    That takes a column the *server* maintains: NOT NULL, DEFAULT CURRENT_TIMESTAMP and ON UPDATE
+    CURRENT_TIMESTAMP, so no application code path can forget it. A nullable column, or one only
+    the application writes, cannot be trusted alone: such tables stay on full refresh.
+    """
+    if not schema.primary_key:
+        return "full", "no primary key: copied whole every run"
+    trusted = [c for c in changes if schema.column(c).on_update_timestamp and not schema.column(c).nullable
+               and "current_timestamp" in str(schema.column(c).default or "").lower()]
+    if trusted:
+        return "incremental", f"incremental: {trusted[0]} is maintained by the server on insert and update"
+    if changes:
+        return "full", (f"full: {', '.join(changes)} not maintained by the server (nullable or written by the "
+                        f"application); set mode: incremental with a lookback if you trust it")
+    return "full", "full: no change-tracking column"
 
 
 def change_columns(schema: TableSchema) -> tuple[str, ...]:
@@ -62,16 +82,15 @@ def discover_tables(conn: Connection, database: str) -> list[DiscoveredTable]:
     for info in list_base_tables(conn, database):
         schema = read_table_schema(conn, database, info.name)
         inc = change_columns(schema)
-        notes = []
-        if not schema.primary_key:
-            notes.append("no primary key: copied whole every run")
+        mode, why = choose_mode(schema, inc)
         out.append(DiscoveredTable(
             name=info.name,
             primary_key=schema.primary_key,
             incremental_columns=inc,
             estimated_rows=info.estimated_rows,
             priority=guess_priority(info.name, info.estimated_rows),
-            comment="; ".join(notes),
+            comment=why,
+            mode=mode,
         ))
     return out
 
@@ -91,6 +110,8 @@ def render_config(tables: list[DiscoveredTable], *, source_label: str) -> str:
     }
     for t in tables:
         entry: dict = {"priority": t.priority}
+        if t.mode != "full":
+            entry["mode"] = t.mode
         entry["primary_key"] = list(t.primary_key)
         if t.incremental_columns:
             entry["incremental_columns"] = list(t.incremental_columns)

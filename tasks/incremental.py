@@ -62,12 +62,25 @@ def column_max(cur: Any, table_sql: str, column: str) -> Any:
     return as_datetime(v)
 
 
+def _now_caps(cur: Any) -> tuple[dt.datetime, dt.datetime]:
+    """Latest plausible TIMESTAMP (UTC now) and DATETIME (now in any time zone) on the server."""
+    cur.execute("SELECT UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 14 HOUR")
+    a, b = cur.fetchone()
+    return a, b
+
+
 def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks: dict[str, Any],
-                  lookback: str | None) -> tuple[list[Pass], dict[str, Any]]:
-    """The passes to read now, and the watermarks to save once they are merged."""
+                  lookback: str | None, types: dict[str, str] | None = None) -> tuple[list[Pass], dict[str, Any]]:
+    """The passes to read now, and the watermarks to save once they are merged.
+
+    A saved watermark never passes the server's clock: a row stamped in the future (bad data, a
+    skewed application clock) would otherwise push it ahead and hide every real change until then.
+    Such rows are simply read again each run until the clock catches up.
+    """
     back = dt.timedelta(seconds=parse_lookback_seconds(lookback)) if lookback else None
     passes: list[Pass] = []
     new: dict[str, Any] = {}
+    ts_cap, dt_cap = _now_caps(cur)
     for c in columns:
         high = column_max(cur, table_sql, c)
         low = watermarks.get(c)
@@ -80,7 +93,11 @@ def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks
         if low is not None and isinstance(low, dt.datetime) and low.year < 1:
             low = None
         old = watermarks.get(c)
-        new[c] = high if old is None or high >= old else old
+        saved = high
+        if isinstance(high, dt.datetime):
+            cap = ts_cap if (types or {}).get(c) == "timestamp" else dt_cap
+            saved = min(high, cap)
+        new[c] = saved if old is None or saved >= old else old
         passes.append(Pass(c, low, high))
     return passes, new
 
@@ -116,7 +133,8 @@ def replicate_incremental(engines: Engines, table: ResolvedTable, schema: TableS
         rep = rc.connection.driver_connection
         scur, cur = src.cursor(), rep.cursor()
         cur.execute(f"USE {mysql_ident(replica_db)}")
-        passes, new_wm = change_window(scur, src_sql, table.incremental_columns, state.watermarks, table.lookback)
+        passes, new_wm = change_window(scur, src_sql, table.incremental_columns, state.watermarks, table.lookback,
+                                       {c.name: c.data_type for c in schema.columns})
         try:
             if method == "server":
                 _merge_server(cur, rep, scur, table, schema, key, passes, src_sql, replica_db, replica_server,
@@ -249,13 +267,14 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
     with engines.replica.connect() as rc, engines.analytics.connect() as pc:
         my = rc.connection.driver_connection
         mcur = my.cursor()
-        passes, new_wm = change_window(mcur, rep_sql, table.incremental_columns, state.watermarks, table.lookback)
+        passes, new_wm = change_window(mcur, rep_sql, table.incremental_columns, state.watermarks, table.lookback,
+                                       {c.name: c.data_type for c in schema.columns})
         group = group_rows_for(schema.avg_row_length, table.batch_size, packet_size(my))
         pg = pc.connection.driver_connection
         pg.autocommit = False
         cur = pg.cursor()
         stage = pg_ident(shadow_name(pg_name, "stage"))
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {live}) ON COMMIT DELETE ROWS")
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {live} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
         pg.commit()
         copy_sql = f"COPY {stage} ({', '.join(names)}) FROM STDIN"
         merge_sql = (f"INSERT INTO {live} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "

@@ -15,6 +15,7 @@ the one it last loaded.
 from __future__ import annotations
 
 import logging
+import re
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -115,8 +116,11 @@ def replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replica
     if mode == "incremental":
         with engines.source.connect() as sc:
             cur = sc.connection.driver_connection.cursor()
+            ts_cap, dt_cap = incremental._now_caps(cur)
             for c in table.incremental_columns:
                 v = incremental.column_max(cur, mysql_qualified(source_db, table.name), c)
+                if isinstance(v, __import__("datetime").datetime):
+                    v = min(v, ts_cap if src_schema.column(c).data_type == "timestamp" else dt_cap)
                 if v is not None:
                     highs[c] = v
             sc.rollback()
@@ -220,9 +224,12 @@ def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSch
 
 
 def _norm(pg_type: str) -> str:
-    t = pg_type.replace("character varying", "varchar").replace("timestamp with time zone", "timestamptz")
-    t = t.replace("timestamp without time zone", "timestamp").replace(" ", "")
-    return t.replace("timestamptz(0)", "timestamptz").replace("timestamp(0)", "timestamp")
+    """format_type() spelling and ours, made comparable."""
+    t = pg_type.replace("character varying", "varchar").replace("double precision", "float8")
+    t = re.sub(r"timestamp(\(\d+\))? with time zone", r"timestamptz\1", t)
+    t = re.sub(r"timestamp(\(\d+\))? without time zone", r"timestamp\1", t)
+    t = t.replace(" ", "").replace("timestamptz(6)", "timestamptz").replace("timestamp(6)", "timestamp")
+    return t
 
 
 def _propagate_deletes(engines: Engines, table: ResolvedTable, key: tuple[str, ...], rep_schema: TableSchema, *,
