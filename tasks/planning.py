@@ -10,7 +10,12 @@ from config.models import PipelineConfig
 from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
-from tasks.mysql_schema import choose_key, read_table_schema, server_identity, unique_keys
+from tasks import drift, state
+from tasks.identifiers import mysql_ident, mysql_qualified
+from tasks.mysql_schema import (
+    choose_key, read_table_schema, server_identity, show_create_table, table_exists, unique_keys,
+)
+from tasks.sync import effective_mode
 from tasks.reports import format_table
 from tasks.type_mapping import pg_columns
 
@@ -28,6 +33,9 @@ class TablePlan:
     key: tuple[str, ...]
     reason: str
     problems: list[str] = field(default_factory=list)
+    watermark: str | None = None
+    deletes: str = "-"
+    ddl: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -37,9 +45,11 @@ class Plan:
 
 
 def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | None, full_refresh: bool) -> Plan:
+    """Read metadata only (information_schema, SHOW CREATE TABLE, EXPLAIN, our state rows)."""
     chosen = cfg.resolved_tables(tables)
     src_url = settings.url("source")
     source_db = make_url(src_url).database
+    replica_db = make_url(settings.url("replica")).database
     order = {g.name: (i, g.workers) for i, g in enumerate(cfg.priorities, start=1)}
     src = create_engine("source", src_url, pool_size=1)
     out: list[TablePlan] = []
@@ -48,34 +58,84 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
         with src.connect() as conn:
             if method == "auto":
                 method = _auto_method(settings, conn)
+            states, replica_schemas = _replica_view(settings, replica_db, [t.name for t in chosen])
             for t in chosen:
                 gi, workers = order[t.priority]
-                problems: list[str] = []
-                key: tuple[str, ...] = ()
-                rows = None
+                p = TablePlan(t.name, t.priority, gi, workers, "full", None, t.batch_size, None, (), "")
+                out.append(p)
                 try:
                     schema = read_table_schema(conn, source_db, t.name)
-                    rows = schema.estimated_rows
-                    key = choose_key(schema, t.primary_key, unique_keys(conn, source_db, t.name))
+                    p.estimated_rows = schema.estimated_rows
+                    p.key = choose_key(schema, t.primary_key, unique_keys(conn, source_db, t.name))
                     pg_columns(schema, column_case=cfg.analytics.column_case, boolean_columns=t.boolean_columns)
-                    for c in t.incremental_columns:
-                        if c not in schema.column_names:
-                            problems.append(f"incremental column {c!r} does not exist")
+                    mode, why = effective_mode(t, schema, p.key)
                 except SchemaError as e:
-                    problems.append(str(e))
-                if not key:
-                    reason = "full refresh, whole table in one chunk: no primary key"
+                    p.problems.append(str(e))
+                    continue
+                st = states.get(t.name)
+                p.watermark = st.describe() if st else None
+                p.chunks = max(1, math.ceil((p.estimated_rows or 0) / t.batch_size)) if p.key else 1
+                if mode == "full":
+                    p.reason = why
                 elif full_refresh:
-                    reason = "full refresh requested"
+                    p.reason = "full refresh requested (--full-refresh); state reset, old state kept in history"
+                elif st is None or t.name not in replica_schemas:
+                    p.reason = f"first run: full refresh, then {why}"
                 else:
-                    reason = "full refresh (mode: full)"
-                chunks = max(1, math.ceil((rows or 0) / t.batch_size)) if key and rows is not None else (1 if rows is not None else None)
-                out.append(TablePlan(t.name, t.priority, gi, workers, "full", rows, t.batch_size, chunks, key,
-                                     reason, problems))
+                    d = drift.compare(schema, replica_schemas[t.name])
+                    if d.problems:
+                        p.problems.append(str(drift.refuse(t.name, d)))
+                    elif d.any:
+                        p.ddl = drift.replica_alter_sql(t.name, d, schema, show_create_table(conn, source_db, t.name))
+                    p.mode = "incremental" if not d.added else "full"
+                    p.reason = why if not d.added else "column added in the source: full reload back-fills it"
+                    if p.mode == "incremental":
+                        p.estimated_rows = _estimate_changed(conn, source_db, t.name, st)
+                        p.chunks = max(1, math.ceil(p.estimated_rows / t.batch_size))
+                        due = t.deletes == "detect" and (st.run_count + 1) % t.deletes_every == 0
+                        p.deletes = "checked" if due else ("off" if t.deletes == "off" else "not this run")
     finally:
         src.dispose()
     out.sort(key=lambda p: p.group_order)
     return Plan(method, out)
+
+
+def _replica_view(settings: Settings, replica_db: str, names: list[str]) -> tuple[dict, dict]:
+    """Our state rows and the replica's table shapes, if the replica database exists yet."""
+    states: dict = {}
+    schemas: dict = {}
+    eng = create_engine("replica", settings.url("replica"), pool_size=1)
+    try:
+        with eng.connect() as rc:
+            cur = rc.connection.driver_connection.cursor()
+            cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                        (replica_db, state.MYSQL_STATE))
+            has_state = cur.fetchone()[0] > 0
+            for n in names:
+                if has_state:
+                    st = state.mysql_load(cur, n)
+                    if st is not None:
+                        states[n] = st
+                if table_exists(rc, replica_db, n):
+                    schemas[n] = read_table_schema(rc, replica_db, n)
+    except Exception:  # noqa: BLE001 - no replica yet: every table starts with a full refresh
+        pass
+    finally:
+        eng.dispose()
+    return states, schemas
+
+
+def _estimate_changed(conn, source_db: str, table: str, st) -> int:  # noqa: ANN001
+    """Rows in the change windows, from the optimizer's estimate (EXPLAIN reads no rows)."""
+    total = 0
+    for col, wm in st.watermarks.items():
+        if wm is None:
+            continue
+        row = conn.exec_driver_sql(
+            f"EXPLAIN SELECT 1 FROM {mysql_qualified(source_db, table)} WHERE {mysql_ident(col)} >= %s", (wm,)
+        ).mappings().first()
+        total += int(row["rows"] or 0) if row else 0
+    return total
 
 
 def _auto_method(settings: Settings, src_conn) -> str:  # noqa: ANN001
@@ -99,10 +159,14 @@ def render_plan(plan: Plan) -> str:
     rows = []
     for p in plan.tables:
         rows.append([p.group_order, p.group, p.workers, p.table, p.mode, p.estimated_rows, p.batch_size, p.chunks,
-                     ",".join(p.key) or "-", "; ".join(p.problems) if p.problems else p.reason])
+                     ",".join(p.key) or "-", p.watermark or "-", p.deletes,
+                     "; ".join(p.problems) if p.problems else p.reason])
     head = f"replica copy path: {plan.replica_method}; {len(plan.tables)} tables"
     bad = [p for p in plan.tables if p.problems]
-    tail = f"\n{len(bad)} table(s) have problems that would fail them" if bad else ""
+    ddl = [f"  {p.table}: {stmt}" for p in plan.tables for stmt in p.ddl]
+    tail = ("\nschema drift DDL the run would apply to the replica:\n" + "\n".join(ddl)) if ddl else ""
+    tail += f"\n{len(bad)} table(s) have problems that would fail them" if bad else ""
     return head + "\n" + format_table(
-        ["#", "group", "workers", "table", "mode", "est. rows", "batch", "chunks", "key", "why / problems"], rows
+        ["#", "group", "workers", "table", "mode", "rows to move", "batch", "chunks", "key", "watermark", "deletes",
+         "why / problems"], rows
     ) + tail
