@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from config.models import ResolvedTable
-from tasks import analytics_load, deletes, drift, incremental, replica_copy, state
+from tasks import analytics_load, deletes, drift, incremental, locks, replica_copy, state
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import SchemaError
@@ -66,6 +66,13 @@ def _source_time_zone(conn: sa.Connection) -> str:
 
 def replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replica_db: str, method: str,
               full_refresh: bool, resume: bool, progress: ProgressFn | None = None) -> PhaseStats:
+    with locks.replica_lock(engines, replica_db, table.name):
+        return _replicate(engines, table, source_db=source_db, replica_db=replica_db, method=method,
+                          full_refresh=full_refresh, resume=resume, progress=progress)
+
+
+def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replica_db: str, method: str,
+               full_refresh: bool, resume: bool, progress: ProgressFn | None = None) -> PhaseStats:
     with engines.source.connect() as sc:
         src_schema = read_table_schema(sc, source_db, table.name)
         key = choose_key(src_schema, table.primary_key, unique_keys(sc, source_db, table.name))
@@ -138,6 +145,14 @@ def replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replica
 def load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
          full_refresh: bool, resume: bool, progress: ProgressFn | None = None,
          loaded_at_column: str | None = "_etl_loaded_at") -> PhaseStats:
+    with locks.analytics_lock(engines, pg_schema, pg_table_name(table.name)):
+        return _load(engines, table, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case,
+                     full_refresh=full_refresh, resume=resume, progress=progress, loaded_at_column=loaded_at_column)
+
+
+def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
+          full_refresh: bool, resume: bool, progress: ProgressFn | None = None,
+          loaded_at_column: str | None = "_etl_loaded_at") -> PhaseStats:
     pg_name = pg_table_name(table.name)
     with engines.replica.connect() as rc:
         rep_schema = read_table_schema(rc, replica_db, table.name)
