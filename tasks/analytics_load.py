@@ -202,6 +202,7 @@ def load_full(
         key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
         parts = split_parts(rc, table_sql, schema, key, streams, schema.estimated_rows)
         group = group_rows_for(schema.avg_row_length, table.batch_size, max_allowed_packet(rc))
+        int_key = len(key) == 1 and schema.column(key[0]).data_type in _INTEGER_TYPES
     cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)
     by_source = {c.source.name: c for c in cols}
     copy_sql = f"COPY {q_shadow} ({', '.join(pg_ident(c.name) for c in cols)}) FROM STDIN"
@@ -242,7 +243,7 @@ def load_full(
             query = LineQuery(table_sql=table_sql, line_expr=line_expr,
                               keyset=Keyset(key, mysql_ident) if key else None,
                               batch_size=table.batch_size, where=part.where, where_params=part.params,
-                              group_rows=group)
+                              group_rows=group, integer_key=int_key)
             _copy_part(engines, query, copy_sql, cols, table.name, pg_schema, pg_name, shadow, part.no, after,
                        rows_done, shared, keyed=bool(key))
 

@@ -36,7 +36,7 @@ from tasks.mysql_schema import (
     table_exists, unique_keys,
 )
 from tasks.streaming import ChunkResult, LineQuery, group_rows_for, read_chunk_blocks
-from tasks.type_mapping import load_data_column
+from tasks.type_mapping import INTEGER_TYPES, load_data_column
 
 log = logging.getLogger("etl.replica")
 
@@ -222,6 +222,7 @@ def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple
         keyset=Keyset(key, mysql_ident) if key else None,
         batch_size=table.batch_size if key else 0,
         group_rows=group_rows_for(schema.avg_row_length, table.batch_size, packet_size(src)) if key else 0,
+        integer_key=len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES,
     )
     load_sql, enum_columns = plan.load_sql, set(plan.enum_columns)
     # Every warning of a chunk must be inspected (see _check_load_warnings).

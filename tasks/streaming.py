@@ -54,6 +54,7 @@ class LineQuery:
     where: str | None = None  # extra condition, e.g. an incremental window
     where_params: Sequence[Any] = ()
     group_rows: int = 0  # >0: read GROUP_CONCAT blocks of this many rows (see read_chunk_blocks)
+    integer_key: bool = False  # single integer key: blocks are key ranges (no LIMIT, no temporary table)
 
     def conditions(self, after: tuple | None) -> tuple[list[str], list[Any]]:
         conds: list[str] = []
@@ -83,6 +84,8 @@ def read_chunk_blocks(dbapi_conn: Any, query: LineQuery, after: tuple | None, re
                       *, strip_nul: bool) -> Iterator[bytes]:
     """Yield the lines of one chunk (up to `batch_size` rows after key `after`) as byte blocks."""
     if query.keyset is not None and query.group_rows > 0:
+        if query.integer_key and len(query.keyset.columns) == 1:
+            return _read_key_ranges(dbapi_conn, query, after, result, strip_nul=strip_nul)
         return _read_grouped(dbapi_conn, query, after, result, strip_nul=strip_nul)
     return _read_rows(dbapi_conn, query, after, result, strip_nul=strip_nul)
 
@@ -146,6 +149,80 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
             yield block
             if count < n:
                 return
+    finally:
+        cur.close()
+
+
+def _take_block(blob: bytes, count: int, result: ChunkResult, strip_nul: bool) -> bytes:
+    block = blob + b"\n"
+    if strip_nul and b"\x00" in block:
+        k = block.count(b"\x00")
+        block = block.replace(b"\x00", b"")
+        result.nul_chars_removed += k
+    result.rows += count
+    result.bytes += len(block)
+    return block
+
+
+def _read_key_ranges(dbapi_conn: Any, query: LineQuery, after: tuple | None, result: ChunkResult,
+                     *, strip_nul: bool) -> Iterator[bytes]:
+    """GROUP_CONCAT blocks over integer key ranges `k > lo AND k <= lo + span`.
+
+    Without LIMIT the aggregate needs no derived table, so MySQL never materializes a temporary
+    table (which goes to disk as soon as a row holds TEXT or BLOB). The span adapts: it doubles
+    while the keys are sparse, halves when a block comes back truncated, and an empty range jumps
+    straight to the next existing key. The checkpoint key is the range end, so a resumed read
+    starts exactly after the last block committed.
+    """
+    ks = query.keyset
+    assert ks is not None
+    k = ks.quote(ks.columns[0])
+    base_conds, base_params = query.conditions(None)
+    base = " AND ".join(c for c in base_conds if c != "1=1") or "1=1"
+    cur = dbapi_conn.cursor()
+    remaining = query.batch_size
+    target = max(1, query.group_rows)
+    span = target
+    try:
+        if after is None:
+            cur.execute(f"SELECT MIN({k}) FROM {query.table_sql} WHERE {base}", base_params)
+            first = cur.fetchone()[0]
+            if first is None:
+                return
+            lo = int(first) - 1
+        else:
+            lo = int(after[0])
+        while remaining > 0:
+            width = max(1, min(span, remaining))
+            hi = lo + width
+            cur.execute(f"SELECT COUNT(*), CAST(GROUP_CONCAT({query.line_expr} SEPARATOR '\\n') AS BINARY) "
+                        f"FROM {query.table_sql} WHERE {base} AND {k} > %s AND {k} <= %s", [*base_params, lo, hi])
+            count, blob = cur.fetchone()
+            count = int(count)
+            if count == 0:
+                cur.execute(f"SELECT MIN({k}) FROM {query.table_sql} WHERE {base} AND {k} > %s", [*base_params, hi])
+                nxt = cur.fetchone()[0]
+                if nxt is None:
+                    return
+                lo = int(nxt) - 1
+                continue
+            if blob is None or blob.count(b"\n") != count - 1:
+                if width == 1:
+                    raise DataError(
+                        f"{query.table_sql}: the row with key {hi} is larger than the server's max_allowed_packet "
+                        f"once formatted; raise max_allowed_packet on the MySQL server"
+                    )
+                span = max(1, width // 2)
+                continue
+            block = _take_block(blob, count, result, strip_nul)
+            result.last_key = (hi,)
+            remaining -= count
+            lo = hi
+            if count * 2 < width:
+                span = min(width * 2, target * 64)  # sparse keys: widen, the bytes stay bounded by count
+            elif count >= target:
+                span = target
+            yield block
     finally:
         cur.close()
 

@@ -33,6 +33,7 @@ from tasks.errors import SchemaError
 from tasks.identifiers import mysql_ident, pg_column_name, pg_ident
 from tasks.mysql_schema import Column, TableSchema
 
+INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
 _TEXT_TYPES = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
 _BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _TEMPORAL_ZERO = {"date", "datetime", "timestamp"}
