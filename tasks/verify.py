@@ -178,3 +178,40 @@ def _drill(scur, rcur, pcur, my_row, pg_row, key, column_case, src_t, rep_t, pg_
     a = {tuple(str(v) for v in row[:-1]): row[-1] for row in pcur.fetchall()}
     bad = sorted(k for k in set(s) | set(r) | set(a) if not (s.get(k) == r.get(k) == a.get(k)))
     return bad[:limit]
+
+
+VERIFY_DDL = """CREATE TABLE IF NOT EXISTS etl.verify_results (
+    run_id text NOT NULL,
+    table_name text NOT NULL,
+    checked_at timestamptz NOT NULL DEFAULT now(),
+    ok boolean NOT NULL,
+    source_rows bigint, replica_rows bigint, analytics_rows bigint,
+    ranges integer, ranges_differing integer,
+    differing_keys text,
+    PRIMARY KEY (run_id, table_name))"""
+
+
+def store_results(pg_conn, run_id: str, results: list[VerifyResult]) -> None:  # noqa: ANN001
+    """Keep the outcome with the run's metrics (schema etl)."""
+    with pg_conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA IF NOT EXISTS etl")
+        cur.execute(VERIFY_DDL)
+        for r in results:
+            keys = "; ".join(",".join(k) for d in r.differing for k in (d.keys or []))[:2000] or None
+            cur.execute(
+                "INSERT INTO etl.verify_results (run_id, table_name, ok, source_rows, replica_rows, analytics_rows, "
+                "ranges, ranges_differing, differing_keys) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (run_id, table_name) DO UPDATE SET ok = EXCLUDED.ok, checked_at = now()",
+                (run_id, r.table, r.ok, r.source_rows, r.replica_rows, r.analytics_rows, r.ranges,
+                 len(r.differing), keys))
+    pg_conn.commit()
+
+
+def render_results(results: list[VerifyResult]) -> str:
+    from tasks.reports import format_table
+
+    rows = [[r.table, "ok" if r.ok else "DIFFERS", r.source_rows, r.replica_rows, r.analytics_rows, r.ranges,
+             len(r.differing), "; ".join(",".join(k) for d in r.differing for k in (d.keys or []))[:80]]
+            for r in results]
+    return format_table(["table", "result", "source", "replica", "analytics", "ranges", "differing",
+                         "keys that differ (first)"], rows)
