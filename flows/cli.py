@@ -2,9 +2,15 @@
 
     etl discover [--output PATH]           write a table config for every source base table
     etl plan [--tables a,b]                what a run would do per table (reads metadata only)
-    etl run [--tables a,b] [--full-refresh] [--blocks]
+    etl run [--tables a,b] [--full-refresh] [--blocks] [--ignore-blackout] [--dispatch local|deployment]
+            [--metrics-keep-days N]
     etl status [--runs N] [--table T] [--json]
+    etl connections [--runs N] [--json]   connections per run and database, and pool-sizing advice
+    etl dbt-sources [--output PATH]       a dbt sources.yml for the analytics schema as it is now
     etl blocks register                    save the three connector blocks from ETL_*_URL
+
+Exit status: 0 ok, 1 a table or the run failed, 2 bad config or settings, 3 refused by the blackout
+window (ETL_BLACKOUT; nothing was touched).
 """
 from __future__ import annotations
 
@@ -83,15 +89,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     blocks = None
     if args.blocks:
         blocks = BlockNames(source=args.source_block, replica=args.replica_block, analytics=args.analytics_block)
+    from tasks.schedule_guard import BlackoutRefused
+
     state = etl_pipeline(tables=_split(args.tables), full_refresh=args.full_refresh, config_path=config_path,
-                         blocks=blocks, return_state=True)
+                         blocks=blocks, ignore_blackout=args.ignore_blackout, dispatch=args.dispatch,
+                         metrics_keep_days=args.metrics_keep_days, return_state=True)
+    error: BaseException | None = None
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as e:  # noqa: BLE001
+            error = e
+    if isinstance(error, BlackoutRefused):
+        print(f"etl run: {error}", file=sys.stderr)  # nothing ran, so there is no summary to print
+        return 3
     _print_last_run(settings, blocks)
     if state.is_completed():
         return 0
-    try:
-        state.result()
-    except Exception as e:  # noqa: BLE001
-        print(f"etl run: {redact(str(e))}", file=sys.stderr)
+    print(f"etl run: {redact(str(error or state.message or 'failed'))}", file=sys.stderr)
     return 1
 
 
@@ -136,6 +151,86 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analytics_engine(settings: Settings):  # noqa: ANN202
+    from tasks.connections import create_engine
+
+    return create_engine("analytics", settings.url("analytics"), pool_size=1)
+
+
+def cmd_connections(args: argparse.Namespace) -> int:
+    from tasks.reports import connection_runs, render_connections, runs_as_json
+
+    engine = _analytics_engine(Settings())
+    try:
+        runs = connection_runs(engine, runs=args.runs)
+    finally:
+        engine.dispose()
+    print(runs_as_json(runs) if args.json else render_connections(runs))
+    # A leak is a bug worth a non-zero status in a monitoring script.
+    leaks = [a for r in runs for a in r["advice"] if "LEAK" in a]
+    return 1 if leaks and args.strict else 0
+
+
+def cmd_dbt_sources(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from config.models import load_pipeline_config
+    from tasks.connections import create_engine, describe_url
+    from tasks.dbt_sources import build_sources, read_mysql_types, read_pg_tables, render_yaml
+
+    settings = Settings()
+    schema = args.schema or settings.analytics_schema
+    loaded_at = "_etl_loaded_at"
+    try:
+        cfg = load_pipeline_config(args.config or settings.config)
+        loaded_at = getattr(cfg.analytics, "loaded_at_column", None) or loaded_at
+    except EtlError as e:
+        print(f"etl dbt-sources: {e}; assuming loaded_at column {loaded_at!r}", file=sys.stderr)
+    engine = _analytics_engine(settings)
+    try:
+        with engine.connect() as c:
+            raw = c.connection.driver_connection
+            with raw.cursor() as cur:
+                tables = read_pg_tables(cur, schema)
+            raw.rollback()
+    finally:
+        engine.dispose()
+    if not tables:
+        print(f"etl dbt-sources: schema {schema!r} has no tables in {describe_url(settings.url('analytics'))}; "
+              f"run `etl run` first", file=sys.stderr)
+        return 1
+    mysql_types = None
+    # Descriptions name the production database the rows come from; the types are read from the
+    # replica (same definitions), so production is not queried.
+    origin = describe_url(settings.url("source")) if settings.source_url is not None else ""
+    if settings.replica_url is not None:
+        url = settings.url("replica")
+        try:
+            rep = create_engine("replica", url, pool_size=1)
+            try:
+                with rep.connect() as c:
+                    with c.connection.driver_connection.cursor() as cur:
+                        mysql_types = read_mysql_types(cur, make_url(url).database)
+            finally:
+                rep.dispose()
+        except Exception as e:  # noqa: BLE001 - the file is still useful without MySQL types
+            print(f"etl dbt-sources: MySQL types not read from the replica ({redact(str(e))})", file=sys.stderr)
+    doc = build_sources(tables, schema=schema, source_name=args.name, loaded_at_column=loaded_at,
+                        mysql_types=mysql_types, warn_after_hours=args.warn_after_hours,
+                        error_after_hours=args.error_after_hours, style=args.style, origin=origin)
+    text = render_yaml(doc, where=f"{describe_url(settings.url('analytics'))} schema {schema}")
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, args.output)
+    print(f"wrote {len(tables)} tables of schema {schema} to {args.output}")
+    return 0
+
+
 def cmd_blocks(args: argparse.Namespace) -> int:
     from blocks.connectors import BlockNames, register_blocks
 
@@ -165,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
         if name == "run":
             s.add_argument("--blocks", action="store_true", help="read credentials from the connector blocks")
+            s.add_argument("--ignore-blackout", action="store_true",
+                           help="start even inside the ETL_BLACKOUT window (manual runs only)")
+            s.add_argument("--dispatch", choices=["local", "deployment"], default="local",
+                           help="deployment: each table runs as a run of etl-table/table on the pool's workers")
+            s.add_argument("--metrics-keep-days", type=int, default=90,
+                           help="delete run history older than this at the end of the run (0 keeps all)")
             _block_args(s)
 
     st = sub.add_parser("status", help="show the last runs from the etl schema")
@@ -172,6 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--table")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    cn = sub.add_parser("connections", help="connections per run and database, with pool-sizing advice")
+    cn.add_argument("--runs", type=int, default=3)
+    cn.add_argument("--json", action="store_true")
+    cn.add_argument("--strict", action="store_true", help="exit 1 when a run left a connection open")
+    cn.set_defaults(func=cmd_connections)
+
+    ds = sub.add_parser("dbt-sources", help="write a dbt sources.yml for the analytics schema")
+    ds.add_argument("--output", default="sources.yml", help="where to write (default: sources.yml; '-' = stdout)")
+    ds.add_argument("--name", help="dbt source name (default: the schema name)")
+    ds.add_argument("--schema", help="analytics schema (default: ETL_ANALYTICS_SCHEMA)")
+    ds.add_argument("--config", help="table config, for analytics.loaded_at_column (default: ETL_CONFIG)")
+    ds.add_argument("--warn-after-hours", type=int, default=26)
+    ds.add_argument("--error-after-hours", type=int, default=50)
+    ds.add_argument("--style", choices=["config", "legacy"], default="config",
+                    help="config: loaded_at_field/freshness under config: (dbt >= 1.10); legacy: as table keys")
+    ds.set_defaults(func=cmd_dbt_sources)
 
     b = sub.add_parser("blocks", help="manage the SqlAlchemyConnector blocks")
     b.add_argument("action", choices=["register"])

@@ -1,12 +1,17 @@
 """The flows: wiring only. Ordering, concurrency and retries live here; the work is in `tasks/`.
 
-    etl-pipeline                      parent flow: config, engines, groups in priority order
+    etl-pipeline                      parent flow: blackout guard, config, engines, groups in priority order
       group-<name>                    one subflow per priority group, ThreadPoolTaskRunner(workers)
-        run-<table>  (task)           runs the table's subflow on a worker thread
+        run-<table>  (task)           dispatch=local: runs the table's subflow on a worker thread
           table-<table>               one flow run per table
             replicate-<table>         task, retried on transient database errors, resumes
             load-<table>              task, retried likewise
             verify-<table>            task
+        dispatch-<table>  (task)      dispatch=deployment: a run of deployment etl-table/table instead,
+          etl-table-<table>           picked up by any worker of the pool (flow `table_entry`: opens its
+            table-<table>             own engines, holds a slot of the global limit `etl-source` while
+                                      it reads the source)
+      (end)                           run report artifact `etl-run-report`, metrics retention
 
 A failing table does not stop the others; the parent run ends Failed and names every failed table.
 """
@@ -14,7 +19,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from contextlib import nullcontext
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run as runtime_flow_run
@@ -29,14 +35,22 @@ from tasks import sync
 from tasks.connections import (
     Engines, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
 )
+from tasks.artifacts import merge_outcomes, publish_run_report, render_report
 from tasks.errors import ConfigError, LoadError, TablesFailed, redact, retry_condition
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
 from tasks.progress import Progress
+from tasks.reports import run_report
+from tasks.schedule_guard import check_blackout
 from tasks.verify import count_check
 
 RETRIES = 3
 RETRY_DELAYS = [2, 10, 30]
+# dispatch=deployment: the deployment each table runs as (prefect.yaml), and the Prefect global
+# concurrency limit a standalone table run holds one slot of while it reads the source
+# (`make deploy` creates it; when it does not exist, Prefect logs a warning and does not limit).
+TABLE_DEPLOYMENT = "etl-table/table"
+SOURCE_LIMIT = "etl-source"
 
 
 class RunOptions(BaseModel):
@@ -50,6 +64,11 @@ class RunOptions(BaseModel):
     column_case: str = Field(description="lower or preserve.")
     replica_method: str = Field(description="server or stream.")
     full_refresh: bool = Field(default=False, description="Reload from scratch.")
+    dispatch: str = Field(default="local", description="local (subflows in this process) or deployment.")
+    source_limit: str | None = Field(default=None, description="Global concurrency limit held while reading the source.")
+    config_path: str | None = Field(default=None, description="Table config path passed on to dispatched table runs.")
+    blocks: dict | None = Field(default=None, description="Connector block names passed on to dispatched table runs.")
+    loaded_at_column: str | None = Field(default="_etl_loaded_at", description="Load-time column of analytics tables.")
 
 
 class TableOutcome(BaseModel):
@@ -110,6 +129,7 @@ def load_table(table: ResolvedTable, opts: RunOptions) -> dict:
             engines, table, replica_db=opts.replica_db, pg_schema=opts.pg_schema, column_case=opts.column_case,
             full_refresh=opts.full_refresh, resume=attempt > 1,
             progress=Progress(table.name, "analytics load", table.estimated_rows or 0, logger),
+            loaded_at_column=opts.loaded_at_column,
         )
     except Exception as e:
         _metrics(opts, engines).error(table=table.name, phase="analytics", exc=e, attempt=attempt)
@@ -139,7 +159,8 @@ def table_flow(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
     metrics.table_started(table.name, priority=table.priority, mode=table.mode)
     t0 = time.monotonic()
     try:
-        rep = replicate_table(table, opts)
+        with _source_slot(opts):
+            rep = replicate_table(table, opts)
         ana = load_table(table, opts)
         ver = verify_table(table, opts)
     except Exception as e:
@@ -158,16 +179,61 @@ def table_flow(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
                         seconds=seconds, notes=notes)
 
 
+def _source_slot(opts: RunOptions):  # noqa: ANN202
+    """A slot of the global source limit (standalone table runs), else nothing."""
+    if not opts.source_limit:
+        return nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(opts.source_limit, occupy=1)
+
+
 @task(task_run_name="run-{table.name}")
 def run_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
     """Runs a table's subflow on this worker thread (the group's ThreadPoolTaskRunner)."""
     return table_flow(table, opts)
 
 
+def _table_row(opts: RunOptions, table: str) -> dict | None:
+    engines = lookup(opts.run_key)
+    run = run_report(engines.analytics, opts.run_id)
+    return next((t for t in (run or {}).get("tables", []) if t["table_name"] == table), None)
+
+
+@task(task_run_name="dispatch-{table.name}")
+def dispatch_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
+    """Runs the table as a run of the table deployment (any worker of the pool) and waits for it.
+
+    The outcome is read back from etl.table_runs, which the table run writes under this run's id.
+    """
+    from prefect.deployments import run_deployment
+
+    params: dict[str, Any] = {"table": table.name, "run_id": opts.run_id, "full_refresh": opts.full_refresh,
+                              "replica_method": opts.replica_method, "analytics_schema": opts.pg_schema}
+    if opts.config_path:
+        params["config_path"] = opts.config_path
+    if opts.blocks:
+        params["blocks"] = opts.blocks
+    fr = run_deployment(TABLE_DEPLOYMENT, parameters=params, flow_run_name=f"etl-table-{table.name}",
+                        poll_interval=1, timeout=None)
+    row = _table_row(opts, table.name)
+    state = fr.state
+    if state is not None and state.is_completed() and row and row["status"] == "ok":
+        secs = ((row["ended_at"] - row["started_at"]).total_seconds()
+                if row.get("ended_at") and row.get("started_at") else 0.0)
+        return TableOutcome(table=table.name, status="ok", replica_rows=row["replica_rows"] or 0,
+                            analytics_rows=row["analytics_rows"] or 0, seconds=secs,
+                            notes=[n for n in (row.get("notes") or "").split("; ") if n])
+    why = (row or {}).get("error") or (state.message if state else None) or "no result"
+    raise LoadError(f"table run {fr.name} ({fr.id}) ended {state.type.value if state else 'without a state'}: {why}",
+                    table=table.name, phase="dispatch")
+
+
 @flow(flow_run_name="group-{group}", validate_parameters=False)
 def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions) -> list[TableOutcome]:
     """Run one priority group's tables concurrently; collect every outcome, failed or not."""
-    futures = [run_table.submit(t, opts) for t in tables]
+    runner = dispatch_table if opts.dispatch == "deployment" else run_table
+    futures = [runner.submit(t, opts) for t in tables]
     outcomes = []
     for t, fut in zip(tables, futures):
         fut.wait()
@@ -190,6 +256,55 @@ def _database_of(url: str) -> str:
     return make_url(url).database or ""
 
 
+def _replica_method(settings: Settings, engines: Engines, requested: str | None = None) -> str:
+    method = requested or settings.replica_method
+    if method == "auto":
+        with engines.source.connect() as s, engines.replica.connect() as r:
+            method = "server" if server_identity(s).same_server(server_identity(r)) else "stream"
+    return method
+
+
+def _check_table_deployment() -> None:
+    """dispatch=deployment needs the table deployment; say so before anything starts."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(TABLE_DEPLOYMENT)
+    except ObjectNotFound:
+        raise ConfigError(f"dispatch=deployment: deployment {TABLE_DEPLOYMENT!r} does not exist on this Prefect "
+                          f"server; run `make deploy` (prefect.yaml) first") from None
+
+
+def _finish(urls, run_id: str, outcomes: list[TableOutcome], failed: list[str], usage: dict, *,  # noqa: ANN001
+            keep_days: int, logger: Any) -> None:
+    """End-of-run bookkeeping on a fresh connection: the run row, retention, the run report artifact."""
+    secrets = urls.secrets()
+    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
+        writer = MetricsWriter(final, run_id, secrets)
+        writer.pipeline_finished(
+            status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
+            rows_replica=sum(o.replica_rows for o in outcomes),
+            rows_analytics=sum(o.analytics_rows for o in outcomes),
+            connection_usage=usage,
+        )
+        if keep_days > 0:
+            try:
+                removed = writer.cleanup_old_metrics(keep_days)
+                if removed:
+                    logger.info("metrics retention: removed %d pipeline runs older than %d days", removed, keep_days)
+            except Exception as e:  # noqa: BLE001 - history cleanup must not fail a run that loaded its tables
+                logger.warning("metrics retention failed: %s", redact(str(e), secrets))
+        try:
+            run = run_report(final, run_id)
+        except Exception as e:  # noqa: BLE001 - the report then says what the outcomes say
+            logger.warning("could not read the run's table rows for the report: %s", redact(str(e), secrets))
+            run = None
+    markdown = render_report(run, merge_outcomes(run, outcomes), run_id=run_id, secrets=secrets)
+    publish_run_report(markdown, run_id=run_id, failed=len(failed))
+
+
 @flow(name="etl-pipeline", validate_parameters=True)
 def etl_pipeline(
     tables: list[str] | None = None,
@@ -197,6 +312,9 @@ def etl_pipeline(
     config_path: str | None = None,
     blocks: BlockNames | None = None,
     groups: list[str] | None = None,
+    metrics_keep_days: Annotated[int, Field(ge=0)] = 90,
+    ignore_blackout: bool = False,
+    dispatch: Literal["local", "deployment"] = "local",
 ) -> list[TableOutcome]:
     """Copy every configured table source -> replica -> analytics, priority group by priority group.
 
@@ -206,8 +324,14 @@ def etl_pipeline(
         config_path: table config file (default: ETL_CONFIG or config/tables.yml).
         blocks: read credentials from these SqlAlchemyConnector blocks instead of ETL_*_URL.
         groups: only the tables of these priority groups (e.g. ["critical"]).
+        metrics_keep_days: delete run history (schema etl) older than this many days at the end of the run; 0 keeps all.
+        ignore_blackout: start a manual run inside the ETL_BLACKOUT window anyway (never honoured for scheduled runs).
+        dispatch: `local` runs the table subflows in this process; `deployment` runs each table as a run of
+            the `etl-table/table` deployment, so every worker of the pool can take tables.
     """
     logger = get_run_logger()
+    # Before anything else: inside a blackout window no database is touched.
+    check_blackout(ignore_blackout=ignore_blackout, warn=logger.warning)
     settings = Settings()
     cfg: PipelineConfig = load_pipeline_config(config_path or settings.config)
     chosen = cfg.resolved_tables(tables)
@@ -216,28 +340,32 @@ def etl_pipeline(
         if unknown:
             raise ConfigError(f"priority group {unknown[0]!r} is not defined under `priorities:` in the table config")
         chosen = [t for t in chosen if t.priority in groups]
+    if dispatch == "deployment":
+        _check_table_deployment()
     urls = urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
     run_id = str(runtime_flow_run.id or uuid.uuid4())
-    workers = max((g.workers for g in cfg.priorities), default=1)
+    # In-process table flows share these engines; dispatched table runs open their own.
+    workers = max((g.workers for g in cfg.priorities), default=1) if dispatch == "local" else 1
 
     with open_engines(urls, workers=workers) as engines:
         for role in ("source", "replica", "analytics"):
             check_reachable(getattr(engines, role), role, getattr(urls, role))
         register(run_id, engines)
         try:
-            method = settings.replica_method
-            if method == "auto":
-                with engines.source.connect() as s, engines.replica.connect() as r:
-                    method = "server" if server_identity(s).same_server(server_identity(r)) else "stream"
+            method = _replica_method(settings, engines)
             opts = RunOptions(
                 run_key=run_id, run_id=run_id, source_db=_database_of(urls.source),
                 replica_db=_database_of(urls.replica), pg_schema=settings.analytics_schema,
                 column_case=cfg.analytics.column_case, replica_method=method, full_refresh=full_refresh,
+                dispatch=dispatch, config_path=config_path,
+                blocks=blocks.model_dump() if blocks is not None else None,
+                loaded_at_column=cfg.analytics.loaded_at_column,
             )
             metrics = MetricsWriter(engines.analytics, run_id, urls.secrets())
             metrics.ensure_schema()
             metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
-            logger.info("%d tables; replica copy path: %s; analytics schema %s", len(chosen), method, opts.pg_schema)
+            logger.info("%d tables; replica copy path: %s; analytics schema %s; dispatch %s", len(chosen), method,
+                        opts.pg_schema, dispatch)
 
             outcomes: list[TableOutcome] = []
             for group in cfg.groups_in_order():
@@ -255,14 +383,86 @@ def etl_pipeline(
     leaked = {role: u["still_open"] for role, u in usage.items() if u["still_open"]}
     if leaked:
         logger.warning("connections still open after the run: %s", leaked)
-    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
-        MetricsWriter(final, run_id, urls.secrets()).pipeline_finished(
-            status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
-            rows_replica=sum(o.replica_rows for o in outcomes),
-            rows_analytics=sum(o.analytics_rows for o in outcomes),
-            connection_usage=usage,
-        )
+    # Published also when tables failed, before the run is failed below.
+    _finish(urls, run_id, outcomes, failed, usage, keep_days=metrics_keep_days, logger=logger)
     if failed:
         details = "; ".join(f"{o.table}: {o.error}" for o in outcomes if o.status != "ok")
         raise TablesFailed(f"{len(failed)} of {len(outcomes)} tables failed: {', '.join(failed)} ({details})")
     return outcomes
+
+
+def _entry_run_name() -> str:
+    return f"etl-table-{(runtime_flow_run.parameters or {}).get('table', '?')}"
+
+
+@flow(name="etl-table", flow_run_name=_entry_run_name, validate_parameters=True)
+def table_entry(
+    table: str,
+    run_id: str | None = None,
+    full_refresh: bool = False,
+    blocks: BlockNames | None = None,
+    config_path: str | None = None,
+    replica_method: Literal["server", "stream"] | None = None,
+    analytics_schema: str | None = None,
+) -> TableOutcome:
+    """One table as a flow of its own, for a worker: `etl-pipeline` with dispatch=deployment starts these.
+
+    It opens its own engines (the engine registry is per process), holds one slot of the global
+    concurrency limit `etl-source` while it reads the source, and writes its metrics under `run_id`
+    (the parent pipeline run), so `etl status` and the run report show the table with the others.
+
+    Args:
+        table: the table, as named in the table config.
+        run_id: the pipeline run this table belongs to; empty when started on its own (then it is a run of one table).
+        full_refresh: reload the table from scratch.
+        blocks: read credentials from these SqlAlchemyConnector blocks instead of ETL_*_URL.
+        config_path: table config file (default: ETL_CONFIG or config/tables.yml of the worker).
+        replica_method: the replica copy path the parent chose (default: ETL_REPLICA_METHOD).
+        analytics_schema: the analytics schema (default: ETL_ANALYTICS_SCHEMA of the worker).
+    """
+    logger = get_run_logger()
+    settings = Settings()
+    cfg = load_pipeline_config(config_path or settings.config)
+    [resolved] = cfg.resolved_tables([table])
+    urls = urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
+    own_id = str(runtime_flow_run.id or uuid.uuid4())
+    standalone = run_id is None
+    run_id = run_id or own_id
+    key = f"table:{own_id}"
+    error: BaseException | None = None
+    outcome: TableOutcome | None = None
+    with open_engines(urls, workers=1) as engines:
+        register(key, engines)
+        try:
+            method = _replica_method(settings, engines, replica_method)
+            opts = RunOptions(
+                run_key=key, run_id=run_id, source_db=_database_of(urls.source), replica_db=_database_of(urls.replica),
+                pg_schema=analytics_schema or settings.analytics_schema, column_case=cfg.analytics.column_case,
+                replica_method=method, full_refresh=full_refresh, source_limit=SOURCE_LIMIT,
+                loaded_at_column=cfg.analytics.loaded_at_column,
+            )
+            metrics = MetricsWriter(engines.analytics, run_id, urls.secrets())
+            metrics.ensure_schema()
+            if standalone:
+                metrics.pipeline_started(tables_total=1, full_refresh=full_refresh, replica_method=method)
+            try:
+                outcome = table_flow(resolved, opts)
+            except Exception as e:  # noqa: BLE001 - recorded below, then re-raised
+                error = e
+        finally:
+            unregister(key)
+    usage = engines.usage()
+    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
+        writer = MetricsWriter(final, run_id, urls.secrets())
+        writer.table_connection_usage(table, usage)
+        if standalone:
+            writer.pipeline_finished(
+                status="failed" if error else "ok", tables_ok=0 if error else 1, failed=[table] if error else [],
+                rows_replica=outcome.replica_rows if outcome else 0,
+                rows_analytics=outcome.analytics_rows if outcome else 0, connection_usage=usage)
+    leaked = {role: u["still_open"] for role, u in usage.items() if u["still_open"]}
+    if leaked:
+        logger.warning("connections still open after the table run: %s", leaked)
+    if error is not None:
+        raise error
+    return outcome

@@ -3,7 +3,8 @@
 #
 #   make server   Prefect server + UI on PostgreSQL, in the background   build/prefect-server.{pid,log}
 #   make blocks   block types + the three connector blocks from ETL_*_URL
-#   make deploy   the work pool (created if missing) + every deployment in prefect.yaml
+#   make deploy   the work pool (created if missing), the global concurrency limit `etl-source`,
+#                 and every deployment in prefect.yaml
 #   make worker   a worker polling the pool, in the background            build/prefect-worker.{pid,log}
 #   make stop     stop the worker and the server started above, by PID (whole process group)
 #
@@ -24,6 +25,9 @@ ETL_WORK_POOL ?= etl-process
 ETL_WORK_POOL_TYPE ?= process
 ETL_IMAGE ?= mysql-analytics-etl:latest
 ETL_CODE_DIR ?= $(CURDIR)
+# Table runs of one pipeline run (dispatch=deployment) reading the production source at the same time,
+# over every worker: the slots of the Prefect global concurrency limit `etl-source`.
+ETL_SOURCE_SLOTS ?= 2
 
 PREFECT_RUN_DIR := build
 PREFECT_ENV = PREFECT_API_URL='$(PREFECT_API_URL)' PREFECT_CLI_PROMPT=false PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -61,6 +65,9 @@ blocks: setup
 deploy: setup
 	@$(PREFECT) work-pool inspect '$(ETL_WORK_POOL)' >/dev/null 2>&1 || \
 	  $(PREFECT) work-pool create '$(ETL_WORK_POOL)' --type '$(ETL_WORK_POOL_TYPE)'
+	@if $(PREFECT) global-concurrency-limit inspect etl-source >/dev/null 2>&1; then \
+	  $(PREFECT) global-concurrency-limit update etl-source --limit $(ETL_SOURCE_SLOTS); \
+	else $(PREFECT) global-concurrency-limit create etl-source --limit $(ETL_SOURCE_SLOTS); fi
 	ETL_WORK_POOL='$(ETL_WORK_POOL)' ETL_IMAGE='$(ETL_IMAGE)' ETL_CODE_DIR='$(ETL_CODE_DIR)' \
 	  $(PREFECT) --no-prompt deploy --all
 

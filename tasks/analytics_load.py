@@ -212,8 +212,8 @@ def load_full(
         pg = pc.connection.driver_connection
         pg.autocommit = False
         cur = pg.cursor()
+        checkpoints.pg_ensure(cur)  # takes the DDL lock first: tables starting together must not race
         cur.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_ident(pg_schema)}")
-        checkpoints.pg_ensure(cur)
         pg.commit()
 
         saved = checkpoints.pg_load(cur, pg_schema, pg_name) if resume and key else {}

@@ -97,6 +97,7 @@ def _pg_name() -> str:
 
 
 def pg_ensure(cur: Any) -> None:
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.metrics.ddl'))")
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_ident(PG_SCHEMA)}")
     cur.execute(
         f"CREATE TABLE IF NOT EXISTS {_pg_name()} ("

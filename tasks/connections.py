@@ -87,6 +87,10 @@ class PoolUsage:
     checkouts: int = 0
     peak_checked_out: int = 0
     threads: set = field(default_factory=set)
+    # How the pool was sized (QueuePool): at most pool_size + max_overflow connections at once.
+    pool_size: int | None = None
+    max_overflow: int | None = None
+    workers: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -98,6 +102,7 @@ class PoolUsage:
             "role": self.role, "opened": self.opened, "closed": self.closed,
             "still_open": self.still_open, "checkouts": self.checkouts,
             "peak_checked_out": self.peak_checked_out, "threads": len(self.threads),
+            "pool_size": self.pool_size, "max_overflow": self.max_overflow, "workers": self.workers,
         }
 
 
@@ -177,7 +182,7 @@ def create_engine(role: str, url: str, *, pool_size: int, connect_args: dict | N
     args.update(connect_args or {})
     try:
         engine = sa.create_engine(
-            u, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+            u, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=120,
             pool_recycle=3600, connect_args=args,
         )
     except NoSuchModuleError:
@@ -237,11 +242,14 @@ def open_engines(urls: EngineUrls, *, workers: int, create_replica: bool = True)
             ensure_replica_database(urls.replica, urls.replica_connect_args)
         built = {}
         for role in ("source", "replica", "analytics"):
-            # A table task holds at most two connections to one database at a time.
-            engine = create_engine(role, getattr(urls, role), pool_size=max(2, workers * 2),
+            # Per table at most: a lock connection, the phase's own, and two parallel COPY streams
+            # (analytics also a metrics write): 3 per worker without overflow, as many again in reserve.
+            engine = create_engine(role, getattr(urls, role), pool_size=max(3, workers * 3),
                                    connect_args=getattr(urls, f"{role}_connect_args"))
             created.append(engine)
-            usage[role] = PoolUsage(role=role)
+            pool = engine.pool
+            usage[role] = PoolUsage(role=role, pool_size=pool.size() if hasattr(pool, "size") else None,
+                                    max_overflow=getattr(pool, "_max_overflow", None), workers=workers)
             _track(engine, usage[role])
             built[role] = engine
         engines = Engines(urls=urls, usage_by_role=usage, **built)

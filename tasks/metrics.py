@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +74,22 @@ DDL = [
         attempt integer NOT NULL,
         at timestamptz NOT NULL DEFAULT now()
     )""",
+    # Added later: which process ran the table (several workers can share one run), and the
+    # connection counters of a table run that opened engines of its own (dispatch=deployment).
+    f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS worker text",
+    f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS connection_usage jsonb",
     f"CREATE INDEX IF NOT EXISTS table_runs_started ON {SCHEMA}.table_runs (started_at)",
     f"CREATE INDEX IF NOT EXISTS pipeline_runs_started ON {SCHEMA}.pipeline_runs (started_at)",
 ]
+
+
+def worker_identity() -> str:
+    """Who runs this code: `<prefect worker name>@<host>:<pid>`, or `local@<host>:<pid>` outside a worker.
+
+    A process worker starts each flow run as a subprocess with PREFECT__WORKER_NAME set, so the
+    name tells which worker took a table and the pid which flow-run process ran it.
+    """
+    return f"{os.environ.get('PREFECT__WORKER_NAME') or 'local'}@{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -122,12 +137,20 @@ class MetricsWriter:
              json.dumps(connection_usage) if connection_usage is not None else None, self.run_id),
         )
 
-    def table_started(self, table: str, *, priority: str, mode: str) -> None:
+    def table_started(self, table: str, *, priority: str, mode: str, worker: str | None = None) -> None:
+        worker = worker or worker_identity()
         self._exec(
-            f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, priority, mode, status) "
-            "VALUES (%s, %s, %s, %s, 'running') ON CONFLICT (run_id, table_name) DO UPDATE SET "
-            "status = 'running', started_at = now(), ended_at = NULL, error = NULL",
-            (self.run_id, table, priority, mode),
+            f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, priority, mode, status, worker) "
+            "VALUES (%s, %s, %s, %s, 'running', %s) ON CONFLICT (run_id, table_name) DO UPDATE SET "
+            "status = 'running', started_at = now(), ended_at = NULL, error = NULL, worker = EXCLUDED.worker",
+            (self.run_id, table, priority, mode, worker),
+        )
+
+    def table_connection_usage(self, table: str, usage: dict) -> None:
+        """Connection counters of a table run that had engines of its own (a standalone table flow)."""
+        self._exec(
+            f"UPDATE {SCHEMA}.table_runs SET connection_usage = %s WHERE run_id = %s AND table_name = %s",
+            (json.dumps(usage), self.run_id, table),
         )
 
     def table_finished(self, table: str, values: dict[str, Any]) -> None:
@@ -156,7 +179,11 @@ class MetricsWriter:
             log.warning("could not record an error row for %s/%s", table, phase, exc_info=True)
 
     def cleanup_old_metrics(self, keep_days: int) -> int:
-        """Delete history older than `keep_days`; returns the number of pipeline runs removed."""
+        """Delete history older than `keep_days`; returns the number of pipeline runs removed.
+
+        Rows are judged by their own start time (an error row by when it happened), so a run
+        that started within `keep_days` keeps all of its rows.
+        """
         with self.engine.connect() as c:
             raw = c.connection.driver_connection
             with raw.cursor() as cur:

@@ -1,4 +1,5 @@
-"""Readable views of what ran: the per-table summary printed after `etl run` and by `etl status`."""
+"""Readable views of what ran: the per-table summary printed after `etl run` and by `etl status`,
+and the per-database connection report of `etl connections` with its sizing advice."""
 from __future__ import annotations
 
 import datetime as dt
@@ -52,10 +53,11 @@ def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None) -> lis
             )
             cols = [d[0] for d in cur.description]
             out = [dict(zip(cols, r)) for r in cur.fetchall()]
+            extra = "".join(f", {c}" for c in _optional_columns(cur, "table_runs", ("worker",)))
             for run in out:
                 q = (f"SELECT table_name, priority, mode, status, replica_rows, analytics_rows, replica_seconds, "
-                     f"analytics_seconds, verify_seconds, rows_per_second, bytes, error, notes, started_at, ended_at "
-                     f"FROM {SCHEMA}.table_runs WHERE run_id = %s")
+                     f"analytics_seconds, verify_seconds, rows_per_second, bytes, error, notes, started_at, ended_at"
+                     f"{extra} FROM {SCHEMA}.table_runs WHERE run_id = %s")
                 params: tuple = (run["run_id"],)
                 if table:
                     q += " AND table_name = %s"
@@ -73,14 +75,141 @@ def render_run(run: dict) -> str:
             f"{f'  {secs:.1f}s' if secs is not None else '  (still running or interrupted)'}  "
             f"tables ok {run['tables_ok']}/{run['tables_total']}  rows {run['rows_analytics']:,}")
     rows = []
+    # The worker column only when the tables were spread over several processes (dispatch=deployment).
+    show_worker = len({t.get("worker") for t in run["tables"]}) > 1
     for t in run["tables"]:
-        total = (t["replica_seconds"] or 0) + (t["analytics_seconds"] or 0) + (t["verify_seconds"] or 0)
         rows.append([t["table_name"], t["priority"], t["status"], t["analytics_rows"], t["replica_seconds"],
                      t["analytics_seconds"], t["rows_per_second"],
+                     *([t.get("worker")] if show_worker else []),
                      (t["error"] or "")[:120] if t["status"] != "ok" else (t["notes"] or "")[:60]])
-    body = format_table(["table", "group", "status", "rows", "replica s", "load s", "rows/s", "error / notes"], rows)
-    return head + "\n" + body
+    headers = ["table", "group", "status", "rows", "replica s", "load s", "rows/s",
+               *(["worker"] if show_worker else []), "error / notes"]
+    return head + "\n" + format_table(headers, rows)
 
 
 def runs_as_json(runs: list[dict]) -> str:
     return json.dumps(runs, default=lambda v: v.isoformat() if isinstance(v, dt.datetime) else str(v), indent=2)
+
+
+def _optional_columns(cur: Any, table: str, wanted: tuple[str, ...]) -> list[str]:
+    """Those of `wanted` that exist in etl.<table> (columns added after the first release)."""
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                (SCHEMA, table))
+    have = {r[0] for r in cur.fetchall()}
+    return [c for c in wanted if c in have]
+
+
+def run_report(engine: Engine, run_id: str) -> dict | None:
+    """One pipeline run and all of its table rows (failed first), or None when it is not recorded."""
+    with engine.connect() as c:
+        raw = c.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.pipeline_runs",))
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute(
+                f"SELECT run_id, started_at, ended_at, status, tables_total, tables_ok, tables_failed, "
+                f"rows_replica, rows_analytics, full_refresh, replica_method, failed_tables "
+                f"FROM {SCHEMA}.pipeline_runs WHERE run_id = %s", (run_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            run = dict(zip([d[0] for d in cur.description], row))
+            extra = "".join(f", {c}" for c in _optional_columns(cur, "table_runs", ("worker",)))
+            cur.execute(
+                f"SELECT table_name, priority, mode, status, replica_rows, analytics_rows, replica_seconds, "
+                f"analytics_seconds, verify_seconds, rows_per_second, error, notes, started_at, ended_at{extra} "
+                f"FROM {SCHEMA}.table_runs WHERE run_id = %s ORDER BY (status = 'ok'), table_name", (run_id,))
+            cols = [d[0] for d in cur.description]
+            run["tables"] = [dict(zip(cols, r)) for r in cur.fetchall()]
+        raw.rollback()
+    return run
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+def connection_runs(engine: Engine, *, runs: int = 5) -> list[dict]:
+    """The newest runs' connection counters: the run's own engines per database, and those of every
+    table run that opened engines of its own (dispatch=deployment), newest run first."""
+    with engine.connect() as c:
+        raw = c.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.pipeline_runs",))
+            if not cur.fetchone()[0]:
+                return []
+            cur.execute(
+                f"SELECT run_id, started_at, ended_at, status, connection_usage FROM {SCHEMA}.pipeline_runs "
+                f"ORDER BY started_at DESC LIMIT %s", (runs,))
+            cols = [d[0] for d in cur.description]
+            out = [dict(zip(cols, r)) for r in cur.fetchall()]
+            has_table_usage = bool(_optional_columns(cur, "table_runs", ("connection_usage",)))
+            for run in out:
+                run["table_usage"] = []
+                if has_table_usage:
+                    extra = "".join(f", {c}" for c in _optional_columns(cur, "table_runs", ("worker",)))
+                    cur.execute(f"SELECT table_name, connection_usage{extra} FROM {SCHEMA}.table_runs "
+                                f"WHERE run_id = %s AND connection_usage IS NOT NULL ORDER BY table_name",
+                                (run["run_id"],))
+                    tcols = [d[0] for d in cur.description]
+                    run["table_usage"] = [dict(zip(tcols, r)) for r in cur.fetchall()]
+        raw.rollback()
+    for run in out:
+        run["advice"] = [f"{role}: {a}" for role, u in (run["connection_usage"] or {}).items()
+                         for a in connection_advice(u)]
+        for t in run["table_usage"]:
+            run["advice"] += [f"table {t['table_name']} {role}: {a}" for role, u in (t["connection_usage"] or {}).items()
+                              for a in connection_advice(u)]
+    return out
+
+
+def connection_advice(u: dict) -> list[str]:
+    """What to change about one database's pool, judged from one run's counters (empty: nothing)."""
+    advice = []
+    peak, opened, still = u.get("peak_checked_out") or 0, u.get("opened") or 0, u.get("still_open") or 0
+    size, overflow = u.get("pool_size"), u.get("max_overflow")
+    if still > 0:
+        advice.append(
+            f"LEAK: {still} connection(s) still open after the engines were disposed: something checked a "
+            f"connection out and never returned it (a connect() outside a `with`, or a thread still running)")
+    if size is not None and overflow is not None:
+        limit = size + (overflow if overflow >= 0 else 0)
+        if overflow >= 0 and peak >= limit:
+            advice.append(
+                f"POOL EXHAUSTED: peak {peak} reached pool_size {size} + max_overflow {overflow}: tables waited "
+                f"for a connection. Lower the group's `workers` or give each worker more connections "
+                f"(open_engines sizes the pool as 2 x workers, plus as many overflow)")
+        elif peak > size:
+            advice.append(
+                f"overflow used: peak {peak} > pool_size {size}: {peak - size} connection(s) were opened beyond "
+                f"the pool and closed again on return; if this shows every run, raise the pool size "
+                f"(open_engines: 2 x workers)")
+    if opened > max(peak, 1) * 2 and opened - peak >= 4:
+        advice.append(
+            f"churn: {opened} connections opened for a peak of {peak}: connections were discarded and reopened "
+            f"(overflow returns, invalidation after errors, or pool_recycle)")
+    return advice
+
+
+def render_connections(runs: list[dict]) -> str:
+    if not runs:
+        return "no runs recorded yet (etl schema is empty)"
+    blocks = []
+    for run in runs:
+        usage = run["connection_usage"] or {}
+        workers = next((u.get("workers") for u in usage.values() if u.get("workers")), None)
+        head = (f"run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
+                f"{f'  workers {workers}' if workers else ''}")
+        rows = [[role, u.get("pool_size"), u.get("max_overflow"), u.get("peak_checked_out"), u.get("opened"),
+                 u.get("checkouts"), u.get("still_open")] for role, u in usage.items()]
+        for t in run["table_usage"]:
+            for role, u in (t["connection_usage"] or {}).items():
+                rows.append([f"{role} (table {t['table_name']})", u.get("pool_size"), u.get("max_overflow"),
+                             u.get("peak_checked_out"), u.get("opened"), u.get("checkouts"), u.get("still_open")])
+        if not rows:
+            blocks.append(head + "\n(no connection counters recorded: the run did not finish)")
+            continue
+        body = format_table(["database", "pool", "overflow", "peak", "opened", "checkouts", "still open"], rows)
+        advice = run["advice"] or ["ok: every pool within its size, no connection left open"]
+        blocks.append(head + "\n" + body + "\n" + "\n".join(f"  - {a}" for a in advice))
+    return "\n\n".join(blocks)

@@ -120,6 +120,8 @@ _PG_COLUMNS = (
 
 
 def pg_ensure(cur: Any) -> None:
+    # Tables of one run start together: CREATE ... IF NOT EXISTS alone races on a fresh database.
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.metrics.ddl'))")
     cur.execute("CREATE SCHEMA IF NOT EXISTS etl")
     cur.execute(f"CREATE TABLE IF NOT EXISTS {PG_STATE} ({_PG_COLUMNS}, "
                 "PRIMARY KEY (target_schema, table_name, column_name))")

@@ -194,6 +194,7 @@ VERIFY_DDL = """CREATE TABLE IF NOT EXISTS etl.verify_results (
 def store_results(pg_conn, run_id: str, results: list[VerifyResult]) -> None:  # noqa: ANN001
     """Keep the outcome with the run's metrics (schema etl)."""
     with pg_conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.metrics.ddl'))")
         cur.execute("CREATE SCHEMA IF NOT EXISTS etl")
         cur.execute(VERIFY_DDL)
         for r in results:

@@ -1,10 +1,12 @@
-"""One Prefect server + process worker for the deployment tests, with prefect.yaml deployed to it.
+"""One Prefect server + two process workers for the deployment tests, with prefect.yaml deployed to it.
 
 The server runs on a free port, on a PostgreSQL database of its own (`etlt_<hex>_prefect`, dropped
-afterwards), with its scheduler off (the nightly cron must not fire mid-test). `prefect deploy --all`
-applies the repository's prefect.yaml to a uniquely named `process` pool, and the worker polls that
-pool from the repository root. The worker gets no ETL_*_URL: credentials come from the blocks.
-Everything is stopped by PID (process group) whatever happens.
+afterwards), with its scheduler off (the nightly cron must not fire mid-test). As `make deploy` does,
+the global concurrency limit `etl-source` is created and `prefect deploy --all` applies the
+repository's prefect.yaml to a uniquely named `process` pool. Two workers poll that pool from the
+repository root, each running one flow run at a time (`--limit 1`), so runs started together are
+spread over both (test_scale_out.py relies on it). The workers get no ETL_*_URL: credentials come
+from the blocks. Everything is stopped by PID (process group) whatever happens.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Iterator
 
 import pytest
 
+from flows.pipeline import SOURCE_LIMIT
 from tests.conftest import PG, EtlEnv, pg_connect
 from tests.deploy.prefect_server import ROOT, PrefectStack
 
@@ -39,12 +42,15 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectS
         stack.timings["server"] = time.monotonic() - t0
         stack.prefect("block", "register", "-m", "prefect_sqlalchemy")
         stack.prefect("work-pool", "create", stack.pool, "--type", "process")
+        stack.prefect("global-concurrency-limit", "create", SOURCE_LIMIT, "--limit", "2")
         t1 = time.monotonic()
         stack.prefect("--no-prompt", "deploy", "--all", timeout=180, env={
             "ETL_WORK_POOL": stack.pool, "ETL_IMAGE": "unused-by-process-pools", "ETL_CODE_DIR": str(ROOT)})
         stack.timings["deploy"] = time.monotonic() - t1
         stack.config_path = run_dir / "tables.yml"
-        stack.start_worker(env={"ETL_CONFIG": str(stack.config_path)})
+        for _ in range(2):
+            stack.start_worker(env={"ETL_CONFIG": str(stack.config_path)}, limit=1, wait=False)
+        stack.wait_for_workers()
         stack.timings["total"] = time.monotonic() - t0
         yield stack
     finally:

@@ -1,14 +1,15 @@
-"""A throwaway Prefect server and process worker for the deployment tests, started and stopped by PID.
+"""A throwaway Prefect server and process workers for the deployment tests, started and stopped by PID.
 
     stack = PrefectStack.start(run_dir, db_url="postgresql+asyncpg://postgres@127.0.0.1/etlt_1234abcd_prefect",
                                pool="etlt-1234abcd")             # waits for /api/health
     try:
         stack.prefect("--no-prompt", "deploy", "--all")        # the CLI, pointed at this server
         stack.start_worker(env={"ETL_CONFIG": ...})             # waits for its first heartbeat
+        stack.start_worker(env=..., limit=1)                    # more workers on the pool: <pool>-worker-2, ...
         run_id = flow_run_id_from(stack.prefect("deployment", "run", ...).stdout)
         run = stack.wait_for_flow_run(run_id, timeout=180)
     finally:
-        stack.stop()                                           # worker, its flow runs, then the server
+        stack.stop()                                           # workers, their flow runs, then the server
 
 Every process is started in a new session (its own process group) and its PID is written to
 `<run_dir>/<name>.pid`; `stop()` signals exactly those groups, plus any process descended from them
@@ -168,10 +169,15 @@ class PrefectStack:
     db_url: str
     pool: str
     server: Proc | None = None
-    worker: Proc | None = None
+    workers: list[Proc] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     config_path: Path | None = None  # the worker's ETL_CONFIG, when the caller sets one
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worker(self) -> Proc | None:
+        """The first worker started (the one every deployment test can rely on)."""
+        return self.workers[0] if self.workers else None
 
     @property
     def api_url(self) -> str:
@@ -238,28 +244,50 @@ class PrefectStack:
             raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def start_worker(self, env: dict[str, str] | None = None, timeout: float = 60.0) -> Proc:
-        """A `process` worker on the pool, started from the repository root (so it can import the project)."""
+    def worker_name(self, index: int) -> str:
+        """Names of the workers started here: `<pool>-worker`, `<pool>-worker-2`, ..."""
+        return f"{self.pool}-worker" + (f"-{index + 1}" if index else "")
+
+    def start_worker(self, env: dict[str, str] | None = None, timeout: float = 60.0, *,
+                     limit: int | None = None, wait: bool = True) -> Proc:
+        """A `process` worker on the pool, started from the repository root (so it can import the project).
+
+        `limit`: at most that many flow runs at a time on this worker (`--limit`). With `wait`, returns
+        once the server has its heartbeat; else call `wait_for_workers` later.
+        """
+        index = len(self.workers)
         worker_env = {**self.env, "PREFECT_WORKER_QUERY_SECONDS": "1", **(env or {})}
-        self.worker = start_process(
-            "prefect-worker",
-            [str(BIN / "prefect"), "worker", "start", "--pool", self.pool, "--type", "process",
-             "--name", f"{self.pool}-worker"],
-            env=worker_env, cwd=ROOT, run_dir=self.run_dir)
+        args = [str(BIN / "prefect"), "worker", "start", "--pool", self.pool, "--type", "process",
+                "--name", self.worker_name(index)]
+        if limit is not None:
+            args += ["--limit", str(limit)]
+        proc = start_process("prefect-worker" + (f"-{index + 1}" if index else ""), args, env=worker_env, cwd=ROOT,
+                             run_dir=self.run_dir)
+        self.workers.append(proc)
+        if wait:
+            self.wait_for_workers(timeout)
+        return proc
+
+    def wait_for_workers(self, timeout: float = 60.0) -> None:
+        """Until every worker started here has sent the server a heartbeat."""
         deadline = time.monotonic() + timeout
+        names = {self.worker_name(i) for i in range(len(self.workers))}
         while time.monotonic() < deadline:
-            if not self.worker.running():
-                raise RuntimeError(f"prefect worker exited ({self.worker.popen.returncode}):\n{self.worker.tail()}")
+            for proc in self.workers:
+                if not proc.running():
+                    raise RuntimeError(f"prefect worker exited ({proc.popen.returncode}):\n{proc.tail()}")
             workers = self.api("POST", f"/work_pools/{self.pool}/workers/filter", json={})
-            if any(w.get("status") == "ONLINE" or w.get("last_heartbeat_time") for w in workers):
-                return self.worker
+            online = {w["name"] for w in workers if w.get("status") == "ONLINE" or w.get("last_heartbeat_time")}
+            if names <= online:
+                return
             time.sleep(0.5)
-        raise RuntimeError(f"prefect worker did not report to the server in {timeout:.0f}s:\n{self.worker.tail()}")
+        raise RuntimeError(f"prefect workers did not report to the server in {timeout:.0f}s:\n"
+                           + "\n".join(p.tail() for p in self.workers))
 
     def stop(self) -> None:
         """Worker first (with any flow run it started), then the server. Safe to call twice."""
         errors = []
-        for proc in (self.worker, self.server):
+        for proc in (*self.workers, self.server):
             if proc is None:
                 continue
             try:
@@ -316,8 +344,8 @@ class PrefectStack:
             parts.append("--- flow run logs ---\n" + self.run_logs(run_id))
         except Exception as e:  # noqa: BLE001
             parts.append(f"(could not read flow run {run_id}: {e!r})")
-        if self.worker is not None:
-            parts.append("--- worker log ---\n" + self.worker.tail(80))
+        for proc in self.workers:
+            parts.append(f"--- {proc.name} log ---\n" + proc.tail(80))
         return "\n".join(parts)
 
 

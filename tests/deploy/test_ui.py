@@ -1,8 +1,9 @@
 """The Prefect UI, in headless Chromium: a custom run of the repair deployment from its parameter form.
 
 Opens the server's UI at its root (which lands on the default UI), goes Deployments -> repair ->
-Run -> Custom run, adds a table to the `tables` list in the form, submits, and watches the flow run
-page until it says Completed; the page is saved to docs/ui-run.png. Then checks the data landed.
+Run -> Custom run, adds a table to the `tables` list in the form, submits, follows "View run" to the
+flow run page, and once the run has ended checks that its page says Completed; the page is saved to
+docs/ui-run.png. Then checks the data landed.
 
 Needs Playwright for Python (`pip install playwright`; no `playwright install`: the browser is the
 Debian `chromium` package at /usr/bin/chromium, or ETL_TEST_CHROMIUM). Skipped when either is missing.
@@ -107,7 +108,12 @@ def test_custom_run_from_the_deployment_form_completes(deployed_env, prefect_sta
                 page.get_by_text("View run", exact=True).first.click()
                 page.wait_for_url(RUN_URL, timeout=30_000)
                 run_id = RUN_URL.search(page.url).group(1)
-                _wait_for_state_badge(page, "Completed", timeout=180)
+                # The URL changes before the run page replaces the deployment page, whose list of earlier
+                # runs shows "Completed" badges too; so wait for the run to end (API), then reload the
+                # run's page and read its own badge.
+                prefect_stack.wait_for_flow_run(run_id, timeout=180)
+                page.reload()
+                _wait_for_state_badge(page, "Completed", timeout=60)
                 # Once running, the flow renamed its run after the tables (flows/deployments.py).
                 expect(page.get_by_text("repair-appointment", exact=True).first).to_be_visible()
                 page.wait_for_timeout(1500)  # let the timeline and logs finish drawing

@@ -68,10 +68,10 @@ def test_failing_table_leaves_others_loaded_and_fails_the_run(etl_env, prefect_h
     # A missing table is a config problem: recorded once, not retried.
     assert errors == [("ghost", "replica", "SchemaError", False, 1)]
     # Engines are disposed at the end of the run: not one connection is left open, and no database
-    # ever had more connections checked out than the widest group could use (2 workers x 2 each).
+    # ever needed more connections than its pool holds without overflow (sized for 2 workers).
     for role in ("source", "replica", "analytics"):
         assert usage[role]["still_open"] == 0, usage
-        assert 1 <= usage[role]["peak_checked_out"] <= 4, usage
+        assert 1 <= usage[role]["peak_checked_out"] <= usage[role]["pool_size"] == 6, usage
 
 
 def test_groups_run_in_order_and_tables_in_parallel(etl_env, prefect_harness) -> None:
