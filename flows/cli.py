@@ -132,6 +132,56 @@ def _print_last_run(settings: Settings, blocks=None) -> None:  # noqa: ANN001
         print(f"(no summary: {redact(str(e))})", file=sys.stderr)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Compare source, replica and analytics; with --repair re-copy only the ranges that differ."""
+    import datetime as dt
+
+    from sqlalchemy.engine import make_url
+
+    from blocks.connectors import urls_from_settings
+    from config.models import load_pipeline_config
+    from tasks.connections import open_engines
+    from tasks.mysql_schema import server_identity
+    from tasks.repair import repair_ranges
+    from tasks.verify import render_results, store_results, verify_table
+
+    settings = Settings()
+    cfg = load_pipeline_config(args.config or settings.config)
+    chosen = cfg.resolved_tables(_split(args.tables))
+    urls = urls_from_settings(settings)
+    src_db, rep_db = make_url(urls.source).database, make_url(urls.replica).database
+    run_id = "verify-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    common = dict(source_db=src_db, replica_db=rep_db, pg_schema=settings.analytics_schema,
+                  column_case=cfg.analytics.column_case)
+    with open_engines(urls, workers=1, create_replica=False) as engines:
+        results = [verify_table(engines, t, **common) for t in chosen]
+        if args.repair:
+            method = settings.replica_method
+            if method == "auto":
+                with engines.source.connect() as s, engines.replica.connect() as r:
+                    method = "server" if server_identity(s).same_server(server_identity(r)) else "stream"
+            by_name = {t.name: t for t in chosen}
+            for i, r in enumerate(results):
+                if r.ok:
+                    continue
+                if not r.differing:
+                    print(f"{r.table}: row counts differ outside any checked range; run `etl run --tables {r.table}`")
+                    continue
+                if repair_ranges(engines, by_name[r.table], r, method=method, **common) == 0:
+                    print(f"{r.table}: key is not a single integer; repair it with "
+                          f"`etl run --full-refresh --tables {r.table}`")
+                    continue
+                results[i] = verify_table(engines, by_name[r.table], **common)
+        with engines.analytics.connect() as pc:
+            store_results(pc.connection.driver_connection, run_id, results)
+    print(render_results(results))
+    bad = [r.table for r in results if not r.ok]
+    if bad:
+        print(f"{len(bad)} table(s) differ: {', '.join(bad)} (stored in etl.verify_results as {run_id})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from tasks.connections import create_engine
     from tasks.reports import last_runs, render_run, runs_as_json
@@ -267,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--metrics-keep-days", type=int, default=90,
                            help="delete run history older than this at the end of the run (0 keeps all)")
             _block_args(s)
+
+    v = sub.add_parser("verify", help="compare source, replica and analytics (counts, key-range checksums)")
+    v.add_argument("--tables", help="comma-separated table names (default: all enabled)")
+    v.add_argument("--config", help="table config path (default: ETL_CONFIG or config/tables.yml)")
+    v.add_argument("--repair", action="store_true", help="re-copy only the key ranges that differ")
+    v.set_defaults(func=cmd_verify)
 
     st = sub.add_parser("status", help="show the last runs from the etl schema")
     st.add_argument("--runs", type=int, default=3)
