@@ -43,4 +43,4 @@ demo: demo-data
 clean:
 	rm -rf build .pytest_cache
 include mk/prefect.mk
--include mk/bench.mk
+include mk/bench.mk

@@ -1,0 +1,914 @@
+#!/usr/bin/env python3
+"""Benchmark harness: our pipeline's stages vs what a user could chain with stock tools.
+
+    make bench SCALE=1                               # = python bench/run.py --scale 1
+    python bench/run.py --scale 0.1 --reps 3
+    python bench/run.py --no-gen --stages analytics,anchors
+    python bench/run.py --scales 1,4 --stages replica,analytics --tiny-tables 0   # RSS vs size
+
+1. Generates the dataset with the project's generator (bench/gen_dental.py) into bench_src.
+2. Runs the chosen stages; every measured item is a child process whose wall time and peak RSS
+   (largest process of its tree, from wait4) are taken, then its data is checked (bench/verify.py):
+     replica    ours `copy_full` method=stream and method=server, bench_src -> bench_repl
+                anchors: mariadb-dump | mariadb -> bench_dump; INSERT..SELECT + indexes after -> bench_same
+     analytics  ours `load_full`, bench_repl -> PG bench_dst schema `ours`, 2 worker threads, largest table first
+                anchors: native pipe (mariadb --raw | psql \\copy) -> schema `native`; pgloader -> schema `pgloader`
+     e2e        `etl run --full-refresh` (a subprocess, Prefect start-up included), config from `etl discover`,
+                bench_src -> bench_repl -> bench_dst schema `raw`; anchor: INSERT..SELECT-postidx + pgloader times
+     tiny       `etl run --full-refresh` over bench_tiny_src: --tiny-tables tables of 10 rows each
+   `anchors` in --stages turns the anchor runs on (they are what the ratios are computed against).
+3. Prints one table per scale: stage, rows, seconds, rows/s, peak RSS MB, ratio to the anchor,
+   data check; then the goals, our per-table timings, and any data check failures.
+
+Working files, logs and results (results_<tag>.json, summary_<tag>.txt) go to --work
+(/tmp/bench-etl). Only databases named <prefix>_* (default bench_*) are dropped or created:
+bench_src, bench_repl, bench_dump, bench_same, bench_tiny_src, bench_tiny_repl (MariaDB) and
+bench_dst, bench_tiny_dst (PostgreSQL). One harness runs at a time (a lock in --work).
+
+Ratios are anchor seconds / our seconds from the same run (> 1: we are faster), because the
+machine is shared and absolute timings are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_T_START = time.monotonic()
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+DEFAULT_MYSQL_URL = os.environ.get("BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+DEFAULT_PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+ALL_STAGES = ("replica", "analytics", "e2e", "anchors", "tiny")
+WORKERS = 2
+
+# (ours, anchor, goal ratio): ratio = anchor seconds / our seconds, both from the same run.
+GOALS = [
+    ("analytics: ours load_full", "analytics: native pipe", 0.8),
+    ("analytics: ours load_full", "analytics: pgloader", 1.5),
+    ("replica: ours stream", "replica: mariadb-dump|mariadb", 5.0),
+    ("replica: ours server", "replica: INSERT..SELECT postidx", 0.9),
+    ("e2e: etl run --full-refresh", "e2e: chain postidx+pgloader", 1.25),
+]
+TINY_GOAL_SECONDS = 60.0
+SHORT = {  # how an anchor is named in the ratio column
+    "analytics: native pipe": "native", "analytics: pgloader": "pgloader",
+    "replica: mariadb-dump|mariadb": "mariadb-dump", "replica: INSERT..SELECT postidx": "INSERT..SELECT-postidx",
+    "e2e: chain postidx+pgloader": "chain",
+}
+
+
+def log(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- measuring
+@dataclass
+class Measured:
+    seconds: float
+    rss_mb: float
+    rc: int
+    log: str
+    wall_start: float = 0.0  # time.time() at start / end, to line up with timestamps the child records
+    wall_end: float = 0.0
+    timed_out: bool = False
+
+
+def measure(cmd: list[str], *, log_path: Path, env: dict | None = None, timeout: float = 1800) -> Measured:
+    """Run `cmd` as a child in its own process group; wall seconds and peak RSS of the largest
+    process in its tree (wait4's rusage: the child and every descendant it waited for).
+
+    On timeout the group gets SIGINT (Python children clean up: Prefect stops its temporary
+    server), then SIGKILL 15 s later."""
+    with open(log_path, "ab") as lf:
+        lf.write(("$ " + " ".join(cmd) + "\n").encode())
+        lf.flush()
+        wall0 = time.time()
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                             cwd=str(ROOT), start_new_session=True)
+        timed_out = threading.Event()
+        done = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            _killpg(p.pid, signal.SIGINT)
+            if not done.wait(15):
+                _killpg(p.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill)
+        timer.daemon = True
+        timer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        except BaseException:
+            _killpg(p.pid, signal.SIGTERM)
+            raise
+        finally:
+            done.set()
+            timer.cancel()
+        secs = time.monotonic() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        # Anything the child left running in its group (e.g. a server it spawned) is ours to end.
+        _killpg(p.pid, signal.SIGTERM)
+        if timed_out.is_set():
+            lf.write(f"\nTIMEOUT after {timeout:.0f}s\n".encode())
+    return Measured(secs, ru.ru_maxrss / 1024.0, 124 if timed_out.is_set() else p.returncode, str(log_path),
+                    wall0, time.time(), timed_out.is_set())
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class Item:
+    name: str
+    kind: str  # 'ours', 'anchor', 'gen', 'derived'
+    seconds: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    rows: int = 0
+    checks: list[str] = field(default_factory=list)  # one summary per rep
+    oks: list[bool] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    detail: dict = field(default_factory=dict)  # last rep: per-table stats, failures
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds else None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.oks) and all(self.oks)
+
+    @property
+    def check(self) -> str:
+        if not self.checks:
+            return "-"
+        bad = [c for c, ok in zip(self.checks, self.oks) if not ok]
+        return bad[0] if bad else self.checks[-1]
+
+
+class Results:
+    def __init__(self) -> None:
+        self.items: dict[str, Item] = {}
+
+    def item(self, name: str, kind: str) -> Item:
+        if name not in self.items:
+            self.items[name] = Item(name, kind)
+        return self.items[name]
+
+    def get(self, name: str) -> Item | None:
+        it = self.items.get(name)
+        return it if it and it.seconds else None
+
+    def ratio(self, ours: str, anchor: str) -> float | None:
+        o, a = self.get(ours), self.get(anchor)
+        if not o or not a or not o.median:
+            return None
+        # same rows moved: anchor seconds / our seconds == our rows/s / anchor rows/s
+        return a.median / o.median
+
+
+def _check_text(results: list) -> str:
+    if len(results) == 1:
+        return results[0].summary()
+    if all(r.ok for r in results):
+        return f"ok ({len(results[0].tables)} tables: " + ", ".join(
+            ("replica " if r.kind == "mysql" else "PG ") + r.summary().split(", ", 1)[1].rstrip(")") for r in results) + ")"
+    return " + ".join(("replica " if r.kind == "mysql" else "PG ") + r.summary() for r in results if not r.ok)
+
+
+# ----------------------------------------------------------------------------- harness
+class Harness:
+    def __init__(self, args: argparse.Namespace):
+        self.a = args
+        self.work = Path(args.work)
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        p = args.prefix
+        self.db = dict(src=f"{p}_src", repl=f"{p}_repl", dump=f"{p}_dump", same=f"{p}_same", dst=f"{p}_dst",
+                       tiny_src=f"{p}_tiny_src", tiny_repl=f"{p}_tiny_repl", tiny_dst=f"{p}_tiny_dst")
+        self.py = sys.executable
+        self.stages = set(args.stages)
+        import shutil
+
+        self.have_pgloader = bool(shutil.which("pgloader")) and not args.no_pgloader
+        self.tag = ""
+        self.src_tables: list[str] = []
+        self.src_rows = 0
+        self.src_mb = 0.0
+
+    # -------------------------------------------------------------- db helpers
+    def my(self, db: str | None = None):
+        from verify import mysql_connect
+
+        return mysql_connect(self.a.mysql_url, db)
+
+    def my_exec(self, sql: str | list[str], db: str | None = None) -> list[tuple]:
+        conn = self.my(db)
+        try:
+            rows: list[tuple] = []
+            with conn.cursor() as cur:
+                for s in [sql] if isinstance(sql, str) else sql:
+                    cur.execute(s)
+                    rows = list(cur.fetchall()) if cur.description else []
+            return rows
+        finally:
+            conn.close()
+
+    def pg_exec(self, db: str, sql: str) -> list[tuple]:
+        from verify import pg_connect
+
+        conn = pg_connect(self.a.pg_url, db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+    def _owned(self, name: str) -> str:
+        if not name.startswith(self.a.prefix + "_") or not name.startswith("bench"):
+            raise SystemExit(f"refusing to touch database {name!r}: not one of the harness's own bench_* databases")
+        return name
+
+    def my_drop(self, name: str) -> None:
+        self.my_exec(f"DROP DATABASE IF EXISTS `{self._owned(name)}`")
+
+    def pg_recreate(self, name: str) -> None:
+        self._owned(name)
+        self.pg_exec("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.pg_exec("postgres", f'CREATE DATABASE "{name}"')
+
+    def pg_drop_schema(self, db: str, *schemas: str) -> None:
+        self.pg_exec(self._owned(db), "; ".join(f'DROP SCHEMA IF EXISTS "{s}" CASCADE' for s in schemas))
+
+    def url_my(self, db: str) -> str:
+        return f"{self.a.mysql_url.rstrip('/')}/{db}"
+
+    def url_pg(self, db: str) -> str:
+        return f"{self.a.pg_url.rstrip('/')}/{db}"
+
+    def base_env(self) -> dict:
+        env = dict(os.environ, BENCH_MYSQL_URL=self.a.mysql_url, BENCH_PG_URL=self.a.pg_url)
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        return env
+
+    def etl_cmd(self) -> list[str]:
+        etl = Path(self.py).parent / "etl"
+        return [str(etl)] if etl.exists() else [self.py, "-m", "flows.cli"]
+
+    def etl_env(self, src: str, repl: str, dst: str, config: Path) -> dict:
+        env = self.base_env()
+        env.update(ETL_SOURCE_URL=self.url_my(src), ETL_REPLICA_URL=self.url_my(repl),
+                   ETL_ANALYTICS_URL=self.url_pg(dst), ETL_ANALYTICS_SCHEMA="raw", ETL_CONFIG=str(config))
+        # A private Prefect home: the temporary API's database is not shared with other runs on the box.
+        env.setdefault("PREFECT_HOME", str(self.work / "prefect-home"))
+        return env
+
+    # -------------------------------------------------------------- one measured run
+    def run_item(self, res: Results, name: str, kind: str, cmd: list[str], *, env: dict | None = None,
+                 check=None, rep: int = 1, out_json: Path | None = None, timeout: float | None = None) -> Item:
+        it = res.item(name, kind)
+        slug = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in name).strip("_")
+        lp = self.logs / f"{self.tag}.{slug}.{rep}.log"
+        lp.unlink(missing_ok=True)
+        if out_json:
+            out_json.unlink(missing_ok=True)
+        m = measure(cmd, log_path=lp, env=env or self.base_env(), timeout=timeout or self.a.timeout)
+        it.detail["wall"] = (m.wall_start, m.wall_end)
+        it.detail["timed_out"] = m.timed_out
+        it.seconds.append(m.seconds)
+        it.rss.append(m.rss_mb)
+        if out_json and out_json.exists():
+            it.detail["tables"] = json.loads(out_json.read_text())
+        if m.rc != 0:
+            tail = Path(m.log).read_text(errors="replace").strip().splitlines()[-3:]
+            it.checks.append("TIMEOUT" if m.timed_out else f"FAIL(rc={m.rc})")
+            it.oks.append(False)
+            if not m.timed_out:
+                it.notes.append(f"rep {rep}: exit {m.rc}: {' | '.join(tail)[:300]} (log {m.log})")
+        elif check is not None:
+            t0 = time.monotonic()
+            try:
+                results = check()
+            except Exception as e:  # noqa: BLE001 - a check that cannot run is a failed check
+                results = []
+                it.checks.append(f"FAIL (check error: {str(e).strip().splitlines()[0][:120]})")
+                it.oks.append(False)
+            if not results:
+                log(f"{name} rep {rep}: {m.seconds:.1f}s, peak RSS {m.rss_mb:.0f} MB, {it.checks[-1]}")
+                it.rows = it.rows or self.src_rows
+                return it
+            ok = all(r.ok for r in results)
+            it.checks.append(_check_text(results))
+            it.oks.append(ok)
+            it.rows = sum(t.dst_rows or 0 for t in results[0].tables)
+            it.detail["check"] = [r.as_dict() for r in results]
+            it.detail["check_seconds"] = round(time.monotonic() - t0, 1)
+        else:
+            it.checks.append("- (exit 0)")
+            it.oks.append(True)
+        if not it.rows:
+            it.rows = self.src_rows
+        log(f"{name} rep {rep}: {m.seconds:.1f}s, peak RSS {m.rss_mb:.0f} MB, {it.checks[-1]}")
+        return it
+
+    # -------------------------------------------------------------- checks
+    def check_mysql(self, src: str, dst: str, tables: list[str] | None = None):
+        from verify import check_mysql
+
+        return lambda: [check_mysql(src, dst, mysql_url=self.a.mysql_url, tables=tables or self.src_tables)]
+
+    def check_pg(self, src: str, dst: str, schema: str, tables: list[str] | None = None):
+        from verify import check_pg
+
+        return lambda: [check_pg(src, dst, schema, mysql_url=self.a.mysql_url, pg_url=self.a.pg_url,
+                                 tables=tables or self.src_tables)]
+
+    def check_both(self, src: str, repl: str, dst: str, schema: str, tables: list[str] | None = None):
+        a, b = self.check_mysql(src, repl, tables), self.check_pg(src, dst, schema, tables)
+        return lambda: a() + b()
+
+    # -------------------------------------------------------------- child commands
+    def child_cmd(self, what: str, out: Path, **kw: str) -> list[str]:
+        cmd = [self.py, str(BENCH / "run.py"), "--child", what, "--out", str(out),
+               "--mysql-url", self.a.mysql_url, "--pg-url", self.a.pg_url, "--workers", str(WORKERS),
+               "--child-tables", ",".join(self.src_tables)]
+        for k, v in kw.items():
+            cmd += [f"--{k.replace('_', '-')}", v]
+        return cmd
+
+    def anchor_cmd(self, what: str, src: str, dst: str, schema: str = "native") -> list[str]:
+        return [self.py, str(BENCH / "anchors.py"), what, "--src", src, "--dst", dst, "--schema", schema,
+                "--jobs", str(WORKERS), "--work", str(self.work), "--mysql-url", self.a.mysql_url,
+                "--pg-url", self.a.pg_url]
+
+    # -------------------------------------------------------------- stages
+    def source_info(self) -> None:
+        from verify import source_tables
+
+        my = self.my()
+        try:
+            self.src_tables = source_tables(my, self.db["src"])
+            if not self.src_tables:
+                raise SystemExit(f"{self.db['src']} has no tables: run without --no-gen")
+            with my.cursor() as cur:
+                cur.execute(" UNION ALL ".join(f"SELECT COUNT(*) FROM `{self.db['src']}`.`{t}`" for t in self.src_tables))
+                self.src_rows = sum(int(r[0]) for r in cur.fetchall())
+                cur.execute("SELECT SUM(data_length) FROM information_schema.tables WHERE table_schema = %s",
+                            (self.db["src"],))
+                self.src_mb = float(cur.fetchone()[0] or 0) / 1e6
+        finally:
+            my.close()
+
+    def stage_gen(self, res: Results, scale: float) -> None:
+        from verify import clear_cache
+
+        clear_cache()
+        it = self.run_item(res, "generate (gen_dental)", "gen",
+                           [self.py, str(BENCH / "gen_dental.py"), "--url", self.url_my(self.db["src"]),
+                            "--scale", str(scale)])
+        if not it.ok:
+            raise SystemExit(f"generation failed: {it.notes}")
+        self.source_info()
+        it.rows = self.src_rows
+
+    def anchors_for(self, stage: str) -> bool:
+        """Anchors run for the chosen stages; `--stages anchors` alone runs every anchor.
+        The e2e anchor is the chain INSERT..SELECT-postidx + pgloader."""
+        if "anchors" not in self.stages:
+            return False
+        chosen = self.stages - {"anchors", "tiny", "incr"}
+        return not chosen or stage in chosen
+
+    def stage_replica(self, res: Results, rep: int) -> None:
+        src, repl = self.db["src"], self.db["repl"]
+        if self.anchors_for("replica"):
+            self.run_item(res, "replica: mariadb-dump|mariadb", "anchor",
+                          self.anchor_cmd("dump", src, self.db["dump"]), check=self.check_mysql(src, self.db["dump"]),
+                          rep=rep)
+            self.my_drop(self.db["dump"])  # 0.5 GB per scale-1 copy; nothing reads it later
+        if self.anchors_for("replica") or self.anchors_for("e2e"):
+            self.run_item(res, "replica: INSERT..SELECT postidx", "anchor",
+                          self.anchor_cmd("same", src, self.db["same"]), check=self.check_mysql(src, self.db["same"]),
+                          rep=rep)
+            self.my_drop(self.db["same"])
+        if "replica" in self.stages:
+            for method in ("stream", "server"):
+                self.my_drop(repl)
+                out = self.work / f"{self.tag}.replica_{method}.json"
+                self.run_item(res, f"replica: ours {method}", "ours",
+                              self.child_cmd("replica", out, method=method, src=src, repl=repl),
+                              check=self.check_mysql(src, repl), rep=rep, out_json=out)
+
+    def ensure_replica(self, res: Results) -> None:
+        """The analytics stage reads bench_repl: make it (untimed) unless it already equals the source."""
+        from verify import check_mysql
+
+        last = res.get("replica: ours server")
+        if last and last.oks and last.oks[-1]:
+            return
+        if check_mysql(self.db["src"], self.db["repl"], mysql_url=self.a.mysql_url, tables=self.src_tables).ok:
+            return
+        log(f"{self.db['repl']} is missing or differs from {self.db['src']}: copying it first (not timed)")
+        out = self.work / f"{self.tag}.replica_prep.json"
+        m = measure(self.child_cmd("replica", out, method="server", src=self.db["src"], repl=self.db["repl"]),
+                    log_path=self.logs / f"{self.tag}.replica_prep.log", env=self.base_env(), timeout=self.a.timeout)
+        if m.rc:
+            raise SystemExit(f"could not prepare {self.db['repl']}; see {m.log}")
+
+    def stage_analytics(self, res: Results, rep: int) -> None:
+        src, repl, dst = self.db["src"], self.db["repl"], self.db["dst"]
+        if self.anchors_for("analytics"):
+            self.pg_drop_schema(dst, "native")
+            self.run_item(res, "analytics: native pipe", "anchor", self.anchor_cmd("native", repl, dst, "native"),
+                          check=self.check_pg(src, dst, "native"), rep=rep)
+            self.pg_drop_schema(dst, "native")
+        if self.have_pgloader and (self.anchors_for("analytics") or self.anchors_for("e2e")):
+            self.pg_drop_schema(dst, "pgloader", repl)
+            self.run_item(res, "analytics: pgloader", "anchor", self.anchor_cmd("pgloader", repl, dst, "pgloader"),
+                          check=self.check_pg(src, dst, "pgloader"), rep=rep)
+            self.pg_drop_schema(dst, "pgloader", repl)
+        if "analytics" in self.stages:
+            self.pg_drop_schema(dst, "ours")
+            out = self.work / f"{self.tag}.analytics.json"
+            self.run_item(res, "analytics: ours load_full", "ours",
+                          self.child_cmd("analytics", out, repl=repl, dst=dst, schema="ours"),
+                          check=self.check_pg(src, dst, "ours"), rep=rep, out_json=out)
+            self.pg_drop_schema(dst, "ours")
+
+    def discover(self, src: str, config: Path) -> float:
+        env = self.etl_env(src, "unused", "unused", config)
+        t0 = time.monotonic()
+        p = subprocess.run(self.etl_cmd() + ["discover", "--output", str(config)], env=env, cwd=str(ROOT),
+                           capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit(f"etl discover failed: {p.stderr.strip()[-500:]}")
+        return time.monotonic() - t0
+
+    def prefect_warmup(self, env: dict) -> None:
+        """First use of a Prefect home creates its database (migrations): a one-off, not timed."""
+        home = Path(env["PREFECT_HOME"])
+        if (home / ".bench-warm").exists():
+            return
+        home.mkdir(parents=True, exist_ok=True)
+        code = "from prefect import flow\n@flow\ndef warmup():\n    return 1\nwarmup()\n"
+        t0 = time.monotonic()
+        p = subprocess.run([self.py, "-c", code], env=env, cwd=str(ROOT), capture_output=True, text=True)
+        if p.returncode == 0:
+            (home / ".bench-warm").write_text("ok\n")
+        log(f"prefect warm-up in {home}: {time.monotonic() - t0:.1f}s (rc {p.returncode}, not timed)")
+
+    def etl_tables(self, dst: str, wall: tuple[float, float]) -> dict:
+        """Per-table timings of the last pipeline run, from the run history in etl.*, and how much of
+        the process wall time was outside the flow (Prefect start-up before, shutdown after)."""
+        try:
+            run = self.pg_exec(dst, "SELECT run_id, EXTRACT(EPOCH FROM started_at), EXTRACT(EPOCH FROM ended_at) "
+                                    "FROM etl.pipeline_runs ORDER BY started_at DESC LIMIT 1")
+            if not run:
+                return {}
+            rid, t_start, t_end = run[0][0], float(run[0][1]), (float(run[0][2]) if run[0][2] is not None else None)
+            rows = self.pg_exec(dst, f"""SELECT table_name, priority, replica_rows, replica_seconds, analytics_seconds,
+                    verify_seconds, EXTRACT(EPOCH FROM started_at) - {t_start},
+                    EXTRACT(EPOCH FROM ended_at - started_at), status
+                FROM etl.table_runs WHERE run_id = '{rid}' ORDER BY started_at""")
+        except Exception as e:  # noqa: BLE001
+            return {"error": str(e).strip()}
+        return {"flow_seconds": (t_end - t_start) if t_end else None,
+                "startup_s": t_start - wall[0], "shutdown_s": (wall[1] - t_end) if t_end else None,
+                "tables_ok": sum(1 for r in rows if r[8] == "ok"),
+                "tables": [dict(table=r[0], priority=r[1], rows=r[2], replica_s=r[3], analytics_s=r[4], verify_s=r[5],
+                                start_offset_s=float(r[6] or 0), table_s=float(r[7] or 0), status=r[8]) for r in rows]}
+
+    def stage_e2e(self, res: Results, rep: int) -> None:
+        src, repl, dst = self.db["src"], self.db["repl"], self.db["dst"]
+        config = self.work / f"{self.tag}.tables.yml"
+        secs = self.discover(src, config)
+        env = self.etl_env(src, repl, dst, config)
+        self.prefect_warmup(env)
+        self.my_drop(repl)
+        self.pg_drop_schema(dst, "raw", "etl")
+        it = self.run_item(res, "e2e: etl run --full-refresh", "ours",
+                           self.etl_cmd() + ["run", "--full-refresh", "--config", str(config)], env=env,
+                           check=self.check_both(src, repl, dst, "raw"), rep=rep)
+        it.rows = self.src_rows
+        it.detail["etl"] = self.etl_tables(dst, it.detail["wall"])
+        if rep == 1:
+            it.notes.append(f"config from `etl discover` ({secs:.1f}s, not timed); Prefect start-up included")
+
+    def chain(self, res: Results) -> None:
+        a, b = res.get("replica: INSERT..SELECT postidx"), res.get("analytics: pgloader")
+        if not a or not b:
+            return
+        it = res.item("e2e: chain postidx+pgloader", "derived")
+        it.seconds = [a.median + b.median]
+        it.rss = [max(max(a.rss), max(b.rss))]
+        it.rows = self.src_rows
+        it.checks = [f"ok (both checked above)" if a.ok and b.ok else "FAIL (see the two anchors)"]
+        it.oks = [a.ok and b.ok]
+        it.notes.append("sum of the two anchors' median times in this run (INSERT..SELECT postidx + pgloader)")
+
+    def make_tiny(self, n: int) -> int:
+        db = self._owned(self.db["tiny_src"])
+        stmts = [f"DROP DATABASE IF EXISTS `{db}`", f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4", f"USE `{db}`"]
+        for i in range(1, n + 1):
+            t = f"tiny_{i:04d}"
+            stmts.append(f"CREATE TABLE `{t}` (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL, "
+                         f"amount DECIMAL(10,2) NOT NULL, created DATETIME NOT NULL, note TEXT)")
+            stmts.append(f"INSERT INTO `{t}` SELECT seq, CONCAT('row ', seq, ' of {t}'), seq * {i} / 100, "
+                         f"'2024-01-01' + INTERVAL (seq * {i}) MINUTE, IF(seq % 3 = 0, NULL, 'a\\tb') FROM seq_1_to_10")
+        self.my_exec(stmts)
+        return n * 10
+
+    def stage_tiny(self, res: Results, rep: int) -> None:
+        n = self.a.tiny_tables
+        src, repl, dst = self.db["tiny_src"], self.db["tiny_repl"], self.db["tiny_dst"]
+        if rep == 1:
+            t0 = time.monotonic()
+            self.make_tiny(n)
+            log(f"created {src}: {n} tables x 10 rows in {time.monotonic() - t0:.1f}s")
+        config = self.work / f"{self.tag}.tiny_tables.yml"
+        self.discover(src, config)
+        env = self.etl_env(src, repl, dst, config)
+        self.prefect_warmup(env)
+        self.my_drop(repl)
+        self.pg_recreate(dst)
+        tables = [f"tiny_{i:04d}" for i in range(1, n + 1)]
+        it = self.run_item(res, f"tiny: etl run {n} tables x 10 rows", "ours",
+                           self.etl_cmd() + ["run", "--full-refresh", "--config", str(config)], env=env,
+                           check=self.check_both(src, repl, dst, "raw", tables), rep=rep,
+                           timeout=self.a.tiny_timeout)
+        it.rows = n * 10
+        it.detail["etl"] = etl = self.etl_tables(dst, it.detail["wall"])
+        etl["tables_total"] = n
+        if it.detail.get("timed_out"):
+            done = etl.get("tables_ok", 0)
+            secs = it.seconds[-1]
+            proj = f"; at that pace all {n} would take ~{secs * n / done:.0f}s" if done else ""
+            it.checks[-1] = f"TIMEOUT ({done}/{n} tables done)"
+            it.notes.append(f"rep {rep}: stopped at --tiny-timeout {self.a.tiny_timeout:.0f}s with {done} of {n} "
+                            f"tables loaded{proj}")
+
+    def stage_incremental(self, res: Results) -> None:
+        """Hook for the incremental 1% churn scenario (gen_dental.mutate + `etl run` without --full-refresh).
+        The pipeline has no incremental mode yet."""
+        print("incremental (1% churn): not implemented yet (the pipeline has no incremental mode)")
+
+    # -------------------------------------------------------------- one scale
+    def run_scale(self, scale: float) -> Results:
+        res = Results()
+        self.tag = f"scale{scale:g}"
+        if self.a.no_gen:
+            self.source_info()
+            log(f"reusing {self.db['src']}: {self.src_rows:,} rows")
+        else:
+            log(f"generating {self.db['src']} at scale {scale:g}")
+            self.stage_gen(res, scale)
+        log(f"source {self.db['src']}: {len(self.src_tables)} tables, {self.src_rows:,} rows, "
+            f"{self.src_mb:.1f} MB InnoDB data")
+        do_replica = "replica" in self.stages or self.anchors_for("replica") or self.anchors_for("e2e")
+        do_analytics = "analytics" in self.stages or self.anchors_for("analytics") or (
+            self.anchors_for("e2e") and self.have_pgloader)
+        if do_analytics or "e2e" in self.stages:
+            self.pg_recreate(self.db["dst"])
+        for rep in range(1, self.a.reps + 1):
+            if do_replica:
+                self.stage_replica(res, rep)
+            if do_analytics:
+                self.ensure_replica(res)
+                self.stage_analytics(res, rep)
+            if "e2e" in self.stages:
+                self.stage_e2e(res, rep)
+            if "tiny" in self.stages and self.a.tiny_tables > 0:
+                self.stage_tiny(res, rep)
+        self.chain(res)
+        if self.a.incremental:
+            self.stage_incremental(res)
+        return res
+
+
+# ----------------------------------------------------------------------------- report
+ORDER = [
+    "generate (gen_dental)",
+    "analytics: ours load_full", "analytics: native pipe", "analytics: pgloader",
+    "replica: ours stream", "replica: ours server", "replica: mariadb-dump|mariadb", "replica: INSERT..SELECT postidx",
+    "e2e: etl run --full-refresh", "e2e: chain postidx+pgloader",
+]
+
+
+def ratio_text(res: Results, name: str) -> str:
+    parts = []
+    for ours, anchor, _goal in GOALS:
+        if ours == name:
+            r = res.ratio(ours, anchor)
+            parts.append(f"{r:.2f}x {SHORT[anchor]}" if r is not None else f"- {SHORT[anchor]}")
+    if name.startswith("tiny:"):
+        it = res.get(name)
+        if it:
+            parts.append(f"goal < {TINY_GOAL_SECONDS:.0f}s")
+    return ", ".join(parts) if parts else ("(anchor)" if res.items[name].kind in ("anchor", "derived") else "-")
+
+
+def render(res: Results, h: Harness, scale: float) -> str:
+    names = [n for n in ORDER if res.get(n)] + [n for n in res.items if n not in ORDER and res.get(n)]
+    reps = max((len(res.items[n].seconds) for n in names), default=0)
+    head = (f"scale {scale:g}: {h.src_rows:,} source rows in {len(h.src_tables)} tables, {h.src_mb:.0f} MB InnoDB data; "
+            f"{reps} rep(s), median seconds, max peak RSS")
+    rows = [("stage", "rows", "seconds", "rows/s", "peak RSS MB", "ratio (anchor s / our s)", "data check")]
+    for n in names:
+        it = res.items[n]
+        s = it.median
+        rows.append((n, f"{it.rows:,}", f"{s:.1f}", f"{it.rows / s:,.0f}" if s else "-", f"{max(it.rss):.0f}",
+                     ratio_text(res, n), it.check))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    align = ["<", ">", ">", ">", ">", "<", "<"]
+    lines = [head]
+    for j, r in enumerate(rows):
+        lines.append("  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    # goals
+    goal_lines = []
+    for ours, anchor, goal in GOALS:
+        r = res.ratio(ours, anchor)
+        if r is None:
+            why = "anchor not run" if res.get(ours) else "not run"
+            goal_lines.append(f"  {ours} vs {SHORT[anchor]}: goal >= {goal:g}x: {why}")
+        else:
+            goal_lines.append(f"  {ours} vs {SHORT[anchor]}: {r:.2f}x (goal >= {goal:g}x) "
+                              f"{'MET' if r >= goal else 'MISSED'}")
+    for n in names:
+        if n.startswith("tiny:"):
+            it = res.items[n]
+            s = it.median
+            stopped = " (stopped at --tiny-timeout: " + it.check + ")" if it.detail.get("timed_out") else ""
+            goal_lines.append(f"  {n}: {s:.1f}s{stopped} (goal < {TINY_GOAL_SECONDS:.0f}s) "
+                              f"{'MET' if s < TINY_GOAL_SECONDS and not stopped else 'MISSED'}")
+    if not h.have_pgloader and "anchors" in h.stages:
+        goal_lines.append("  pgloader: skipped (not installed; apt-get install -y pgloader)")
+    lines += ["", "goals (same-run ratios):"] + goal_lines
+    lines += render_checks(res, names)
+    # our per-table timings
+    for n in ("replica: ours stream", "replica: ours server", "analytics: ours load_full"):
+        it = res.get(n)
+        tabs = (it.detail.get("tables") or {}).get("tables") if it else None
+        if not tabs:
+            continue
+        d = it.detail["tables"]
+        lines += ["", f"{n}: per table (last rep; {WORKERS} threads, largest first; child start-up "
+                      f"{d.get('startup_s', 0):.1f}s, work {d.get('work_s', 0):.1f}s)"]
+        for t in tabs:
+            rps = t["rows"] / t["seconds"] if t["seconds"] else 0
+            lines.append(f"  {t['table']:<16} {t['rows']:>10,} rows {t['seconds']:7.1f}s {rps:>10,.0f} rows/s "
+                         f"{t['chunks']:>4} chunks  start +{t['start_s']:.1f}s" + (f"  {'; '.join(t['notes'])}" if t['notes'] else ""))
+    for n in names:
+        etl = res.items[n].detail.get("etl")
+        if not etl or not etl.get("tables"):
+            continue
+        tabs = etl["tables"]
+        flow = etl.get("flow_seconds")
+        wall = res.items[n].seconds[-1]
+        head = (f"{n} (last rep): process {wall:.1f}s = Prefect start-up {etl['startup_s']:.1f}s + flow "
+                f"{flow:.1f}s + shutdown {etl['shutdown_s']:.1f}s" if flow else f"{n} (last rep): flow did not finish")
+        if len(tabs) > 20:
+            ts = sorted(t["table_s"] for t in tabs)
+            starts = [t["start_offset_s"] for t in tabs]
+            gap = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else 0
+            total = etl.get("tables_total", len(tabs))
+            lines += ["", head, f"  {etl.get('tables_ok', 0)} of {total} tables done; per table: work median "
+                                f"{statistics.median(ts):.2f}s, max {ts[-1]:.2f}s; a new table starts every {gap:.2f}s"]
+            continue
+        lines += ["", head + "; per table from etl.table_runs:"]
+        for t in tabs:
+            lines.append(f"  {t['table']:<16} {t['priority'] or '':<9} {t['rows'] or 0:>10,} rows  starts +{t['start_offset_s']:6.1f}s  "
+                         f"table {t['table_s']:6.1f}s = replica {t['replica_s'] or 0:5.1f} + load {t['analytics_s'] or 0:5.1f} "
+                         f"+ verify {t['verify_s'] or 0:4.1f} + orchestration")
+    # failures and notes
+    extra = []
+    for n in names:
+        it = res.items[n]
+        for note in it.notes:
+            extra.append(f"  {n}: {note}")
+        for chk in it.detail.get("check", []):
+            for t in chk["tables"]:
+                if not t["ok"]:
+                    extra.append(f"  {n}: {chk['target']}.{t['table']}: rows {t['src_rows']}/{t['dst_rows']}: "
+                                 + "; ".join(t["problems"][:5]))
+    if extra:
+        lines += ["", "notes and data check details:"] + extra
+    return "\n".join(lines)
+
+
+CHECK_LABEL = {
+    "analytics: ours load_full": "load_full", "analytics: native pipe": "native", "analytics: pgloader": "pgloader",
+    "replica: ours stream": "stream", "replica: ours server": "server", "replica: mariadb-dump|mariadb": "dump",
+    "replica: INSERT..SELECT postidx": "postidx", "e2e: etl run --full-refresh": "e2e",
+}
+
+
+def render_checks(res: Results, names: list[str]) -> list[str]:
+    """Per table: source rows and CHECKSUM TABLE, and whether each copy matched (last rep)."""
+    cols: list[tuple[str, dict]] = []
+    for n in names:
+        for chk in res.items[n].detail.get("check", []):
+            if n in CHECK_LABEL and len(chk["tables"]) <= 50:
+                suffix = "" if len(res.items[n].detail["check"]) == 1 else ("-repl" if chk["kind"] == "mysql" else "-pg")
+                cols.append((CHECK_LABEL[n] + suffix, {t["table"]: t for t in chk["tables"]}))
+    if not cols:
+        return []
+    tables = list(cols[0][1])
+    src: dict[str, tuple] = {}
+    for _, by in cols:
+        for t, v in by.items():
+            if t not in src or (v["compared"] == 0 and v["src_sum"]):
+                src[t] = (v["src_rows"], v["src_sum"] if v["compared"] == 0 else src.get(t, (0, ""))[1])
+    head = ["table", "source rows", "CHECKSUM TABLE"] + [c for c, _ in cols]
+    rows = [head]
+    for t in tables:
+        r, cs = src.get(t, (None, ""))
+        rows.append([t, f"{r:,}" if r is not None else "-", cs or "-"] +
+                    [("ok" if by[t]["ok"] else "FAIL") if t in by else "-" for _, by in cols])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    out = ["", "data check per table (last rep): count + CHECKSUM TABLE for MySQL copies, count + column "
+               "aggregates/MD5 sums for PG copies"]
+    for j, r in enumerate(rows):
+        out.append("  " + "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths))))
+    return out
+
+
+def render_rss(all_res: dict[float, Results]) -> str:
+    scales = list(all_res)
+    names = []
+    for res in all_res.values():
+        names += [n for n in res.items if n not in names and res.get(n) and res.items[n].kind != "derived"]
+    lines = ["peak RSS MB by scale (does memory grow with the data?)",
+             f"{'stage':<34}" + "".join(f"{'scale ' + format(s, 'g'):>12}" for s in scales)]
+    for n in names:
+        cells = []
+        for s in scales:
+            it = all_res[s].get(n)
+            cells.append(f"{max(it.rss):>12.0f}" if it else f"{'-':>12}")
+        lines.append(f"{n:<34}" + "".join(cells))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- child: our stages
+def child_main(a: argparse.Namespace) -> int:
+    """One of our stages in this (child) process: every table, WORKERS threads, largest table first."""
+    import concurrent.futures as cf
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from config.models import PipelineConfig, TableConfig
+    from tasks import analytics_load, replica_copy
+    from tasks.connections import EngineUrls, open_engines
+    from tasks.discovery import discover_tables
+    from tasks.mysql_schema import list_base_tables
+
+    startup = time.monotonic() - _T_START
+    replica = a.child == "replica"
+    urls = EngineUrls(source=f"{a.mysql_url.rstrip('/')}/{a.src}", replica=f"{a.mysql_url.rstrip('/')}/{a.repl}",
+                      analytics=f"{a.pg_url.rstrip('/')}/{a.dst}")
+    read_db = a.src if replica else a.repl
+    t0 = time.monotonic()
+    out: list[dict] = []
+    with open_engines(urls, workers=a.workers) as engines:
+        with (engines.source if replica else engines.replica).connect() as conn:
+            found = {t.name: t for t in discover_tables(conn, read_db)}
+            sizes = {i.name: i.data_length for i in list_base_tables(conn, read_db)}
+        wanted = [t for t in (a.child_tables.split(",") if a.child_tables else found) if t]
+        names = [t for t in wanted if not t.startswith("_etl")]
+        cfg = PipelineConfig(tables={n: TableConfig(primary_key=list(found[n].primary_key),
+                                                    estimated_rows=found[n].estimated_rows) for n in names})
+        order = sorted(names, key=lambda n: -sizes.get(n, 0))
+
+        def one(name: str) -> dict:
+            table = cfg.resolve(name)
+            ts = time.monotonic()
+            if replica:
+                st = replica_copy.copy_full(engines, table, source_db=a.src, replica_db=a.repl, method=a.method)
+            else:
+                st = analytics_load.load_full(engines, table, replica_db=a.repl, pg_schema=a.schema, column_case="lower")
+            print(f"{name}: {st.rows} rows in {st.seconds:.2f}s ({st.chunks} chunks) {'; '.join(st.notes)}", flush=True)
+            return dict(table=name, rows=st.rows, seconds=round(st.seconds, 3), chunks=st.chunks, bytes=st.bytes,
+                        start_s=round(ts - t0, 2), notes=st.notes)
+
+        with cf.ThreadPoolExecutor(a.workers) as ex:
+            futs = [ex.submit(one, n) for n in order]
+            for f in futs:
+                out.append(f.result())
+    work = time.monotonic() - t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    Path(a.out).write_text(json.dumps({"stage": a.child, "method": a.method, "startup_s": round(startup, 2),
+                                       "work_s": round(work, 2), "rss_mb": round(ru.ru_maxrss / 1024, 1),
+                                       "tables": out}, indent=1))
+    print(f"{a.child}: {sum(t['rows'] for t in out)} rows, start-up {startup:.1f}s, work {work:.1f}s, "
+          f"peak RSS {ru.ru_maxrss / 1024:.0f} MB")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0, help="dataset scale (1 = ~3M rows; default 1)")
+    ap.add_argument("--scales", help="comma list, e.g. 1,4: run everything at each scale and compare peak RSS "
+                                     "(scale 4 = ~12M rows: generation alone takes a few minutes)")
+    ap.add_argument("--stages", default=",".join(ALL_STAGES),
+                    help=f"comma list of {','.join(ALL_STAGES)} (default all); 'anchors' runs the anchors of the "
+                         f"chosen stages")
+    ap.add_argument("--no-gen", action="store_true", help="reuse the existing bench_src")
+    ap.add_argument("--reps", type=int, default=1, help="runs of each item; the table shows medians")
+    ap.add_argument("--tiny-tables", type=int, default=400, help="tables of 10 rows for the 'tiny' stage (0 = skip)")
+    ap.add_argument("--tiny-timeout", type=float, default=90,
+                    help="stop the 'tiny' run after this many seconds (1.5x its 60 s goal; default 90) and "
+                         "report how many tables it loaded")
+    ap.add_argument("--incremental", action="store_true", help="incremental 1%% churn scenario (not implemented yet)")
+    ap.add_argument("--no-pgloader", action="store_true", help="skip the pgloader anchor")
+    ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/bench-etl"), help="logs, results, configs")
+    ap.add_argument("--prefix", default="bench", help="database name prefix (must start with 'bench'; default bench)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed for one measured run")
+    ap.add_argument("--mysql-url", default=DEFAULT_MYSQL_URL, help="MariaDB server URL (no database)")
+    ap.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server URL (no database)")
+    # child mode (used by the harness itself)
+    ap.add_argument("--child", choices=["replica", "analytics"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="stream", help=argparse.SUPPRESS)
+    ap.add_argument("--src", default="bench_src", help=argparse.SUPPRESS)
+    ap.add_argument("--repl", default="bench_repl", help=argparse.SUPPRESS)
+    ap.add_argument("--dst", default="bench_dst", help=argparse.SUPPRESS)
+    ap.add_argument("--schema", default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=WORKERS, help=argparse.SUPPRESS)
+    ap.add_argument("--child-tables", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    a.stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    bad = [s for s in a.stages if s not in ALL_STAGES + ("incr",)]
+    if bad:
+        ap.error(f"unknown stage {bad[0]!r}; choose from {', '.join(ALL_STAGES)}")
+    if "incr" in a.stages:
+        a.incremental = True
+    a.scale_list = [float(s) for s in a.scales.split(",")] if a.scales else [a.scale]
+    if not a.prefix.startswith("bench") or not a.prefix.replace("_", "").isalnum():
+        ap.error("--prefix must start with 'bench' and hold only letters, digits and _")
+    if a.reps < 1:
+        ap.error("--reps must be >= 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.child:
+        return child_main(a)
+    h = Harness(a)
+    lock = open(h.work / f"{a.prefix}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another benchmark run holds {h.work / (a.prefix + '.lock')}; timings would overlap", file=sys.stderr)
+        return 2
+    if "anchors" in h.stages and not h.have_pgloader and not a.no_pgloader:
+        log("pgloader not installed: its anchor is skipped (apt-get install -y pgloader)")
+    all_res: dict[float, Results] = {}
+    ok = True
+    for i, scale in enumerate(a.scale_list):
+        if i > 0:
+            a.no_gen = False
+        res = h.run_scale(scale)
+        all_res[scale] = res
+        text = render(res, h, scale)
+        print("\n" + text + "\n", flush=True)
+        (h.work / f"summary_{h.tag}.txt").write_text(text + "\n")
+        (h.work / f"results_{h.tag}.json").write_text(json.dumps(
+            {"scale": scale, "source_rows": h.src_rows, "source_mb": round(h.src_mb, 1),
+             "items": {n: dict(kind=it.kind, seconds=it.seconds, median=it.median, rss_mb=it.rss, rows=it.rows,
+                               ok=it.ok, checks=it.checks, notes=it.notes, detail=it.detail)
+                       for n, it in res.items.items()},
+             "ratios": {f"{o} vs {an}": res.ratio(o, an) for o, an, _ in GOALS}}, indent=1, default=str))
+        ok = ok and all(it.ok for it in res.items.values())
+    if len(all_res) > 1:
+        print(render_rss(all_res) + "\n")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"harness process peak RSS {rss:.0f} MB; logs and results in {h.work}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+# The benchmark harness (bench/run.py; how to read its table: bench/README.md).
+# Included from the Makefile (uses its `setup` target, BIN, MYSQL_URL and PG_URL).
+#
+#   make bench                     generate bench_src at SCALE (default 1, ~3M rows), run every stage and
+#                                  anchor, print one table (stage, rows, s, rows/s, peak RSS, ratio, data check)
+#   make bench SCALE=0.1 BENCH_ARGS='--reps 3 --stages analytics,anchors'
+#   make bench BENCH_ARGS='--no-gen --stages replica'      reuse the data generated last time
+#   make bench BENCH_ARGS='--scales 1,4 --stages replica,analytics --tiny-tables 0'   peak RSS vs size
+#   make bench-tools               install pgloader (a Debian package; needs root), used as an anchor
+#
+# Scale 1 takes about 10 minutes on the 2-core box; only databases named bench_* are dropped or created.
+
+SCALE ?= 1
+BENCH_ARGS ?=
+
+.PHONY: bench bench-tools
+
+bench: setup
+	$(BIN)/python bench/run.py --scale $(SCALE) --mysql-url '$(MYSQL_URL)' --pg-url '$(PG_URL)' $(BENCH_ARGS)
+
+bench-tools:
+	@command -v pgloader >/dev/null || { apt-get update -qq && apt-get install -y -qq pgloader; }
+	@pgloader --version | head -1
