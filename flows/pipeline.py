@@ -178,7 +178,8 @@ def small_tables_flow(group: str, batch_no: int, tables: list[ResolvedTable], op
     return outcomes
 
 
-@task(task_run_name="run-{group}-batch-{batch_no}")
+@task(task_run_name="run-{group}-batch-{batch_no}", retries=2, retry_delay_seconds=3,
+      retry_condition_fn=retry_condition)
 def run_small_tables(group: str, batch_no: int, tables: list[ResolvedTable], opts: RunOptions) -> list[TableOutcome]:
     return small_tables_flow(group, batch_no, tables, opts)
 

@@ -109,6 +109,11 @@ def is_retriable(exc: BaseException) -> bool:
         return root.pgcode in _PG_RETRIABLE_CODES
     if isinstance(root, (ConnectionError, TimeoutError)):
         return True
+    # The Prefect API itself can be briefly unavailable: the temporary local server runs on SQLite
+    # and answers 503 "database is locked" when many runs write at once.
+    status = getattr(getattr(root, "response", None), "status_code", None)
+    if type(root).__name__ in ("PrefectHTTPStatusError", "HTTPStatusError") and status in (502, 503, 504):
+        return True
     return False
 
 
