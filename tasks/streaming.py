@@ -122,7 +122,7 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
             count, blob = int(row[-2]), row[-1]
             if count == 0:
                 return
-            if blob is None or blob.count(b"\n") != count - 1:
+            if not _complete(blob, count):
                 if n == 1:
                     raise DataError(
                         f"{query.table_sql}: the row after key {after!r} is larger than the server's "
@@ -136,13 +136,7 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
                 cur.execute(f"SELECT {ks.select_list} FROM {query.table_sql} WHERE {' AND '.join(conds)} "
                             f"ORDER BY {ks.order_by} LIMIT 1 OFFSET {count - 1}", params)
                 last = tuple(cur.fetchone())
-            block = blob + b"\n"
-            if strip_nul and b"\x00" in block:
-                k = block.count(b"\x00")
-                block = block.replace(b"\x00", b"")
-                result.nul_chars_removed += k
-            result.rows += count
-            result.bytes += len(block)
+            block = _take_block(blob, count, result, strip_nul)
             result.last_key = last
             after = last
             remaining -= count
@@ -151,6 +145,11 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
                 return
     finally:
         cur.close()
+
+
+def _complete(blob: bytes | None, count: int) -> bool:
+    """A block holds every row only if it has one line per row (lines never contain a raw newline)."""
+    return blob is not None and blob.count(b"\n") == count - 1
 
 
 def _take_block(blob: bytes, count: int, result: ChunkResult, strip_nul: bool) -> bytes:
@@ -206,7 +205,7 @@ def _read_key_ranges(dbapi_conn: Any, query: LineQuery, after: tuple | None, res
                     return
                 lo = int(nxt) - 1
                 continue
-            if blob is None or blob.count(b"\n") != count - 1:
+            if not _complete(blob, count):
                 if width == 1:
                     raise DataError(
                         f"{query.table_sql}: the row with key {hi} is larger than the server's max_allowed_packet "
