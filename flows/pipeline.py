@@ -394,7 +394,7 @@ def etl_pipeline(
     # In-process table flows share these engines; dispatched table runs open their own.
     workers = max((g.workers for g in cfg.priorities), default=1) if dispatch == "local" else 1
 
-    with open_engines(urls, workers=workers) as engines:
+    with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
         for role in ("source", "replica", "analytics"):
             check_reachable(getattr(engines, role), role, getattr(urls, role))
         register(run_id, engines)

@@ -157,7 +157,8 @@ def _mysql_session_setup(engine: Engine, *, read_only: bool) -> None:
         dbapi_conn.commit()
 
 
-def create_engine(role: str, url: str, *, pool_size: int, connect_args: dict | None = None) -> Engine:
+def create_engine(role: str, url: str, *, pool_size: int, connect_args: dict | None = None,
+                  max_overflow: int | None = None, pool_timeout: int = 120) -> Engine:
     """An engine for one database role, with our session settings. Raises ConfigError on a bad URL."""
     env = f"ETL_{role.upper()}_URL"
     try:
@@ -182,7 +183,8 @@ def create_engine(role: str, url: str, *, pool_size: int, connect_args: dict | N
     args.update(connect_args or {})
     try:
         engine = sa.create_engine(
-            u, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=120,
+            u, pool_size=pool_size, max_overflow=pool_size if max_overflow is None else max_overflow,
+            pool_pre_ping=True, pool_timeout=pool_timeout,
             pool_recycle=3600, connect_args=args,
         )
     except NoSuchModuleError:
@@ -230,10 +232,14 @@ def ensure_replica_database(url: str, connect_args: dict | None = None) -> None:
 
 
 @contextmanager
-def open_engines(urls: EngineUrls, *, workers: int, create_replica: bool = True) -> Iterator[Engines]:
+def open_engines(urls: EngineUrls, *, workers: int, create_replica: bool = True,
+                 max_source_connections: int | None = None) -> Iterator[Engines]:
     """Create the three engines for one run and dispose them when it ends, whatever happens.
 
     With `create_replica`, the replica database is created first when it does not exist.
+    `max_source_connections` caps the connections to production (no overflow): a table holds at
+    most one source connection at a time, so this is the number of tables reading the source at
+    once; the others wait for a slot.
     """
     created: list[Engine] = []
     usage: dict[str, PoolUsage] = {}
@@ -244,8 +250,11 @@ def open_engines(urls: EngineUrls, *, workers: int, create_replica: bool = True)
         for role in ("source", "replica", "analytics"):
             # Per table at most: a lock connection, the phase's own, and two parallel COPY streams
             # (analytics also a metrics write): 3 per worker without overflow, as many again in reserve.
-            engine = create_engine(role, getattr(urls, role), pool_size=max(3, workers * 3),
-                                   connect_args=getattr(urls, f"{role}_connect_args"))
+            capped = role == "source" and max_source_connections is not None
+            engine = create_engine(role, getattr(urls, role),
+                                   pool_size=max_source_connections if capped else max(3, workers * 3),
+                                   connect_args=getattr(urls, f"{role}_connect_args"),
+                                   max_overflow=0 if capped else None, pool_timeout=6 * 3600 if capped else 120)
             created.append(engine)
             pool = engine.pool
             usage[role] = PoolUsage(role=role, pool_size=pool.size() if hasattr(pool, "size") else None,

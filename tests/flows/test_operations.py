@@ -169,11 +169,13 @@ def test_connections_none_left_open_and_peak_matches_the_workers(ops_run, capsys
         cur.execute("SELECT DISTINCT split_part(worker, '@', 1) FROM etl.table_runs WHERE run_id = %s", (run_id,))
         assert [r[0] for r in cur.fetchall()] == ["local"]  # in-process tables: no Prefect worker name
     pg.close()
-    # open_engines sizes every pool for the widest group: 2 x workers, as many again as overflow.
+    # open_engines sizes the pools for the widest group: 3 x workers, as many again as overflow; the
+    # source pool is the configured cap on connections to production (ETL_MAX_SOURCE_QUERIES, 4), no overflow.
     for role in ("source", "replica", "analytics"):
         u = usage[role]
         assert u["still_open"] == 0 and u["opened"] == u["closed"], usage
-        assert (u["pool_size"], u["max_overflow"], u["workers"]) == (3 * WORKERS, 3 * WORKERS, WORKERS), usage
+        expected = (4, 0, WORKERS) if role == "source" else (3 * WORKERS, 3 * WORKERS, WORKERS)
+        assert (u["pool_size"], u["max_overflow"], u["workers"]) == expected, usage
     # Both critical tables met inside each phase (after its first chunk), so each database's peak is
     # exactly workers x what one table holds in its widest phase, as the code reads today:
     assert usage["replica"]["peak_checked_out"] == WORKERS * REPLICA_PER_TABLE, usage
