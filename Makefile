@@ -41,6 +41,7 @@ demo: demo-data
 	@# The demo source is regenerated each time (rows rewritten with their old timestamps), which no
 	@# watermark can see: reload in full. Run `etl run --config $(DEMO_DIR)/tables.yml` for an incremental run.
 	$(BIN)/etl run --config $(DEMO_DIR)/tables.yml --full-refresh
+	$(BIN)/etl verify --config $(DEMO_DIR)/tables.yml
 
 clean:
 	rm -rf build .pytest_cache
