@@ -32,7 +32,7 @@ from tasks.mysql_schema import TableSchema, choose_key, max_allowed_packet, read
 from tasks.streaming import (
     BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks,
 )
-from tasks.type_mapping import PgColumn, copy_line_select, pg_columns, pg_create_table_sql
+from tasks.type_mapping import INTEGER_TYPES, PgColumn, copy_line_select, pg_columns, pg_create_table_sql
 
 log = logging.getLogger("etl.analytics")
 
@@ -67,12 +67,6 @@ ProgressFn = Callable[[int], None]
 def _constraint_name(table: str) -> str:
     name = f"{table}_pkey"
     return name if len(name.encode()) <= PG_MAX_IDENT else shadow_name(table, "pk")
-
-
-def plan_pg_table(schema: TableSchema, table: ResolvedTable, *, column_case: str) -> tuple[list[PgColumn], tuple[str, ...]]:
-    """PostgreSQL columns and the key columns (source names) of a table."""
-    cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)
-    return cols, schema.primary_key
 
 
 def _pg_exists(cur: Any, schema: str, table: str) -> bool:
@@ -120,7 +114,6 @@ def _wrap_copy_error(e: psycopg2.Error, table: str, cols: list[PgColumn]) -> Exc
 
 
 PARALLEL_MIN_ROWS = 200_000  # below this one COPY stream is as fast as two
-_INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 
 
 @dataclass(frozen=True)
@@ -137,7 +130,7 @@ def split_parts(conn: Any, table_sql: str, schema: TableSchema, key: tuple[str, 
     """Split a big table with an integer key into `streams` key ranges of about equal width."""
     if streams <= 1 or len(key) != 1 or estimated_rows < PARALLEL_MIN_ROWS:
         return [Part(0, None)]
-    if schema.column(key[0]).data_type not in _INTEGER_TYPES:
+    if schema.column(key[0]).data_type not in INTEGER_TYPES:
         return [Part(0, None)]
     k = mysql_ident(key[0])
     lo, hi = conn.exec_driver_sql(f"SELECT MIN({k}), MAX({k}) FROM {table_sql}").one()
@@ -202,7 +195,7 @@ def load_full(
         key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
         parts = split_parts(rc, table_sql, schema, key, streams, schema.estimated_rows)
         group = group_rows_for(schema.avg_row_length, table.batch_size, max_allowed_packet(rc))
-        int_key = len(key) == 1 and schema.column(key[0]).data_type in _INTEGER_TYPES
+        int_key = len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES
     cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)
     by_source = {c.source.name: c for c in cols}
     copy_sql = f"COPY {q_shadow} ({', '.join(pg_ident(c.name) for c in cols)}) FROM STDIN"

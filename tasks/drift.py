@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from tasks.errors import SchemaError
@@ -115,5 +114,3 @@ def refuse(table: str, drift: Drift) -> SchemaError:
         f"source's current shape run `etl run --full-refresh --tables {table}` (drop or adjust views on it first)"
     )
 
-
-_PG_WIDTH = re.compile(r"^(character varying|numeric|timestamp|interval)")

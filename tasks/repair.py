@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from config.models import ResolvedTable
-from tasks.analytics_load import _INTEGER_TYPES
 from tasks.connections import Engines
 from tasks.identifiers import mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name
 from tasks.keyset import Keyset
 from tasks.mysql_schema import choose_key, read_table_schema, unique_keys
 from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan
 from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, read_chunk_blocks
-from tasks.type_mapping import copy_line_select, pg_columns
+from tasks.type_mapping import INTEGER_TYPES, copy_line_select, pg_columns
 from tasks.verify import VerifyResult
 
 
@@ -38,7 +37,7 @@ def repair_ranges(engines: Engines, table: ResolvedTable, result: VerifyResult, 
     with engines.replica.connect() as rc:
         schema = read_table_schema(rc, replica_db, table.name)
         key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
-    if len(key) != 1 or schema.column(key[0]).data_type not in _INTEGER_TYPES:
+    if len(key) != 1 or schema.column(key[0]).data_type not in INTEGER_TYPES:
         return 0
     k = key[0]
     cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)

@@ -37,13 +37,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _has_history(cur) -> bool:  # noqa: ANN001
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.pipeline_runs",))
+    return bool(cur.fetchone()[0])
+
+
 def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None) -> list[dict]:
     """The newest pipeline runs with their table rows, newest first."""
     with engine.connect() as c:
         raw = c.connection.driver_connection
         with raw.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.pipeline_runs",))
-            if not cur.fetchone()[0]:
+            if not _has_history(cur):
                 return []
             cur.execute(
                 f"SELECT run_id, started_at, ended_at, status, tables_total, tables_ok, tables_failed, "
@@ -135,8 +139,7 @@ def connection_runs(engine: Engine, *, runs: int = 5) -> list[dict]:
     with engine.connect() as c:
         raw = c.connection.driver_connection
         with raw.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.pipeline_runs",))
-            if not cur.fetchone()[0]:
+            if not _has_history(cur):
                 return []
             cur.execute(
                 f"SELECT run_id, started_at, ended_at, status, connection_usage FROM {SCHEMA}.pipeline_runs "

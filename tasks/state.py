@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.identifiers import mysql_ident
+from tasks.type_mapping import INTEGER_TYPES
 
 MYSQL_STATE = "_etl_state"
 MYSQL_HISTORY = "_etl_state_history"
 PG_STATE = "etl.table_state"
 PG_HISTORY = "etl.table_state_history"
 
-_INT_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _TIME_TYPES = {"date", "datetime", "timestamp"}
 
 
 def watermark_kind(data_type: str) -> str:
     if data_type in _TIME_TYPES:
         return "datetime"
-    if data_type in _INT_TYPES:
+    if data_type in INTEGER_TYPES:
         return "int"
     raise ValueError(f"type {data_type!r} cannot be a change column (use a date/time or integer column)")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pymysql.cursors
 
@@ -40,7 +40,6 @@ class ChunkResult:
     bytes: int = 0
     last_key: tuple | None = None
     nul_chars_removed: int = 0
-    source_nulls_lines: int = 0
 
 
 @dataclass
@@ -348,5 +347,3 @@ class BlockFile:
     def readline(self, size: int = -1) -> bytes:  # pragma: no cover - COPY uses read()
         return self.read(size)
 
-
-ProgressFn = Callable[[int], None]

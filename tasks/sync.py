@@ -14,6 +14,7 @@ the one it last loaded.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 
@@ -126,7 +127,7 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
             ts_cap, dt_cap = incremental._now_caps(cur)
             for c in table.incremental_columns:
                 v = incremental.column_max(cur, mysql_qualified(source_db, table.name), c)
-                if isinstance(v, __import__("datetime").datetime):
+                if isinstance(v, datetime.datetime):
                     v = min(v, ts_cap if src_schema.column(c).data_type == "timestamp" else dt_cap)
                 if v is not None:
                     highs[c] = v

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from tasks.connections import Engines
 from tasks.identifiers import mysql_qualified, pg_qualified, pg_table_name
+from tasks.type_mapping import INTEGER_TYPES
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,6 @@ def count_check(engines: Engines, table: str, *, source_db: str | None, replica_
 
 # --- etl verify: counts and per-key-range checksums across the three databases ------------------
 
-_INT = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 
 
 @dataclass
@@ -115,7 +115,7 @@ def verify_table(engines: Engines, table, *, source_db: str, replica_db: str, pg
     pg_agg = f"SELECT count(*), COALESCE(sum(('x' || left({pg_row}, 8))::bit(32)::bigint), 0) FROM {{t}} WHERE {{w}}"
     src_t, rep_t = mysql_qualified(source_db, table.name), mysql_qualified(replica_db, table.name)
     pg_t = pg_qualified(pg_schema, pg_table_name(table.name))
-    ranged = len(key) == 1 and schema.column(key[0]).data_type in _INT
+    ranged = len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES
     bounds: list = [None]
     with engines.source.connect() as sc, engines.replica.connect() as rc, engines.analytics.connect() as pc:
         scur = sc.connection.driver_connection.cursor()
