@@ -44,6 +44,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LookbackWindow(_Strict):
+    """`lookback: {columns: [ProcDate], window: 30d}`: every incremental run also re-reads the rows whose
+    date column lies in the last `window` (e.g. procedures completed in the last 30 days), whatever their
+    change columns say. For rows an application edits without touching any change column."""
+
+    columns: tuple[str, ...] = Field(min_length=1, description="DATE, DATETIME or TIMESTAMP columns of the table.")
+    window: str = Field(description="How far back from now, e.g. `30d`.")
+
+
+_LOOKBACK_FORMS = "a duration like '2h' or '30d', or {columns: [ProcDate], window: '30d'}"
+
+
+def parse_lookback(value: Any) -> str | LookbackWindow | None:
+    """Validate either lookback form; ValueError names what is wrong and the accepted forms."""
+    if value is None or isinstance(value, LookbackWindow):
+        return value
+    if isinstance(value, str):
+        parse_lookback_seconds(value)
+        return value
+    if isinstance(value, dict):
+        for k in value:
+            if k not in ("columns", "window"):
+                raise ValueError(f"unknown key {k!r}{_closest(str(k), ['columns', 'window'])}; "
+                                 f"lookback is {_LOOKBACK_FORMS}")
+        cols = value.get("columns")
+        if isinstance(cols, str):
+            cols = [cols]
+        if not isinstance(cols, list) or not cols or not all(isinstance(c, str) and c for c in cols):
+            raise ValueError(f"`columns` must list one or more date columns; lookback is {_LOOKBACK_FORMS}")
+        window = value.get("window")
+        if not isinstance(window, str):
+            raise ValueError(f"`window` is missing or not a duration; lookback is {_LOOKBACK_FORMS}")
+        parse_lookback_seconds(window)
+        return LookbackWindow(columns=tuple(cols), window=window)
+    raise ValueError(f"{value!r} is not a lookback; lookback is {_LOOKBACK_FORMS}")
+
+
 class PriorityGroup(_Strict):
     """One priority group: its tables run after every earlier group has finished."""
 
@@ -70,8 +107,10 @@ class TableSettings(_Strict):
     deletes: Deletes | None = Field(
         default=None, description="`detect` propagates rows deleted in the source; `off` never deletes."
     )
-    lookback: str | None = Field(
-        default=None, description="Window re-read on every incremental run, e.g. `2h` or `30d`."
+    lookback: str | LookbackWindow | None = Field(
+        default=None,
+        description="Re-read on every incremental run: a duration (`2h`, `30d`) subtracted from the watermark, "
+                    "or date columns with a window (`{columns: [ProcDate], window: 30d}`).",
     )
     boolean_columns: list[str] | None = Field(
         default=None,
@@ -88,12 +127,10 @@ class TableSettings(_Strict):
         default=None, ge=0, description="... and more than this many rows. Both must be exceeded to refuse."
     )
 
-    @field_validator("lookback")
+    @field_validator("lookback", mode="before")
     @classmethod
-    def _lookback_is_duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_lookback_seconds(v)
-        return v
+    def _lookback_form(cls, v: Any) -> str | LookbackWindow | None:
+        return parse_lookback(v)
 
 
 class TableConfig(TableSettings):
@@ -124,7 +161,7 @@ class ResolvedTable(BaseModel):
     mode: Mode = Field(description="full or incremental.")
     batch_size: int = Field(description="Rows per keyset chunk.")
     deletes: Deletes = Field(description="Delete propagation.")
-    lookback: str | None = Field(description="Re-read window for incremental runs.")
+    lookback: str | LookbackWindow | None = Field(description="Re-read window for incremental runs.")
     deletes_every: int = Field(description="Delete check every Nth incremental run.")
     deletes_max_fraction: float = Field(description="Delete guard: fraction of the table.")
     deletes_min_rows: int = Field(description="Delete guard: row count.")

@@ -23,10 +23,11 @@ from typing import Any
 
 import psycopg2
 
-from config.models import ResolvedTable, parse_lookback_seconds
+from config.models import LookbackWindow, ResolvedTable, parse_lookback_seconds
 from tasks import faults
 from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error
 from tasks.connections import Engines
+from tasks.errors import SchemaError
 from tasks.identifiers import mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, shadow_name
 from tasks.keyset import Keyset
 from tasks.mysql_schema import ServerIdentity, TableSchema
@@ -70,14 +71,19 @@ def _now_caps(cur: Any) -> tuple[dt.datetime, dt.datetime]:
 
 
 def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks: dict[str, Any],
-                  lookback: str | None, types: dict[str, str] | None = None) -> tuple[list[Pass], dict[str, Any]]:
+                  lookback: str | LookbackWindow | None,
+                  types: dict[str, str] | None = None) -> tuple[list[Pass], dict[str, Any]]:
     """The passes to read now, and the watermarks to save once they are merged.
 
     A saved watermark never passes the server's clock: a row stamped in the future (bad data, a
     skewed application clock) would otherwise push it ahead and hide every real change until then.
     Such rows are simply read again each run until the clock catches up.
+
+    `lookback` as a duration moves each change column's window start back by it; as date columns
+    with a window it adds one pass per date column over [now - window, MAX(column)], re-reading rows
+    edited without touching a change column. Those passes save no watermark.
     """
-    back = dt.timedelta(seconds=parse_lookback_seconds(lookback)) if lookback else None
+    back = dt.timedelta(seconds=parse_lookback_seconds(lookback)) if isinstance(lookback, str) else None
     passes: list[Pass] = []
     new: dict[str, Any] = {}
     ts_cap, dt_cap = _now_caps(cur)
@@ -99,7 +105,45 @@ def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks
             saved = min(high, cap)
         new[c] = saved if old is None or saved >= old else old
         passes.append(Pass(c, low, high))
+    if isinstance(lookback, LookbackWindow):
+        passes.extend(date_window_passes(cur, table_sql, lookback, types or {}, utc_now=ts_cap))
     return passes, new
+
+
+def date_window_passes(cur: Any, table_sql: str, lookback: LookbackWindow, types: dict[str, str], *,
+                       utc_now: dt.datetime) -> list[Pass]:
+    """One pass per lookback date column: rows dated within the window up to the column's maximum.
+
+    TIMESTAMP columns are read in UTC, so their window starts at UTC now - window. DATE and DATETIME
+    hold the application's local time, which may be up to 12 hours behind UTC: their window starts
+    12 hours earlier, and DATE windows start at midnight. Re-reading a little more is harmless.
+    """
+    span = dt.timedelta(seconds=parse_lookback_seconds(lookback.window))
+    out: list[Pass] = []
+    for c in lookback.columns:
+        kind = check_window_column(table_sql, c, types)
+        low = utc_now - span if kind == "timestamp" else utc_now - span - dt.timedelta(hours=12)
+        if kind == "date":
+            low = dt.datetime.combine(low.date(), dt.time())
+        high = column_max(cur, table_sql, c)
+        if high is not None and high >= low:
+            out.append(Pass(c, low, high))
+    return out
+
+
+def check_window_column(table_sql: str, column: str, types: dict[str, str]) -> str:
+    """The column's type for a lookback window, or a SchemaError that says what to fix."""
+    kind = types.get(column)
+    if kind is None:
+        import difflib
+
+        m = difflib.get_close_matches(column, list(types), n=1)
+        hint = f" (did you mean {m[0]!r}?)" if m else ""
+        raise SchemaError(f"{table_sql}: lookback column {column!r} does not exist{hint}; fix lookback.columns")
+    if kind not in ("date", "datetime", "timestamp"):
+        raise SchemaError(f"{table_sql}: lookback column {column!r} is {kind}; a lookback window needs a DATE, "
+                          f"DATETIME or TIMESTAMP column; fix lookback.columns")
+    return kind
 
 
 def odku_clause(columns: list[str], key: tuple[str, ...], *, row_alias: str | None) -> str:

@@ -50,6 +50,15 @@ def test_defaults_apply_and_tables_override() -> None:
          "t.yml: tables.patient.primary_kye: unknown key 'primary_kye' (did you mean 'primary_key'?)"),
         ("tables:\n  patient:\n    batch_size: 0\n", "t.yml: tables.patient.batch_size: Input should be greater than 0"),
         ("tables:\n  patient:\n    lookback: -2h\n", "t.yml: tables.patient.lookback: lookback '-2h' is not a duration"),
+        ("tables:\n  patient:\n    lookback: {columns: [ProcDate], windw: 30d}\n",
+         "t.yml: tables.patient.lookback: unknown key 'windw' (did you mean 'window'?)"),
+        ("tables:\n  patient:\n    lookback: {columns: [], window: 30d}\n",
+         "tables.patient.lookback: `columns` must list one or more date columns"),
+        ("tables:\n  patient:\n    lookback: {columns: [ProcDate]}\n",
+         "tables.patient.lookback: `window` is missing or not a duration"),
+        ("tables:\n  patient:\n    lookback: {columns: [ProcDate], window: 30 days}\n",
+         "tables.patient.lookback: lookback '30 days' is not a duration"),
+        ("tables:\n  patient:\n    lookback: 30\n", "tables.patient.lookback: 30 is not a lookback"),
         ("tables:\n  patient:\n    priority: critcal\n", "unknown group 'critcal' (did you mean 'critical'?)"),
         ("tables:\n  patient:\n    mode: incremantal\n", "t.yml: tables.patient.mode: Input should be 'full' or 'incremental'"),
         ("defaults:\n  batchsize: 10\n", "t.yml: defaults.batchsize: unknown key 'batchsize' (did you mean 'batch_size'?)"),
@@ -65,6 +74,17 @@ def test_bad_config_fails_with_one_line_naming_the_key(text: str, expected: str)
     message = str(e.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_lookback_takes_a_duration_or_date_columns_with_a_window() -> None:
+    cfg = parse_pipeline_config(
+        "defaults: {lookback: 2h}\n"
+        "tables:\n  procedurelog:\n    lookback: {columns: [ProcDate, DateComplete], window: 30d}\n"
+        "  patient: {}\n  claim:\n    lookback: {columns: DateSent, window: 7d}\n", "t.yml")
+    assert cfg.resolve("patient").lookback == "2h"
+    proc = cfg.resolve("procedurelog").lookback
+    assert (proc.columns, proc.window) == (("ProcDate", "DateComplete"), "30d")
+    assert cfg.resolve("claim").lookback.columns == ("DateSent",)
 
 
 def test_malformed_yaml_names_file_and_line() -> None:
