@@ -130,3 +130,51 @@ def test_boolean_mapping_is_exact_or_loud(etl_env, prefect_harness) -> None:
         cur.execute("SELECT count(*) FROM raw.flags")
         assert cur.fetchone()[0] == 4
     pg.close()
+
+
+@pytest.mark.parametrize("method", ["server", "stream"])
+def test_latin1_column_holding_bytes_that_are_not_utf8(etl_env, prefect_harness, monkeypatch, method) -> None:
+    """Legacy latin1 columns hold any byte: lone UTF-8 lead bytes, 0xFF, the five bytes cp1252 leaves
+    undefined (0x81 0x8D 0x8F 0x90 0x9D), UTF-8 stored twice-encoded, control bytes. The replica keeps
+    the bytes exactly; PostgreSQL (UTF-8) gets the characters MySQL says they are."""
+    etl_env.source_sql(
+        "CREATE TABLE legacy (id INT PRIMARY KEY, name VARCHAR(40) CHARACTER SET latin1 NOT NULL, "
+        "memo TEXT CHARACTER SET latin1 NULL, changed TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP "
+        "ON UPDATE CURRENT_TIMESTAMP) DEFAULT CHARSET=latin1;"
+        "INSERT INTO legacy (id, name, memo) VALUES "
+        "(1, X'C3', X'C328'),"                    # a UTF-8 lead byte with nothing after it
+        "(2, X'FF', X'FFFE00FF'),"                 # bytes never valid in UTF-8, with a NUL
+        "(3, X'818D8F909D', X'80'),"               # undefined in cp1252; the euro sign
+        "(4, X'C383C2A9', X'E282AC'),"             # 'é' encoded twice; a UTF-8 euro read as latin1
+        "(5, X'0102031F7F', X'5C4E'),"             # control bytes; a backslash-N that is not NULL
+        "(6, 'plain', NULL);"
+        "INSERT INTO legacy (id, name, memo) SELECT 100 + seq, CHAR(128 + seq % 128), "
+        "CONCAT(CHAR(seq % 256), X'C3') FROM seq_0_to_499;"
+    )
+    monkeypatch.setenv("ETL_REPLICA_METHOD", method)
+    discover_with(etl_env, batch_size=100)
+    assert etl_env.etl("run") == 0
+    assert_all_copies_equal(etl_env)
+    src, rep, pg = etl_env.mysql(), etl_env.mysql(etl_env.replica_db), etl_env.pg()
+    try:
+        q = "SELECT id, HEX(name), HEX(memo) FROM legacy ORDER BY id"
+        with src.cursor() as a, rep.cursor() as b:
+            a.execute(q)
+            b.execute(q)
+            assert a.fetchall() == b.fetchall()  # byte for byte
+        with src.cursor() as a, pg.cursor() as b:
+            a.execute("SELECT id, CONVERT(name USING utf8mb4) FROM legacy WHERE id <= 6 ORDER BY id")
+            b.execute("SELECT id, name FROM raw.legacy WHERE id <= 6 ORDER BY id")
+            assert b.fetchall() == list(a.fetchall())
+            b.execute("SELECT name FROM raw.legacy WHERE id = 3")
+            assert b.fetchone()[0] == "\x81\x8d\x8f\x90\x9d"
+            b.execute("SELECT name, memo FROM raw.legacy WHERE id = 4")
+            assert b.fetchone() == ("ÃƒÂ©", "â‚¬")  # the bytes as latin1 characters, nothing "repaired"
+    finally:
+        src.close()
+        rep.close()
+        pg.close()
+    # An incremental run over the same table (merge path) keeps the bytes too.
+    etl_env.source_sql("UPDATE legacy SET memo = CONCAT(memo, X'FF81') WHERE id % 3 = 0")
+    assert etl_env.etl("run") == 0
+    assert_all_copies_equal(etl_env)
