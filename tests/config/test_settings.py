@@ -1,0 +1,55 @@
+"""Bad connection settings fail with one line naming the variable and what to change, before any
+database is written, and never print a password."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import MYSQL, PG, mysql_connect, pg_connect
+
+SECRET = "s3cr3t-Pa55"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("ETL_SOURCE_URL", "not a url at all", "ETL_SOURCE_URL: not a valid SQLAlchemy URL"),
+        ("ETL_SOURCE_URL", f"mysql+mysqlconnector://etl:{SECRET}@127.0.0.1:3306/x",
+         "ETL_SOURCE_URL: driver 'mysqlconnector' is not supported; use mysql+pymysql://"),
+        ("ETL_SOURCE_URL", f"oracle://etl:{SECRET}@127.0.0.1/x",
+         "ETL_SOURCE_URL: 'oracle' URL given, the source database must be mysql"),
+        ("ETL_REPLICA_URL", f"mysql+pymysql://etl:{SECRET}@127.0.0.1:3306",
+         "ETL_REPLICA_URL: the URL names no database"),
+        ("ETL_ANALYTICS_URL", f"postgresql+asyncpg://etl:{SECRET}@127.0.0.1/x",
+         "ETL_ANALYTICS_URL: driver 'asyncpg' is not supported; use postgresql+psycopg2://"),
+        ("ETL_ANALYTICS_URL", f"mysql+pymysql://etl:{SECRET}@127.0.0.1/x",
+         "ETL_ANALYTICS_URL: 'mysql' URL given, the analytics database must be postgresql"),
+    ],
+)
+def test_bad_url_is_one_line_naming_the_variable(etl_env, prefect_harness, monkeypatch, capsys,
+                                                  variable, value, expected) -> None:
+    etl_env.source_sql("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);")
+    etl_env.write_config("tables:\n  t: {primary_key: [id]}\n")
+    monkeypatch.setenv(variable, value)
+    assert etl_env.etl("run") == 1
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.startswith("etl run:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert SECRET not in err
+    # Nothing was created in the replica or analytics.
+    my = mysql_connect()
+    with my.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (etl_env.replica_db,))
+        assert cur.fetchone()[0] == 0
+    my.close()
+    pg = pg_connect(etl_env.pg_db)
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname IN ('raw', 'etl')")
+        assert cur.fetchone()[0] == 0
+    pg.close()
+
+
+def test_missing_url_says_which_variable(etl_env, prefect_harness, monkeypatch, capsys) -> None:
+    etl_env.write_config("tables:\n  t: {primary_key: [id]}\n")
+    monkeypatch.delenv("ETL_REPLICA_URL")
+    assert etl_env.etl("run") == 1
+    assert "ETL_REPLICA_URL is not set" in capsys.readouterr().err
