@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -33,7 +34,7 @@ from config.models import PipelineConfig, ResolvedTable, load_pipeline_config
 from config.settings import Settings
 from tasks import sync
 from tasks.connections import (
-    Engines, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
+    Engines, EngineUrls, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
 )
 from tasks.artifacts import merge_outcomes, publish_run_report, render_report
 from tasks.errors import ConfigError, LoadError, TablesFailed, redact, retry_condition
@@ -46,6 +47,11 @@ from tasks.verify import count_check
 
 RETRIES = 3
 RETRY_DELAYS = [2, 10, 30]
+# Reaching the databases at the start follows the same policy (a server restarting is back within
+# seconds; a wrong password or database name is fatal at once). Read when the run starts, so tests
+# can shorten the delays.
+CONNECT_RETRIES = RETRIES
+CONNECT_RETRY_DELAYS = RETRY_DELAYS
 # dispatch=deployment: the deployment each table runs as (prefect.yaml), and the Prefect global
 # concurrency limit a standalone table run holds one slot of while it reads the source
 # (`make deploy` creates it; when it does not exist, Prefect logs a warning and does not limit).
@@ -81,6 +87,32 @@ class TableOutcome(BaseModel):
     seconds: float = 0.0
     error: str | None = None
     notes: list[str] = Field(default_factory=list)
+
+
+# NO_CACHE: the task's input holds the URLs (and their passwords); nothing may hash or keep it.
+@task(task_run_name="check-connections", cache_policy=NO_CACHE)
+def check_connections(urls: EngineUrls) -> None:
+    """Log in to source, replica and analytics, in that order, before anything is created or written."""
+    for role in ("source", "replica", "analytics"):
+        check_reachable(role, getattr(urls, role), getattr(urls, f"{role}_connect_args"))
+
+
+def reach_databases(urls: EngineUrls) -> None:
+    """`check_connections`, retried per the policy while the reason is transient.
+
+    When it gives up the run fails here: no replica database, no schema, no metrics row was
+    written (the analytics database may be the one that is down, so the failure is recorded only
+    where it always can be: the Prefect run state and logs, and the CLI's exit status).
+    """
+    check = check_connections.with_options(retries=CONNECT_RETRIES, retry_delay_seconds=CONNECT_RETRY_DELAYS,
+                                           retry_condition_fn=retry_condition)
+    try:
+        check(urls)
+    except LoadError as e:
+        if not e.retriable:
+            raise
+        raise LoadError(f"{e} (gave up after {CONNECT_RETRIES + 1} attempts)", table=e.table, phase=e.phase,
+                        retriable=True) from None
 
 
 def _metrics(opts: RunOptions, engines: Engines) -> MetricsWriter:
@@ -394,9 +426,8 @@ def etl_pipeline(
     # In-process table flows share these engines; dispatched table runs open their own.
     workers = max((g.workers for g in cfg.priorities), default=1) if dispatch == "local" else 1
 
+    reach_databases(urls)
     with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
-        for role in ("source", "replica", "analytics"):
-            check_reachable(getattr(engines, role), role, getattr(urls, role))
         register(run_id, engines)
         try:
             method = _replica_method(settings, engines)
@@ -478,6 +509,7 @@ def table_entry(
     key = f"table:{own_id}"
     error: BaseException | None = None
     outcome: TableOutcome | None = None
+    reach_databases(urls)
     with open_engines(urls, workers=1) as engines:
         register(key, engines)
         try:

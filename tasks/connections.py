@@ -236,7 +236,9 @@ def open_engines(urls: EngineUrls, *, workers: int, create_replica: bool = True,
                  max_source_connections: int | None = None) -> Iterator[Engines]:
     """Create the three engines for one run and dispose them when it ends, whatever happens.
 
-    With `create_replica`, the replica database is created first when it does not exist.
+    With `create_replica`, the replica database is created first when it does not exist. Flows call
+    `check_reachable` for every role before this (a retried task), so a run whose source is down
+    creates nothing.
     `max_source_connections` caps the connections to production (no overflow): a table holds at
     most one source connection at a time, so this is the number of tables reading the source at
     once; the others wait for a slot.
@@ -303,13 +305,25 @@ def connection_error(role: str, url: str, exc: BaseException) -> Exception:
                      table="*", phase="connect", retriable=is_retriable(exc))
 
 
-def check_reachable(engine: Engine, role: str, url: str) -> None:
-    """Connect once; raise a LoadError naming host, port and database (never the password)."""
+def check_reachable(role: str, url: str, connect_args: dict | None = None) -> None:
+    """Log in to one database and run `SELECT 1`; nothing is created or written.
+
+    Raises a one-line LoadError naming the role, host, port and database and the server's reason,
+    never the password; it is marked retriable when the reason is transient (see tasks/errors.py).
+    The replica database may not exist yet (the first run creates it), so for the replica an
+    unknown-database answer means reachable.
+    """
+    engine = create_engine(role, url, pool_size=1, connect_args=connect_args)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as e:  # noqa: BLE001
+        code = getattr(getattr(e, "orig", None), "args", (None,))[:1]
+        if role == "replica" and code == (1049,):  # ER_BAD_DB_ERROR: server and login are fine
+            return
         raise connection_error(role, url, e) from None
+    finally:
+        engine.dispose()
 
 
 @contextmanager

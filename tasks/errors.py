@@ -71,6 +71,23 @@ _PG_RETRIABLE_CODES = {
     psycopg2.errorcodes.TOO_MANY_CONNECTIONS,
     psycopg2.errorcodes.QUERY_CANCELED,
 }
+# Deliberately NOT retried, although they are "insufficient resources" (class 53) like
+# TOO_MANY_CONNECTIONS: DISK_FULL (53100) and CONFIGURATION_LIMIT_EXCEEDED (53400, e.g. a quota or
+# max_locks_per_transaction). Nothing the run does frees the space or raises the limit within the
+# retry delays (seconds), and each retry would resume the load and fill the same disk again while
+# the other tables wait for the worker. The table fails at once, its previous copy stays live, the
+# other tables go on, and the error row in etl.errors says what an operator must fix.
+_PG_FATAL_RESOURCE_CODES = {
+    psycopg2.errorcodes.DISK_FULL,
+    psycopg2.errorcodes.CONFIGURATION_LIMIT_EXCEEDED,
+}
+
+# libpq reports a refused login without a SQLSTATE, like a dropped connection; these texts mean
+# the login itself is wrong (credentials, database name, host name), which no retry repairs.
+_PG_LOGIN_REFUSED = re.compile(
+    r"password authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"
+    r"|database \".*\" does not exist|could not translate host name|password supplied"
+)
 
 
 def _root(exc: BaseException) -> BaseException:
@@ -100,9 +117,14 @@ def is_retriable(exc: BaseException) -> bool:
         if isinstance(root, pymysql.err.InterfaceError):
             return True  # "(0, '')": the socket is gone
         return code in _MYSQL_RETRIABLE
+    if isinstance(root, psycopg2.Error) and root.pgcode in _PG_FATAL_RESOURCE_CODES:
+        return False
     if isinstance(root, psycopg2.OperationalError):
-        # Connection-level failures carry no SQLSTATE (server closed the connection unexpectedly).
-        return root.pgcode is None or root.pgcode in _PG_RETRIABLE_CODES
+        # Connection-level failures carry no SQLSTATE (server closed the connection unexpectedly),
+        # nor does a refused login, which is told apart by its text.
+        if root.pgcode is None:
+            return not _PG_LOGIN_REFUSED.search(str(root))
+        return root.pgcode in _PG_RETRIABLE_CODES
     if isinstance(root, psycopg2.InterfaceError):
         return True  # connection already closed
     if isinstance(root, psycopg2.Error):
