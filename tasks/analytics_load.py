@@ -25,7 +25,8 @@ from tasks import checkpoints, faults
 from tasks.connections import Engines
 from tasks.errors import DataError, SchemaError
 from tasks.identifiers import (
-    mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, shadow_name, PG_MAX_IDENT,
+    PG_MAX_IDENT, copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass,
+    pg_table_name, shadow_name,
 )
 from tasks.keyset import Keyset
 from tasks.mysql_schema import TableSchema, choose_key, max_allowed_packet, read_table_schema, unique_keys
@@ -70,7 +71,7 @@ def _constraint_name(table: str) -> str:
 
 
 def _pg_exists(cur: Any, schema: str, table: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (pg_qualified(schema, table),))
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (pg_regclass(schema, table),))
     return bool(cur.fetchone()[0])
 
 
@@ -86,7 +87,7 @@ def dependent_views(cur: Any, schema: str, table: str) -> list[str]:
         WHERE d.refobjid = to_regclass(%s) AND c.oid <> d.refobjid
         ORDER BY 1
         """,
-        (pg_qualified(schema, table),),
+        (pg_regclass(schema, table),),
     )
     return [r[0] for r in cur.fetchall()]
 
@@ -98,7 +99,7 @@ def _column_signature(cur: Any, schema: str, table: str) -> list[tuple[str, str]
         FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
         ORDER BY a.attnum
         """,
-        (pg_qualified(schema, table),),
+        (pg_regclass(schema, table),),
     )
     return [(r[0], r[1]) for r in cur.fetchall()]
 
@@ -206,7 +207,7 @@ def load_full(
         pg.autocommit = False
         cur = pg.cursor()
         checkpoints.pg_ensure(cur)  # takes the DDL lock first: tables starting together must not race
-        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_ident(pg_schema)}")
+        execute(cur, f"CREATE SCHEMA IF NOT EXISTS {pg_ident(pg_schema)}")
         pg.commit()
 
         saved = checkpoints.pg_load(cur, pg_schema, pg_name) if resume and key else {}
@@ -219,8 +220,8 @@ def load_full(
             log.info("%s: resuming analytics load after %d committed rows", table.name, done)
             stats.notes.append(f"analytics load resumed after {done} committed rows")
         else:
-            cur.execute(f"DROP TABLE IF EXISTS {q_shadow}")
-            cur.execute(pg_create_table_sql(q_shadow, cols, loaded_at_column=loaded_at_column))
+            execute(cur, f"DROP TABLE IF EXISTS {q_shadow}")
+            execute(cur, pg_create_table_sql(q_shadow, cols, loaded_at_column=loaded_at_column))
             checkpoints.pg_clear(cur, pg_schema, pg_name)
             for p in parts:
                 checkpoints.pg_save(cur, pg_schema, pg_name, p.no, shadow, None, 0)
@@ -258,9 +259,8 @@ def load_full(
 
         if key:
             pk_cols = ", ".join(pg_ident(by_source[k].name) for k in key)
-            cur.execute(
-                f"ALTER TABLE {q_shadow} ADD CONSTRAINT {pg_ident(shadow_name(pg_name, 'pk'))} PRIMARY KEY ({pk_cols})"
-            )
+            execute(cur, f"ALTER TABLE {q_shadow} ADD CONSTRAINT {pg_ident(shadow_name(pg_name, 'pk'))} "
+                         f"PRIMARY KEY ({pk_cols})")
             pg.commit()
         _swap(cur, pg_schema, pg_name, shadow, has_key=bool(key), notes=stats.notes)
         checkpoints.pg_clear(cur, pg_schema, pg_name)
@@ -268,7 +268,7 @@ def load_full(
             in_swap(cur)
         pg.commit()
         pg.autocommit = True
-        cur.execute(f"ANALYZE {pg_qualified(pg_schema, pg_name)}")
+        execute(cur, f"ANALYZE {pg_qualified(pg_schema, pg_name)}")
         pg.autocommit = False
     if stats.nul_chars_removed:
         stats.notes.append(f"{stats.nul_chars_removed} NUL characters removed from text (PostgreSQL cannot store them)")
@@ -290,7 +290,7 @@ def _copy_part(engines: Engines, query: LineQuery, copy_sql: str, cols: list[PgC
             chunk = ChunkResult()
             reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
             try:
-                cur.copy_expert(copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
+                copy_expert(cur, copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
             except psycopg2.DataError as e:
                 pg.rollback()
                 rc.invalidate()
@@ -324,18 +324,18 @@ def _swap(cur: Any, schema: str, table: str, shadow: str, *, has_key: bool, note
     q_live = pg_qualified(schema, table)
     q_shadow = pg_qualified(schema, shadow)
     if not _pg_exists(cur, schema, table):
-        cur.execute(f"ALTER TABLE {q_shadow} RENAME TO {pg_ident(table)}")
+        execute(cur, f"ALTER TABLE {q_shadow} RENAME TO {pg_ident(table)}")
         if has_key:
-            cur.execute(f"ALTER TABLE {q_live} RENAME CONSTRAINT {pg_ident(shadow_name(table, 'pk'))} "
-                        f"TO {pg_ident(_constraint_name(table))}")
+            execute(cur, f"ALTER TABLE {q_live} RENAME CONSTRAINT {pg_ident(shadow_name(table, 'pk'))} "
+                         f"TO {pg_ident(_constraint_name(table))}")
         return
     views = dependent_views(cur, schema, table)
     if not views:
-        cur.execute(f"DROP TABLE {q_live}")
-        cur.execute(f"ALTER TABLE {q_shadow} RENAME TO {pg_ident(table)}")
+        execute(cur, f"DROP TABLE {q_live}")
+        execute(cur, f"ALTER TABLE {q_shadow} RENAME TO {pg_ident(table)}")
         if has_key:
-            cur.execute(f"ALTER TABLE {q_live} RENAME CONSTRAINT {pg_ident(shadow_name(table, 'pk'))} "
-                        f"TO {pg_ident(_constraint_name(table))}")
+            execute(cur, f"ALTER TABLE {q_live} RENAME CONSTRAINT {pg_ident(shadow_name(table, 'pk'))} "
+                         f"TO {pg_ident(_constraint_name(table))}")
         return
     # Views depend on the live table: keep the table (and the views, grants and comments on it),
     # replace its rows in the same transaction. New columns are added in place first; a dropped or
@@ -350,12 +350,12 @@ def _swap(cur: Any, schema: str, table: str, shadow: str, *, has_key: bool, note
             f"table {schema}.{table} changed shape ({what}) but views depend on it ({', '.join(views)}); "
             f"drop or adjust those views, or run with --full-refresh after recreating them"
         )
-    cur.execute(f"TRUNCATE {q_live}")
+    execute(cur, f"TRUNCATE {q_live}")
     for c, t in new_cols:
         if c not in live_cols:
-            cur.execute(f"ALTER TABLE {q_live} ADD COLUMN {pg_ident(c)} {t}")
+            execute(cur, f"ALTER TABLE {q_live} ADD COLUMN {pg_ident(c)} {t}")
             notes.append(f"column {c} added in place (views depend on the table)")
     names = ", ".join(pg_ident(c) for c, _ in new_cols)
-    cur.execute(f"INSERT INTO {q_live} ({names}) SELECT {names} FROM {q_shadow}")
-    cur.execute(f"DROP TABLE {q_shadow}")
+    execute(cur, f"INSERT INTO {q_live} ({names}) SELECT {names} FROM {q_shadow}")
+    execute(cur, f"DROP TABLE {q_shadow}")
     notes.append(f"rows replaced in place because views depend on it: {', '.join(views)}")

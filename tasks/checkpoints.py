@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from tasks.identifiers import mysql_ident, pg_ident
+from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
 
 MYSQL_TABLE = "_etl_checkpoints"
 PG_SCHEMA = "etl"
@@ -64,10 +65,11 @@ def decode_key(text: str | None) -> tuple | None:
 def mysql_ensure(cur: Any) -> None:
     cur.execute(
         f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_TABLE)} ("
-        "table_name VARCHAR(64) NOT NULL PRIMARY KEY, shadow VARCHAR(64) NOT NULL, "
+        f"table_name {NAME_COLUMN} PRIMARY KEY, shadow VARCHAR(64) NOT NULL, "
         "last_key TEXT NULL, rows_done BIGINT NOT NULL, updated_at DATETIME(6) NOT NULL"
         ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
     )
+    ensure_exact_names(cur, MYSQL_TABLE, ("table_name",))
 
 
 def mysql_save(cur: Any, table: str, shadow: str, key: tuple | None, rows_done: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tasks.errors import SchemaError
-from tasks.identifiers import mysql_ident
+from tasks.identifiers import mysql_ident, mysql_quote, sql_text
 from tasks.mysql_schema import Column, TableSchema
 
 _INT_ORDER = ["tinyint", "smallint", "mediumint", "int", "bigint"]
@@ -85,17 +85,17 @@ def compare(source: TableSchema, replica: TableSchema) -> Drift:
 
 
 def column_definition(show_create: str, column: str) -> str:
-    """The column's definition line from SHOW CREATE TABLE output."""
-    quoted = mysql_ident(column)
+    """The column's definition line from SHOW CREATE TABLE output, in format form (tasks/identifiers.py)."""
+    quoted = mysql_quote(column)  # as the server prints it
     for line in show_create.split("\n"):
         s = line.strip().rstrip(",")
         if s.startswith(quoted + " "):
-            return s
+            return sql_text(s)
     raise SchemaError(f"column {column!r} not found in SHOW CREATE TABLE output")
 
 
 def replica_alter_sql(table: str, drift: Drift, source: TableSchema, show_create: str) -> list[str]:
-    """ALTER statements that bring the replica to the source's shape (additions in position)."""
+    """ALTER statements (format form) that bring the replica to the source's shape (additions in position)."""
     order = source.column_names
     stmts = []
     for c in drift.added:

@@ -28,7 +28,9 @@ from tasks import faults
 from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error
 from tasks.connections import Engines
 from tasks.errors import SchemaError
-from tasks.identifiers import mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, shadow_name
+from tasks.identifiers import (
+    copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, shadow_name,
+)
 from tasks.keyset import Keyset
 from tasks.mysql_schema import ServerIdentity, TableSchema
 from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan, packet_size
@@ -55,7 +57,7 @@ class Pass:
 
 
 def column_max(cur: Any, table_sql: str, column: str) -> Any:
-    cur.execute(f"SELECT MAX({mysql_ident(column)}) FROM {table_sql}")
+    execute(cur, f"SELECT MAX({mysql_ident(column)}) FROM {table_sql}")
     v = cur.fetchone()[0]
     # An all-zero DATETIME column comes back as a string; it has no usable maximum.
     if isinstance(v, str):
@@ -176,7 +178,7 @@ def replicate_incremental(engines: Engines, table: ResolvedTable, schema: TableS
         src = sc.connection.driver_connection
         rep = rc.connection.driver_connection
         scur, cur = src.cursor(), rep.cursor()
-        cur.execute(f"USE {mysql_ident(replica_db)}")
+        execute(cur, f"USE {mysql_ident(replica_db)}")
         passes, new_wm = change_window(scur, src_sql, table.incremental_columns, state.watermarks, table.lookback,
                                        {c.name: c.data_type for c in schema.columns})
         try:
@@ -243,8 +245,8 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
     cols = ", ".join(mysql_ident(c) for c in schema.column_names)
     alias = "`_etl_new`" if server.mysql8_alias_upsert else None
     update = odku_clause(schema.column_names, key, row_alias=alias)
-    cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
-    cur.execute(f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
+    execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+    execute(cur, f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
     cur.execute("SET SESSION max_error_count = 65535")
     plan = load_data_plan(schema, stage)
     group = group_rows_for(schema.avg_row_length, table.batch_size, packet_size(src))
@@ -264,11 +266,11 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
                     if chunk.rows:
                         select = f"SELECT {cols} FROM {mysql_ident(stage)}"
                         if alias:
-                            cur.execute(f"INSERT INTO {mysql_ident(table.name)} ({cols}) SELECT * FROM ({select}) "
-                                        f"AS {alias} {update}")
+                            execute(cur, f"INSERT INTO {mysql_ident(table.name)} ({cols}) SELECT * FROM ({select}) "
+                                         f"AS {alias} {update}")
                         else:
-                            cur.execute(f"INSERT INTO {mysql_ident(table.name)} ({cols}) {select} {update}")
-                        cur.execute(f"DELETE FROM {mysql_ident(stage)}")
+                            execute(cur, f"INSERT INTO {mysql_ident(table.name)} ({cols}) {select} {update}")
+                        execute(cur, f"DELETE FROM {mysql_ident(stage)}")
                         stats.rows += chunk.rows
                         stats.bytes += chunk.bytes
                         stats.chunks += 1
@@ -280,7 +282,7 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
                         break
                     after = chunk.last_key
     finally:
-        cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+        execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
 
 
 def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...], *,
@@ -318,7 +320,7 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
         pg.autocommit = False
         cur = pg.cursor()
         stage = pg_ident(shadow_name(pg_name, "stage"))
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {live} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        execute(cur, f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {live} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
         pg.commit()
         copy_sql = f"COPY {stage} ({', '.join(names)}) FROM STDIN"
         merge_sql = (f"INSERT INTO {live} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
@@ -333,14 +335,14 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
                     chunk = ChunkResult()
                     reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
                     try:
-                        cur.copy_expert(copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
+                        copy_expert(cur, copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
                     except psycopg2.DataError as e:
                         pg.rollback()
                         raise _wrap_copy_error(e, table.name, cols) from e
                     finally:
                         reader.close()
                     if chunk.rows:
-                        cur.execute(merge_sql)
+                        execute(cur, merge_sql)
                         stats.rows += cur.rowcount
                         stats.bytes += chunk.bytes
                         stats.chunks += 1

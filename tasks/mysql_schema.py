@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tasks.errors import SchemaError
-from tasks.identifiers import mysql_ident, mysql_qualified
+from tasks.identifiers import execute, mysql_ident, mysql_qualified, sql_text
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def read_table_schema(conn: Connection, database: str, table: str) -> TableSchem
 
 
 def show_create_table(conn: Connection, database: str, table: str) -> str:
-    row = conn.execute(sa.text(f"SHOW CREATE TABLE {mysql_qualified(database, table)}")).first()
+    """SHOW CREATE TABLE output as the server prints it (not in format form: see `split_create_table`)."""
+    row = conn.exec_driver_sql(f"SHOW CREATE TABLE {mysql_qualified(database, table)}").first()
     return str(row[1])
 
 
@@ -210,14 +212,14 @@ _FK_LINE = re.compile(r"^\s*CONSTRAINT\s+`(?:[^`]|``)*`\s+FOREIGN KEY", re.I)
 
 
 def split_create_table(ddl: str, new_name: str) -> SplitDDL:
-    """Rewrite SHOW CREATE TABLE output for a shadow table named `new_name`.
+    """Rewrite SHOW CREATE TABLE output for a shadow table named `new_name`, in format form.
 
     Secondary indexes move to one ALTER TABLE run after the load (building them once is several
     times faster than maintaining them row by row). Foreign keys are dropped: the replica is a copy
     whose tables are swapped one at a time, and a constraint across tables would block the swap.
     Triggers are not part of SHOW CREATE TABLE, so none is copied (they must not fire on the copy).
     """
-    lines = ddl.split("\n")
+    lines = sql_text(ddl).split("\n")
     m = re.match(r"^CREATE TABLE `(?:[^`]|``)+` \($", lines[0])
     if not m:
         raise SchemaError(f"unexpected SHOW CREATE TABLE output: {lines[0][:80]!r}")
@@ -268,7 +270,23 @@ def server_identity(conn: Connection) -> ServerIdentity:
 
 
 def ensure_database(conn: Connection, database: str, *, like_charset: str = "utf8mb4") -> None:
-    conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS {mysql_ident(database)} CHARACTER SET {like_charset}"))
+    conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {mysql_ident(database)} CHARACTER SET {like_charset}")
+
+
+# A table or column name stored in one of our bookkeeping tables. Names are data and compare byte
+# for byte: under the default utf8mb4_general_ci `café` = `cafe`, so one table would read or
+# replace another's state.
+NAME_COLUMN = "VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+
+
+def ensure_exact_names(cur: Any, table: str, columns: tuple[str, ...]) -> None:
+    """Convert name columns of a bookkeeping table created before NAME_COLUMN (once; then a no-op)."""
+    execute(cur, "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                 "AND TABLE_NAME = %s AND COLLATION_NAME <> 'utf8mb4_bin'", (table,))
+    wrong = sorted({str(r[0]) for r in cur.fetchall()} & set(columns))
+    if wrong:
+        execute(cur, f"ALTER TABLE {mysql_ident(table)} "
+                     + ", ".join(f"MODIFY {mysql_ident(c)} {NAME_COLUMN}" for c in wrong))
 
 
 def unique_keys(conn: Connection, database: str, table: str) -> list[tuple[str, ...]]:

@@ -11,7 +11,7 @@ from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
 from tasks import drift, state
-from tasks.identifiers import mysql_ident, mysql_qualified
+from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.mysql_schema import (
     choose_key, read_table_schema, server_identity, show_create_table, table_exists, unique_keys,
 )
@@ -163,7 +163,7 @@ def render_plan(plan: Plan) -> str:
                      "; ".join(p.problems) if p.problems else p.reason])
     head = f"replica copy path: {plan.replica_method}; {len(plan.tables)} tables"
     bad = [p for p in plan.tables if p.problems]
-    ddl = [f"  {p.table}: {stmt}" for p in plan.tables for stmt in p.ddl]
+    ddl = [f"  {p.table}: {readable(stmt)}" for p in plan.tables for stmt in p.ddl]
     tail = ("\nschema drift DDL the run would apply to the replica:\n" + "\n".join(ddl)) if ddl else ""
     tail += f"\n{len(bad)} table(s) have problems that would fail them" if bad else ""
     return head + "\n" + format_table(

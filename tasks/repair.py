@@ -11,7 +11,7 @@ from typing import Any
 
 from config.models import ResolvedTable
 from tasks.connections import Engines
-from tasks.identifiers import mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name
+from tasks.identifiers import copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name
 from tasks.keyset import Keyset
 from tasks.mysql_schema import choose_key, read_table_schema, unique_keys
 from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan
@@ -51,7 +51,7 @@ def repair_ranges(engines: Engines, table: ResolvedTable, result: VerifyResult, 
         with engines.source.connect() as sc, engines.replica.connect() as rc:
             src, rep = sc.connection.driver_connection, rc.connection.driver_connection
             cur = rep.cursor()
-            cur.execute(f"USE {mysql_ident(replica_db)}")
+            execute(cur, f"USE {mysql_ident(replica_db)}")
             cur.execute(f"DELETE FROM {rep_t} WHERE {where}", params)
             if method == "server":
                 cur.execute(f"INSERT INTO {rep_t} ({my_cols}) SELECT {my_cols} FROM {src_t} WHERE {where}", params)
@@ -68,6 +68,6 @@ def repair_ranges(engines: Engines, table: ResolvedTable, result: VerifyResult, 
             pcur.execute(f"DELETE FROM {live} WHERE {pwhere}", pparams)
             q = LineQuery(rep_t, copy_line_select(cols), None, 0, where=where, where_params=params)
             blocks = read_chunk_blocks(rc.connection.driver_connection, q, None, ChunkResult(), strip_nul=True)
-            pcur.copy_expert(f"COPY {live} ({names}) FROM STDIN", BlockFile(blocks), size=BLOCK_BYTES)
+            copy_expert(pcur, f"COPY {live} ({names}) FROM STDIN", BlockFile(blocks), size=BLOCK_BYTES)
             pg.commit()
     return len(result.differing)

@@ -29,7 +29,7 @@ from tasks import checkpoints, faults
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import SchemaError
-from tasks.identifiers import mysql_ident, mysql_qualified, shadow_name
+from tasks.identifiers import execute, mysql_ident, mysql_qualified, shadow_name
 from tasks.keyset import Keyset
 from tasks.mysql_schema import (
     TableSchema, choose_key, ensure_database, read_table_schema, show_create_table, split_create_table,
@@ -41,9 +41,8 @@ from tasks.type_mapping import INTEGER_TYPES, load_data_column
 log = logging.getLogger("etl.replica")
 
 
-def _exec(cur: Any, sql: str, params: Any = None) -> int:
-    cur.execute(sql, params)
-    return cur.rowcount
+def _exec(cur: Any, sql: str, params: Any = ()) -> int:
+    return execute(cur, sql, params).rowcount
 
 
 def _prepare_shadow(cur: Any, src_ddl: str, replica_db: str, table: str, shadow: str, *, resume: bool) -> tuple[tuple | None, int, str | None]:
@@ -57,8 +56,8 @@ def _prepare_shadow(cur: Any, src_ddl: str, replica_db: str, table: str, shadow:
         if cp and cp[0] == shadow and cur.fetchone()[0]:
             log.info("%s: resuming replica copy after %d committed rows", table, cp[2])
             return cp[1], cp[2], split.add_indexes
-    cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(shadow)}")
-    cur.execute(split.create)
+    execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(shadow)}")
+    execute(cur, split.create)
     checkpoints.mysql_save(cur, table, shadow, None, 0)
     cur.connection.commit()
     return None, 0, split.add_indexes
@@ -67,12 +66,13 @@ def _prepare_shadow(cur: Any, src_ddl: str, replica_db: str, table: str, shadow:
 def _swap(cur: Any, table: str, shadow: str, live_exists: bool) -> None:
     """RENAME TABLE swaps both names in one atomic step; readers never see a missing table."""
     old = shadow_name(table, "old")
-    cur.execute(f"DROP TABLE IF EXISTS {mysql_ident(old)}")
+    execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(old)}")
     if live_exists:
-        cur.execute(f"RENAME TABLE {mysql_ident(table)} TO {mysql_ident(old)}, {mysql_ident(shadow)} TO {mysql_ident(table)}")
-        cur.execute(f"DROP TABLE {mysql_ident(old)}")
+        execute(cur, f"RENAME TABLE {mysql_ident(table)} TO {mysql_ident(old)}, "
+                     f"{mysql_ident(shadow)} TO {mysql_ident(table)}")
+        execute(cur, f"DROP TABLE {mysql_ident(old)}")
     else:
-        cur.execute(f"RENAME TABLE {mysql_ident(shadow)} TO {mysql_ident(table)}")
+        execute(cur, f"RENAME TABLE {mysql_ident(shadow)} TO {mysql_ident(table)}")
 
 
 def copy_full(
@@ -104,7 +104,7 @@ def copy_full(
         rep = rc.connection.driver_connection
         cur = rep.cursor()
         ensure_database(rc, replica_db)
-        cur.execute(f"USE {mysql_ident(replica_db)}")
+        execute(cur, f"USE {mysql_ident(replica_db)}")
         after, done, add_indexes = _prepare_shadow(cur, ddl, replica_db, table.name, shadow, resume=resume and bool(key))
         stats.resumed_at_rows = done
         stats.rows = done
@@ -122,7 +122,7 @@ def copy_full(
                     raise
         if add_indexes:
             t0 = time.monotonic()
-            cur.execute(add_indexes)
+            execute(cur, add_indexes)
             if time.monotonic() - t0 >= 1.0:
                 stats.notes.append(f"secondary indexes built after the load in {time.monotonic() - t0:.1f}s")
         live_exists = table_exists(rc, replica_db, table.name)
@@ -132,7 +132,7 @@ def copy_full(
             after_swap(cur)
         rep.commit()
         # Fresh statistics: the analytics stage sizes its parallel streams and blocks from them.
-        cur.execute(f"ANALYZE NO_WRITE_TO_BINLOG TABLE {mysql_ident(table.name)}")
+        execute(cur, f"ANALYZE NO_WRITE_TO_BINLOG TABLE {mysql_ident(table.name)}")
         cur.fetchall()
     stats.seconds = time.monotonic() - started
     return stats
@@ -161,7 +161,7 @@ def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, .
             if n == 0:
                 rep.commit()
                 break
-            cur.execute(f"SELECT {ks.select_list} FROM {dst} ORDER BY {ks.order_by_desc} LIMIT 1")
+            execute(cur, f"SELECT {ks.select_list} FROM {dst} ORDER BY {ks.order_by_desc} LIMIT 1")
             after = tuple(cur.fetchone())
             stats.rows += n
             stats.chunks += 1
@@ -181,7 +181,7 @@ class LoadDataPlan:
     """How a table's rows travel through LOAD DATA: the source's line and the replica's statement."""
 
     line_expr: str
-    load_sql: str  # with one %s: the FIFO path
+    load_sql: str  # format form, with one %s: the FIFO path
     enum_columns: frozenset[str]
 
 

@@ -20,7 +20,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.identifiers import mysql_ident
+from tasks.identifiers import execute, mysql_ident
+from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
 from tasks.type_mapping import INTEGER_TYPES
 
 MYSQL_STATE = "_etl_state"
@@ -63,7 +64,7 @@ def _fmt(v: Any) -> str:
 # --- replica side ----------------------------------------------------------------------------------
 
 _MYSQL_COLUMNS = (
-    "table_name VARCHAR(64) NOT NULL, column_name VARCHAR(64) NOT NULL, "
+    f"table_name {NAME_COLUMN}, column_name {NAME_COLUMN}, "
     "wm_datetime DATETIME(6) NULL, wm_int BIGINT NULL, generation BIGINT NOT NULL, "
     "run_count BIGINT NOT NULL DEFAULT 0, source_time_zone VARCHAR(64) NULL, updated_at DATETIME(6) NOT NULL"
 )
@@ -74,6 +75,8 @@ def mysql_ensure(cur: Any) -> None:
                 "PRIMARY KEY (table_name, column_name)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
     cur.execute(f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_HISTORY)} ({_MYSQL_COLUMNS}, "
                 "reset_at DATETIME(6) NOT NULL, KEY (table_name, reset_at)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+    for t in (MYSQL_STATE, MYSQL_HISTORY):
+        ensure_exact_names(cur, t, ("table_name", "column_name"))
 
 
 def mysql_load(cur: Any, table: str) -> TableState | None:

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import pymysql.cursors
 
 from tasks.errors import DataError
+from tasks.identifiers import readable
 from tasks.keyset import Keyset
 
 FETCH_ROWS = 2000  # rows per fetchmany from the server-side cursor
@@ -46,8 +47,8 @@ class ChunkResult:
 class LineQuery:
     """SELECT <key columns>, <line> FROM <table> [WHERE ...] ORDER BY <key> LIMIT n."""
 
-    table_sql: str  # qualified, quoted table name
-    line_expr: str  # SQL printing one row as one line (bytes)
+    table_sql: str  # qualified, quoted table name (format form, see tasks/identifiers.py)
+    line_expr: str  # SQL printing one row as one line (bytes), format form
     keyset: Keyset | None  # None: the table has no primary key and is read whole
     batch_size: int
     where: str | None = None  # extra condition, e.g. an incremental window
@@ -124,7 +125,7 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
             if not _complete(blob, count):
                 if n == 1:
                     raise DataError(
-                        f"{query.table_sql}: the row after key {after!r} is larger than the server's "
+                        f"{readable(query.table_sql)}: the row after key {after!r} is larger than the server's "
                         f"max_allowed_packet once formatted; raise max_allowed_packet on the MySQL server"
                     )
                 group = max(1, n // 2)
@@ -207,8 +208,8 @@ def _read_key_ranges(dbapi_conn: Any, query: LineQuery, after: tuple | None, res
             if not _complete(blob, count):
                 if width == 1:
                     raise DataError(
-                        f"{query.table_sql}: the row with key {hi} is larger than the server's max_allowed_packet "
-                        f"once formatted; raise max_allowed_packet on the MySQL server"
+                        f"{readable(query.table_sql)}: the row with key {hi} is larger than the server's "
+                        f"max_allowed_packet once formatted; raise max_allowed_packet on the MySQL server"
                     )
                 span = max(1, width // 2)
                 continue
@@ -247,7 +248,7 @@ def _read_rows(dbapi_conn: Any, query: LineQuery, after: tuple | None, result: C
             if None in lines:
                 bad = rows[lines.index(None)][:nkey]
                 raise DataError(
-                    f"{query.table_sql}: a row{' with key ' + repr(tuple(bad)) if nkey else ''} is larger than "
+                    f"{readable(query.table_sql)}: a row{' with key ' + repr(tuple(bad)) if nkey else ''} is larger than "
                     f"the server's max_allowed_packet once formatted; raise max_allowed_packet on the MySQL server"
                 )
             block = b"\n".join(lines) + b"\n"

@@ -26,7 +26,7 @@ from tasks import analytics_load, deletes, drift, incremental, locks, replica_co
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import SchemaError
-from tasks.identifiers import mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name
+from tasks.identifiers import execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
 from tasks.mysql_schema import (
     TableSchema, choose_key, ensure_database, read_table_schema, server_identity, show_create_table, table_exists,
     unique_keys,
@@ -84,7 +84,7 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
         raw = rc.connection.driver_connection
         cur = raw.cursor()
         ensure_database(rc, replica_db)
-        cur.execute(f"USE {mysql_ident(replica_db)}")
+        execute(cur, f"USE {mysql_ident(replica_db)}")
         state.mysql_ensure(cur)
         if full_refresh:
             state.mysql_reset(cur, table.name)
@@ -104,9 +104,9 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
                 ddl = show_create_table(sc, source_db, table.name)
             with engines.replica.connect() as rc:
                 c = rc.connection.driver_connection.cursor()
-                c.execute(f"USE {mysql_ident(replica_db)}")
+                execute(c, f"USE {mysql_ident(replica_db)}")
                 for stmt in drift.replica_alter_sql(table.name, d, src_schema, ddl):
-                    c.execute(stmt)
+                    execute(c, stmt)
             notes.append(f"schema drift applied in place: {d.describe()}")
         if not d.added:
             def save(cur, watermarks) -> None:  # noqa: ANN001
@@ -160,7 +160,7 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
         key = choose_key(rep_schema, table.primary_key, unique_keys(rc, replica_db, table.name))
         mode, _ = effective_mode(table, rep_schema, key)
         cur = rc.connection.driver_connection.cursor()
-        cur.execute(f"USE {mysql_ident(replica_db)}")
+        execute(cur, f"USE {mysql_ident(replica_db)}")
         state.mysql_ensure(cur)
         rep_state = state.mysql_load(cur, table.name)
         rc.connection.driver_connection.commit()
@@ -170,7 +170,7 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
         state.pg_ensure(pcur)
         pg.commit()
         current = state.pg_load(pcur, pg_schema, pg_name)
-        pcur.execute("SELECT to_regclass(%s) IS NOT NULL", (pg_qualified(pg_schema, pg_name),))
+        pcur.execute("SELECT to_regclass(%s) IS NOT NULL", (pg_regclass(pg_schema, pg_name),))
         live = bool(pcur.fetchone()[0])
         pg.commit()
 
@@ -222,13 +222,13 @@ def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSch
         cur = pg.cursor()
         cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
                     "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
-                    (pg_qualified(pg_schema, pg_name),))
+                    (pg_regclass(pg_schema, pg_name),))
         have = dict(cur.fetchall())
         for name, typ in wanted.items():
             if name in have and _norm(have[name]) != _norm(typ):
                 try:
-                    cur.execute(f"ALTER TABLE {pg_qualified(pg_schema, pg_name)} ALTER COLUMN {pg_ident(name)} "
-                                f"TYPE {typ}")
+                    execute(cur, f"ALTER TABLE {pg_qualified(pg_schema, pg_name)} ALTER COLUMN {pg_ident(name)} "
+                                 f"TYPE {typ}")
                 except Exception as e:  # noqa: BLE001
                     pg.rollback()
                     raise SchemaError(

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from tasks.connections import Engines
-from tasks.identifiers import mysql_qualified, pg_qualified, pg_table_name
+from tasks.identifiers import execute, mysql_qualified, pg_qualified, pg_table_name
 from tasks.type_mapping import INTEGER_TYPES
 
 
@@ -34,13 +32,14 @@ class CountCheck:
 
 def count_check(engines: Engines, table: str, *, source_db: str | None, replica_db: str, pg_schema: str) -> CountCheck:
     with engines.replica.connect() as c:
-        rep = int(c.execute(sa.text(f"SELECT COUNT(*) FROM {mysql_qualified(replica_db, table)}")).scalar_one())
+        rep = int(c.exec_driver_sql(f"SELECT COUNT(*) FROM {mysql_qualified(replica_db, table)}").scalar_one())
     with engines.analytics.connect() as c:
-        ana = int(c.execute(sa.text(f"SELECT COUNT(*) FROM {pg_qualified(pg_schema, pg_table_name(table))}")).scalar_one())
+        ana = int(c.exec_driver_sql(f"SELECT COUNT(*) FROM {pg_qualified(pg_schema, pg_table_name(table))}")
+                  .scalar_one())
     src = None
     if source_db is not None:
         with engines.source.connect() as c:
-            src = int(c.execute(sa.text(f"SELECT COUNT(*) FROM {mysql_qualified(source_db, table)}")).scalar_one())
+            src = int(c.exec_driver_sql(f"SELECT COUNT(*) FROM {mysql_qualified(source_db, table)}").scalar_one())
     return CountCheck(table, rep, ana, src)
 
 
@@ -73,12 +72,13 @@ class VerifyResult:
 
 
 def _my_expr(col, q: str) -> str:
+    # Format form (tasks/identifiers.py): the DATE_FORMAT patterns spell `%` as `%%`.
     t = col.data_type
     if t in ("datetime", "timestamp"):
         return (f"IF({q} IS NULL OR {q} < '0001-01-01' OR MONTH({q}) = 0, '\\\\N', "
-                f"DATE_FORMAT({q}, '%Y-%m-%d %H:%i:%s.%f'))")
+                f"DATE_FORMAT({q}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f'))")
     if t == "date":
-        return f"IF({q} IS NULL OR {q} < '0001-01-01' OR MONTH({q}) = 0, '\\\\N', DATE_FORMAT({q}, '%Y-%m-%d'))"
+        return f"IF({q} IS NULL OR {q} < '0001-01-01' OR MONTH({q}) = 0, '\\\\N', DATE_FORMAT({q}, '%%Y-%%m-%%d'))"
     return f"IFNULL(CAST({q} AS CHAR), '\\\\N')"
 
 
@@ -108,11 +108,18 @@ def verify_table(engines: Engines, table, *, source_db: str, replica_db: str, pg
         schema = read_table_schema(rc, replica_db, table.name)
         key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
     cols = [schema.column(c) for c in (*key, *[c for c in table.incremental_columns if c not in key])]
-    my_row = "MD5(CONCAT_WS('|', " + ", ".join(_my_expr(c, mysql_ident(c.name)) for c in cols) + "))"
+    # A table without a key or change column is checked by its row count alone.
+    my_row = "MD5(CONCAT_WS('|', " + ", ".join(
+        [_my_expr(c, mysql_ident(c.name)) for c in cols] or ["''"]) + "))"
     pg_row = "md5(concat_ws('|', " + ", ".join(
-        _pg_expr(c, pg_ident(pg_column_name(c.name, column_case))) for c in cols) + "))"
-    my_agg = f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT({my_row}, 8), 16, 10) AS UNSIGNED)), 0) FROM {{t}} WHERE {{w}}"
-    pg_agg = f"SELECT count(*), COALESCE(sum(('x' || left({pg_row}, 8))::bit(32)::bigint), 0) FROM {{t}} WHERE {{w}}"
+        [_pg_expr(c, pg_ident(pg_column_name(c.name, column_case))) for c in cols] or ["''"]) + "))"
+
+    def my_agg(t: str, w: str) -> str:
+        return f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT({my_row}, 8), 16, 10) AS UNSIGNED)), 0) FROM {t} WHERE {w}"
+
+    def pg_agg(t: str, w: str) -> str:
+        return f"SELECT count(*), COALESCE(sum(('x' || left({pg_row}, 8))::bit(32)::bigint), 0) FROM {t} WHERE {w}"
+
     src_t, rep_t = mysql_qualified(source_db, table.name), mysql_qualified(replica_db, table.name)
     pg_t = pg_qualified(pg_schema, pg_table_name(table.name))
     ranged = len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES
@@ -146,18 +153,15 @@ def verify_table(engines: Engines, table, *, source_db: str, replica_db: str, pg
                 w_my, w_pg = " AND ".join(conds_my) or "1=1", " AND ".join(conds_pg) or "true"
             else:
                 w_my, w_pg = "1=1", "true"
-            scur.execute(my_agg.format(t=src_t, w=w_my))
-            s = tuple(int(x) for x in scur.fetchone())
-            rcur.execute(my_agg.format(t=rep_t, w=w_my))
-            r = tuple(int(x) for x in rcur.fetchone())
-            pcur.execute(pg_agg.format(t=pg_t, w=w_pg))
-            a = tuple(int(x) for x in pcur.fetchone())
+            s = tuple(int(x) for x in execute(scur, my_agg(src_t, w_my)).fetchone())
+            r = tuple(int(x) for x in execute(rcur, my_agg(rep_t, w_my)).fetchone())
+            a = tuple(int(x) for x in execute(pcur, pg_agg(pg_t, w_pg)).fetchone())
             for i, v in enumerate((s, r, a)):
                 totals[i] += v[0]
             if not (s == r == a):
                 d = RangeDiff(lo, hi, s, r, a)
                 d.keys = _drill(scur, rcur, pcur, my_row, pg_row, key, column_case, src_t, rep_t, pg_t, w_my, w_pg,
-                                drill_limit)
+                                drill_limit) if key else []
                 differing.append(d)
         sc.rollback()
         rc.rollback()
@@ -170,11 +174,11 @@ def _drill(scur, rcur, pcur, my_row, pg_row, key, column_case, src_t, rep_t, pg_
 
     kmy = ", ".join(mysql_ident(k) for k in key)
     kpg = ", ".join(pg_ident(pg_column_name(k, column_case)) for k in key)
-    scur.execute(f"SELECT {kmy}, {my_row} FROM {src_t} WHERE {w_my}")
+    execute(scur, f"SELECT {kmy}, {my_row} FROM {src_t} WHERE {w_my}")
     s = {tuple(str(v) for v in r[:-1]): r[-1] for r in scur.fetchall()}
-    rcur.execute(f"SELECT {kmy}, {my_row} FROM {rep_t} WHERE {w_my}")
+    execute(rcur, f"SELECT {kmy}, {my_row} FROM {rep_t} WHERE {w_my}")
     r = {tuple(str(v) for v in r[:-1]): r[-1] for r in rcur.fetchall()}
-    pcur.execute(f"SELECT {kpg}, {pg_row} FROM {pg_t} WHERE {w_pg}")
+    execute(pcur, f"SELECT {kpg}, {pg_row} FROM {pg_t} WHERE {w_pg}")
     a = {tuple(str(v) for v in row[:-1]): row[-1] for row in pcur.fetchall()}
     bad = sorted(k for k in set(s) | set(r) | set(a) if not (s.get(k) == r.get(k) == a.get(k)))
     return bad[:limit]
