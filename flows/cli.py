@@ -226,7 +226,7 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
 
     from config.models import load_pipeline_config
     from tasks.connections import create_engine, describe_url
-    from tasks.dbt_sources import build_sources, read_mysql_types, read_pg_tables, render_yaml
+    from tasks.dbt_sources import build_sources, read_mysql_types, read_pg_tables, read_reserved_words, render_yaml
 
     settings = Settings()
     schema = args.schema or settings.analytics_schema
@@ -242,6 +242,7 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
             raw = c.connection.driver_connection
             with raw.cursor() as cur:
                 tables = read_pg_tables(cur, schema)
+                reserved = read_reserved_words(cur)
             raw.rollback()
     finally:
         engine.dispose()
@@ -267,7 +268,8 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
             print(f"etl dbt-sources: MySQL types not read from the replica ({redact(str(e))})", file=sys.stderr)
     doc = build_sources(tables, schema=schema, source_name=args.name, loaded_at_column=loaded_at,
                         mysql_types=mysql_types, warn_after_hours=args.warn_after_hours,
-                        error_after_hours=args.error_after_hours, style=args.style, origin=origin)
+                        error_after_hours=args.error_after_hours, style=args.style, origin=origin,
+                        reserved=reserved)
     text = render_yaml(doc, where=f"{describe_url(settings.url('analytics'))} schema {schema}")
     if args.output == "-":
         sys.stdout.write(text)

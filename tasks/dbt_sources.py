@@ -12,10 +12,15 @@ block; one without it gets neither, since dbt could not check it.
 Two spellings, for the dbt you run:
 - `config` (default, dbt >= 1.10): `data_tests`, and `loaded_at_field` + `freshness` under `config:`;
 - `legacy` (dbt 1.8/1.9): `data_tests`, with `loaded_at_field` and `freshness` as table properties.
+
+Names are written as they are in PostgreSQL. One that dbt could not write unquoted in SQL (anything
+but lower-case letters, digits and `_`, or a reserved word) gets `quote: true` (a column) or
+`quoting: {identifier: true}` (a table), so the tests dbt generates still name it exactly.
 """
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,6 +82,17 @@ def read_pg_tables(cur: Any, schema: str) -> list[PgTable]:
     return list(tables.values())
 
 
+def read_reserved_words(cur: Any) -> frozenset[str]:
+    """PostgreSQL keywords that cannot name a table or column unquoted."""
+    cur.execute("SELECT word FROM pg_get_keywords() WHERE catcode IN ('R', 'T')")
+    return frozenset(r[0] for r in cur.fetchall())
+
+
+def needs_quotes(name: str, reserved: frozenset[str] | set[str] = frozenset()) -> bool:
+    """Whether SQL must quote `name` to mean exactly this PostgreSQL identifier."""
+    return not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or name in reserved
+
+
 def read_mysql_types(cur: Any, database: str) -> dict[str, dict[str, tuple[str, str]]]:
     """lower(table) -> lower(column) -> (MySQL table name, COLUMN_TYPE) from the replica's information_schema."""
     cur.execute("SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s",
@@ -91,8 +107,8 @@ def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None
                   loaded_at_column: str = "_etl_loaded_at",
                   mysql_types: dict[str, dict[str, tuple[str, str]]] | None = None,
                   warn_after_hours: int = 26, error_after_hours: int = 50, style: Style = "config",
-                  origin: str = "") -> dict:
-    """The sources.yml document (a dict ready for yaml.safe_dump)."""
+                  origin: str = "", reserved: frozenset[str] = frozenset()) -> dict:
+    """The sources.yml document (a dict ready for yaml.safe_dump); `reserved` as from `read_reserved_words`."""
     freshness = {"warn_after": {"count": warn_after_hours, "period": "hour"},
                  "error_after": {"count": error_after_hours, "period": "hour"}}
     out_tables = []
@@ -105,6 +121,8 @@ def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None
             desc += (f" Composite primary key ({', '.join(t.primary_key)}): each column is tested not_null; "
                      f"test the combination with dbt_utils.unique_combination_of_columns if you use dbt_utils.")
         entry: dict[str, Any] = {"name": t.name, "description": desc}
+        if needs_quotes(t.name, reserved):
+            entry["quoting"] = {"identifier": True}
         has_loaded_at = any(c.name == loaded_at_column for c in t.columns)
         if has_loaded_at:
             if style == "config":
@@ -121,6 +139,8 @@ def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None
             else:
                 cdesc = f"PostgreSQL {c.pg_type} (MySQL type not known: replica not read or column not there)."
             col: dict[str, Any] = {"name": c.name, "description": cdesc}
+            if needs_quotes(c.name, reserved):
+                col["quote"] = True
             if c.name in t.primary_key:
                 col["data_tests"] = ["unique", "not_null"] if len(t.primary_key) == 1 else ["not_null"]
             cols.append(col)

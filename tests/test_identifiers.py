@@ -299,3 +299,19 @@ def test_nasty_names_survive_every_command(etl_env, prefect_harness, monkeypatch
     # dbt must quote these names in the tests it generates, or its SQL would not parse.
     assert main_cols[PK.lower()]["quote"] is True and main_cols[PK.lower()]["data_tests"] == ["unique", "not_null"]
     assert tables[MAIN.lower()]["quoting"] == {"identifier": True}
+
+
+def test_dbt_sources_quote_every_name_sql_cannot_write_bare(etl_env) -> None:
+    from tasks.dbt_sources import PgColumn, PgTable, build_sources, read_reserved_words
+
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        reserved = read_reserved_words(cur)
+    pg.close()
+    cols = [PgColumn(n, "text", True) for n in ("id", "user", "order", "a b", "Mixed", "x:y", "%s", "time_2")]
+    doc = build_sources([PgTable("order", cols, ["id"]), PgTable("plain_1", cols[:1], ["id"])], schema="raw",
+                        reserved=reserved)
+    order, plain = doc["sources"][0]["tables"]
+    assert order["quoting"] == {"identifier": True} and "quoting" not in plain
+    quoted = {c["name"] for c in order["columns"] if c.get("quote")}
+    assert quoted == {"user", "order", "a b", "Mixed", "x:y", "%s"}
