@@ -30,6 +30,14 @@ def _md(text: Any, limit: int = 300) -> str:
     return s.replace("|", "\\|")
 
 
+_MD_PUNCTUATION = "\\`*_[]<>~"
+
+
+def _md_name(name: Any) -> str:
+    """A table name as one markdown cell, shown exactly: a backtick or `*` in it is text, not markup."""
+    return _md("".join("\\" + ch if ch in _MD_PUNCTUATION else ch for ch in str(name)), limit=1000)
+
+
 def _num(v: Any) -> str:
     if v is None:
         return ""
@@ -87,7 +95,7 @@ def render_report(run: dict | None, tables: list[dict], *, run_id: str, secrets:
         out += ["## Failed tables", "", "| table | group | error |", "|---|---|---|"]
         for t in failed:
             err = redact(str(t.get("error") or t["status"]), secrets)
-            out.append(f"| **{_md(t['table_name'])}** | {_md(t.get('priority'))} | {_md(err, 600)} |")
+            out.append(f"| **{_md_name(t['table_name'])}** | {_md(t.get('priority'))} | {_md(err, 600)} |")
         out.append("")
 
     out += ["## Tables", "", "| table | group | status | rows | seconds | rows/s | notes / error |",
@@ -97,7 +105,7 @@ def render_report(run: dict | None, tables: list[dict], *, run_id: str, secrets:
         rows = t.get("analytics_rows")
         rps = t.get("rows_per_second") or (rows / secs if rows and secs else None)
         text = redact(str(t.get("error") or ""), secrets) if t["status"] != "ok" else (t.get("notes") or "")
-        out.append(f"| {_md(t['table_name'])} | {_md(t.get('priority'))} | {_md(t['status'])} | {_num(rows)} | "
+        out.append(f"| {_md_name(t['table_name'])} | {_md(t.get('priority'))} | {_md(t['status'])} | {_num(rows)} | "
                    f"{_num(secs)} | {_num(rps)} | {_md(text, 200)} |")
     out.append("")
 
@@ -111,7 +119,7 @@ def render_report(run: dict | None, tables: list[dict], *, run_id: str, secrets:
     if timed:
         out += ["## Slowest tables", ""]
         for i, (secs, t) in enumerate(timed, 1):
-            out.append(f"{i}. **{_md(t['table_name'])}**: {_num(secs)} s, {_num(t.get('analytics_rows') or 0)} rows"
+            out.append(f"{i}. **{_md_name(t['table_name'])}**: {_num(secs)} s, {_num(t.get('analytics_rows') or 0)} rows"
                        f"{' (failed)' if t['status'] != 'ok' else ''}")
         out.append("")
     return "\n".join(out)
