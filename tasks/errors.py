@@ -12,6 +12,7 @@ from typing import Any
 import pymysql
 import psycopg2
 import psycopg2.errorcodes
+import psycopg2.errors
 from sqlalchemy import exc as sa_exc
 
 
@@ -77,10 +78,7 @@ _PG_RETRIABLE_CODES = {
 # retry delays (seconds), and each retry would resume the load and fill the same disk again while
 # the other tables wait for the worker. The table fails at once, its previous copy stays live, the
 # other tables go on, and the error row in etl.errors says what an operator must fix.
-_PG_FATAL_RESOURCE_CODES = {
-    psycopg2.errorcodes.DISK_FULL,
-    psycopg2.errorcodes.CONFIGURATION_LIMIT_EXCEEDED,
-}
+_PG_FATAL_RESOURCE = (psycopg2.errors.DiskFull, psycopg2.errors.ConfigurationLimitExceeded)
 
 # libpq reports a refused login without a SQLSTATE, like a dropped connection; these texts mean
 # the login itself is wrong (credentials, database name, host name), which no retry repairs.
@@ -117,7 +115,7 @@ def is_retriable(exc: BaseException) -> bool:
         if isinstance(root, pymysql.err.InterfaceError):
             return True  # "(0, '')": the socket is gone
         return code in _MYSQL_RETRIABLE
-    if isinstance(root, psycopg2.Error) and root.pgcode in _PG_FATAL_RESOURCE_CODES:
+    if isinstance(root, _PG_FATAL_RESOURCE):
         return False
     if isinstance(root, psycopg2.OperationalError):
         # Connection-level failures carry no SQLSTATE (server closed the connection unexpectedly),
