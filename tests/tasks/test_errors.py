@@ -25,6 +25,13 @@ def _http(status: int) -> PrefectHTTPStatusError:
     (psycopg2.OperationalError("server closed the connection unexpectedly"), True),
     (psycopg2.errors.DeadlockDetected("deadlock detected"), True),
     (psycopg2.errors.InvalidTextRepresentation("invalid input syntax for type boolean"), False),
+    # No retry frees a disk within seconds; the table fails and the others go on.
+    (psycopg2.errors.DiskFull("could not extend file"), False),
+    (psycopg2.errors.ConfigurationLimitExceeded("too many"), False),
+    # Login refusals carry no SQLSTATE; they are recognised by their text and are fatal.
+    (psycopg2.OperationalError('FATAL:  password authentication failed for user "etl"'), False),
+    (psycopg2.OperationalError('FATAL:  database "x" does not exist'), False),
+    (psycopg2.OperationalError("FATAL:  the database system is starting up"), True),
     (ConfigError("bad key"), False),
     (SchemaError("column dropped"), False),
     (DataError("value"), False),
