@@ -1,0 +1,311 @@
+"""Soak (issue 6): the incremental pipeline run back to back while another process keeps writing.
+
+A small source (four tables: an auto-increment table with a TIMESTAMP ... ON UPDATE CURRENT_TIMESTAMP
+change column, one with two change columns, one with a fractional TIMESTAMP(6), one without any
+change column, so on full refresh) is discovered and loaded once. Then tests/soak_writer.py, a
+separate process with its own connection, inserts, updates (bursts inside one second, updates that
+land exactly on the current maximum timestamp) and deletes rows while SOAK_RUNS incremental runs go
+on back to back in this process. Every run must succeed. After the writer stops and one last run,
+every table of the three databases is compared value by value, and no connection may be left:
+neither by the pipeline's own counters (every run's `still_open`, `etl connections --strict`) nor
+by the servers (PROCESSLIST, pg_stat_activity), between runs as well as at the end. Rows moved and
+seconds per run are printed as a summary (shown without -s too).
+
+What a run costs decides how the runs are made. Through Prefect (`etl run`: the parent flow, a
+subflow per group and per table, a task per phase) a run of these four tables took 10-25 s on the
+shared 2-core box, all but ~1 s of it orchestration against the temporary SQLite-backed API; 50 of
+them would not fit in `make test`. So every SOAK_FLOW_EVERY-th run (and the first and the last) is a
+real `etl run`, and the others do exactly the work of one (`_plain_run`: the same engines and pools,
+tasks/sync.py's replicate and load, the verify count check, groups in order with `workers` tables at
+once, the same etl.* metrics rows) without the orchestration. SOAK_FLOW_EVERY=1 makes every run an
+`etl run`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, mysql_connect, pg_connect
+from tests.test_end_to_end import assert_all_copies_equal
+
+pytestmark = pytest.mark.slow
+
+RUNS = int(os.environ.get("SOAK_RUNS", "50"))
+FLOW_EVERY = int(os.environ.get("SOAK_FLOW_EVERY", "25"))  # run n is an `etl run` when n % FLOW_EVERY == 0
+BATCH_SIZE = 100  # small, so the change windows are paged in several chunks and ties straddle them
+
+SCHEMA = """
+CREATE TABLE visit (
+  id INT AUTO_INCREMENT PRIMARY KEY,
+  patient_id INT NOT NULL,
+  status VARCHAR(20) NOT NULL,
+  fee DECIMAL(10,2) NOT NULL,
+  note VARCHAR(100) NULL,
+  changed TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+  KEY (patient_id)
+);
+INSERT INTO visit (patient_id, status, fee, note, changed)
+  SELECT 1 + seq % 1500, 'seen', seq / 7, CONCAT('visit ', seq), '2024-05-01' + INTERVAL seq MINUTE
+  FROM seq_1_to_3000;
+CREATE TABLE patient (
+  PatNum BIGINT AUTO_INCREMENT PRIMARY KEY,
+  LName VARCHAR(50) NOT NULL,
+  FName VARCHAR(50) NOT NULL,
+  Birthdate DATE NOT NULL,
+  Balance DOUBLE NOT NULL,
+  DateTEdit DATETIME(6) NULL,
+  SecDateTEdit TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP
+);
+INSERT INTO patient (LName, FName, Birthdate, Balance, DateTEdit, SecDateTEdit)
+  SELECT CONCAT('Last', seq), 'First', '1950-01-01' + INTERVAL seq DAY, seq / 4,
+         IF(seq % 3 = 0, NULL, '2024-01-01' + INTERVAL seq HOUR), '2024-06-01' + INTERVAL (seq DIV 10) SECOND
+  FROM seq_1_to_1500;
+CREATE TABLE payment (
+  PayNum INT AUTO_INCREMENT PRIMARY KEY,
+  PatNum BIGINT NOT NULL,
+  Amount DECIMAL(12,2) NOT NULL,
+  Memo TEXT NULL,
+  SecDateTEdit TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+);
+INSERT INTO payment (PatNum, Amount, Memo, SecDateTEdit)
+  SELECT 1 + seq % 1500, seq * 1.25, IF(seq % 5 = 0, NULL, CONCAT('memo ', seq)),
+         '2024-07-01' + INTERVAL seq SECOND
+  FROM seq_1_to_2000;
+CREATE TABLE codes (
+  code VARCHAR(12) PRIMARY KEY,
+  descr VARCHAR(100) NOT NULL,
+  fee DECIMAL(8,2) NOT NULL
+);
+INSERT INTO codes SELECT CONCAT('D', LPAD(seq, 4, '0')), CONCAT('procedure ', seq), seq FROM seq_1_to_400;
+"""
+
+
+class SoakWriter:
+    """The writer process (tests/soak_writer.py), stopped through its stop file, never killed mid-statement."""
+
+    def __init__(self, db: str, work_dir: Path):
+        self.stop_file = work_dir / "stop-writer"
+        self.stderr_path = work_dir / "writer.stderr"
+        with self.stderr_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.soak_writer", "--db", db, "--stop-file", str(self.stop_file)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        first = self.proc.stdout.readline()
+        if not first:
+            self.proc.wait()
+            raise AssertionError(f"soak writer did not start: {self.stderr_path.read_text()}")
+        self.connection_id = json.loads(first)["connection_id"]
+
+    def stop(self, timeout: float = 30.0) -> dict:
+        """Stop after the statement in progress; the writer must have been writing the whole time."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"soak writer stopped early (exit {self.proc.returncode}): "
+                                 f"{self.stderr_path.read_text()}")
+        self.stop_file.touch()
+        out, _ = self.proc.communicate(timeout=timeout)
+        if self.proc.returncode != 0:
+            raise AssertionError(f"soak writer failed (exit {self.proc.returncode}): {self.stderr_path.read_text()}")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _plain_run(run_id: str) -> None:
+    """One run of every enabled table doing what etl_pipeline and process_table do, minus Prefect.
+
+    Raises whatever a table raised (the run failed); a table whose replica and analytics counts
+    differ afterwards fails like the flow's verify task.
+    """
+    from sqlalchemy.engine import make_url
+
+    from blocks.connectors import urls_from_settings
+    from config.models import load_pipeline_config
+    from config.settings import Settings
+    from flows.pipeline import _replica_method
+    from tasks import sync
+    from tasks.connections import open_engines, open_metrics_engine
+    from tasks.metrics import MetricsWriter
+    from tasks.verify import count_check
+
+    settings = Settings()
+    cfg = load_pipeline_config(settings.config)
+    chosen = cfg.resolved_tables(None)
+    urls = urls_from_settings(settings)
+    source_db, replica_db = (make_url(u).database for u in (urls.source, urls.replica))
+    schema = settings.analytics_schema
+    totals = {"replica": 0, "analytics": 0}
+    workers = max(g.workers for g in cfg.priorities)
+    with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
+        method = _replica_method(settings, engines)
+        metrics = MetricsWriter(engines.analytics, run_id)
+        metrics.ensure_schema()
+        metrics.pipeline_started(tables_total=len(chosen), full_refresh=False, replica_method=method)
+
+        def one(table) -> None:  # noqa: ANN001
+            metrics.table_started(table.name, priority=table.priority, mode=table.mode)
+            t0 = time.monotonic()
+            try:
+                rep = sync.replicate(engines, table, source_db=source_db, replica_db=replica_db, method=method,
+                                     full_refresh=False, resume=False)
+                ana = sync.load(engines, table, replica_db=replica_db, pg_schema=schema,
+                                column_case=cfg.analytics.column_case, full_refresh=False, resume=False,
+                                loaded_at_column=cfg.analytics.loaded_at_column)
+                check = count_check(engines, table.name, source_db=None, replica_db=replica_db, pg_schema=schema)
+                if not check.ok:
+                    raise AssertionError(f"verification failed: {check.describe()}")
+            except BaseException as e:
+                metrics.table_finished(table.name, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+                raise
+            metrics.table_finished(table.name, {
+                "status": "ok", "mode": rep.mode, "replica_rows": rep.rows, "analytics_rows": ana.rows,
+                "replica_seconds": rep.seconds, "analytics_seconds": ana.seconds, "bytes": ana.bytes,
+                "replica_method": rep.method, "verified": True, "notes": "; ".join(rep.notes + ana.notes) or None,
+                "watermark_before": rep.watermark_before, "watermark_after": rep.watermark_after,
+                "rows_per_second": ana.rows / (time.monotonic() - t0)})
+            totals["replica"] += rep.rows
+            totals["analytics"] += ana.rows
+
+        for group in cfg.groups_in_order():
+            members = sorted(cfg.tables_in_group(group.name, chosen), key=lambda t: -(t.estimated_rows or 0))
+            with ThreadPoolExecutor(max_workers=group.workers) as pool:
+                for f in [pool.submit(one, t) for t in members]:
+                    f.result()
+    with open_metrics_engine(urls.analytics) as final:
+        MetricsWriter(final, run_id).pipeline_finished(
+            status="ok", tables_ok=len(chosen), failed=[], rows_replica=totals["replica"],
+            rows_analytics=totals["analytics"], connection_usage=engines.usage())
+
+
+def _server_sessions(env, *, exclude: tuple[int, ...] = ()) -> dict[str, int]:
+    """Sessions the servers hold for this test's databases, other than our own and `exclude`."""
+    my = mysql_connect()
+    try:
+        with my.cursor() as cur:
+            ids = "".join(", %s" for _ in exclude)
+            cur.execute(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB IN (%s, %s) "
+                        f"AND ID NOT IN (CONNECTION_ID(){ids})", (env.source_db, env.replica_db, *exclude))
+            mysql = cur.fetchone()[0]
+    finally:
+        my.close()
+    pg = pg_connect("postgres")  # not the test's database: this session does not count itself
+    try:
+        with pg.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (env.pg_db,))
+            postgres = cur.fetchone()[0]
+    finally:
+        pg.close()
+    return {"mysql": mysql, "postgres": postgres}
+
+
+def _no_server_sessions(env, *, exclude: tuple[int, ...] = (), wait: float = 3.0) -> dict[str, int]:
+    """Zero sessions, allowing the servers a moment to reap connections the client just closed."""
+    deadline = time.monotonic() + wait
+    while True:
+        seen = _server_sessions(env, exclude=exclude)
+        if not any(seen.values()) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
+
+
+def _run_rows(env) -> list[dict]:
+    """Per pipeline run, oldest first: its status, rows moved per table and connection counters."""
+    pg = env.pg()
+    try:
+        with pg.cursor() as cur:
+            cur.execute(
+                "SELECT p.run_id, p.status, p.connection_usage, "
+                "       json_object_agg(t.table_name, json_build_object('mode', t.mode, 'status', t.status, "
+                "           'replica_rows', t.replica_rows, 'analytics_rows', t.analytics_rows, 'notes', t.notes)) "
+                "FROM etl.pipeline_runs p JOIN etl.table_runs t USING (run_id) "
+                "GROUP BY p.run_id, p.status, p.connection_usage, p.started_at ORDER BY p.started_at")
+            return [dict(run_id=r[0], status=r[1], usage=r[2], tables=r[3]) for r in cur.fetchall()]
+    finally:
+        pg.close()
+
+
+def _summary(seconds: list[tuple[str, float]], runs: list[dict], writer: dict) -> str:
+    moved = [sum((t["analytics_rows"] or 0) for t in r["tables"].values()) for r in runs]
+    replica = sum((t["replica_rows"] or 0) for r in runs for t in r["tables"].values())
+    changes = sum(v for k, v in writer.items() if k.endswith(" rows"))
+    statements = sum(v for k, v in writer.items() if not k.endswith(" rows") and k != "seconds")
+
+    def timing(kind: str) -> str:
+        xs = [x for k, x in seconds if k == kind]
+        if not xs:
+            return f"{kind}: none"
+        return (f"{len(xs)} {kind}: median {statistics.median(xs):.2f} s, max {max(xs):.2f} s, "
+                f"total {sum(xs):.1f} s")
+
+    return (f"soak: {len(seconds)} incremental runs back to back while the writer made {statements:,} statements "
+            f"({changes:,} row changes) in {writer['seconds']} s\n"
+            f"  rows moved to analytics {sum(moved):,} (per run median {statistics.median(moved):.0f}, "
+            f"max {max(moved):,}); replica rows affected {replica:,}\n"
+            f"  {timing('etl run (Prefect)')}\n  {timing('runs without Prefect')}")
+
+
+def test_soak_incremental_runs_under_a_writer(etl_env, prefect_harness, tmp_path, capsys) -> None:
+    env = etl_env
+    env.source_sql(SCHEMA)
+    assert env.etl("discover") == 0
+    cfg = yaml.safe_load(env.config_path.read_text())
+    cfg["defaults"]["batch_size"] = BATCH_SIZE
+    env.write_config(yaml.safe_dump(cfg, sort_keys=False))
+    tables = cfg["tables"]
+    assert {t: tables[t].get("mode", "full") for t in tables} == {
+        "visit": "incremental", "patient": "incremental", "payment": "incremental", "codes": "full"}
+    assert tables["patient"]["incremental_columns"] == ["SecDateTEdit", "DateTEdit"]
+
+    assert env.etl("run") == 0  # first run: full
+    assert_all_copies_equal(env)
+
+    writer = SoakWriter(env.source_db, tmp_path)
+    seconds: list[tuple[str, float]] = []
+    try:
+        for i in range(1, RUNS + 1):
+            flow = FLOW_EVERY > 0 and i % FLOW_EVERY == 0
+            t0 = time.monotonic()
+            if flow:
+                code = env.etl("run")
+                assert code == 0, f"run {i} of {RUNS} (etl run) failed under the writer (exit {code})"
+            else:
+                _plain_run(f"soak-{i}-{uuid.uuid4().hex[:8]}")
+            seconds.append(("etl run (Prefect)" if flow else "runs without Prefect", time.monotonic() - t0))
+            # Between runs nothing of the pipeline may stay connected (the writer's session excepted).
+            left = _no_server_sessions(env, exclude=(writer.connection_id,))
+            assert left == {"mysql": 0, "postgres": 0}, f"after run {i}: sessions left on the servers: {left}"
+        done = writer.stop()
+    finally:
+        writer.kill()
+
+    assert env.etl("run") == 0  # the writer is stopped: this run catches up with its last changes
+    assert_all_copies_equal(env)
+
+    runs = _run_rows(env)
+    assert len(runs) == RUNS + 2
+    soak_runs = runs[1:-1]
+    for n, r in enumerate(runs):
+        assert r["status"] == "ok", f"run {n}: {r}"
+        leaked = {role: u["still_open"] for role, u in (r["usage"] or {}).items() if u["still_open"]}
+        assert r["usage"] and not leaked, f"run {n} left connections open: {leaked or 'no counters'}"
+    assert {t["mode"] for r in soak_runs for name, t in r["tables"].items() if name != "codes"} == {"incremental"}
+    assert {t["mode"] for r in soak_runs for name, t in r["tables"].items() if name == "codes"} == {"full"}
+    assert env.etl("connections", "--strict", "--runs", str(RUNS + 2)) == 0
+    assert _no_server_sessions(env) == {"mysql": 0, "postgres": 0}
+
+    # The writer really did what the soak is about.
+    assert done["visit tie"] > 0 and done["visit burst"] > 0 and done["visit delete rows"] > 0, done
+    with capsys.disabled():
+        print("\n" + _summary(seconds, soak_runs, done))
