@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from tasks.errors import ConfigError, redact
+from tasks.identifiers import mysql_ident
 
 # Session settings for every MySQL connection we open. A known sql_mode makes our SQL mean the same
 # on every server: backslash escapes on (the COPY-text expressions rely on them), zero dates and
@@ -223,8 +224,9 @@ def ensure_replica_database(url: str, connect_args: dict | None = None) -> None:
     engine.dispose()
     try:
         with server.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{u.database.replace('`', '``')}` "
-                                 f"CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
+            # exec_driver_sql formats once, as mysql_ident expects (a name may hold `%` or `:x`).
+            conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {mysql_ident(u.database)} "
+                                 f"CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
     except sa.exc.DBAPIError as e:
         raise connection_error("replica", url, e) from None
     finally:

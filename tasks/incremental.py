@@ -29,7 +29,7 @@ from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error
 from tasks.connections import Engines
 from tasks.errors import SchemaError
 from tasks.identifiers import (
-    copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, shadow_name,
+    copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, readable, shadow_name,
 )
 from tasks.keyset import Keyset
 from tasks.mysql_schema import ServerIdentity, TableSchema
@@ -141,9 +141,9 @@ def check_window_column(table_sql: str, column: str, types: dict[str, str]) -> s
 
         m = difflib.get_close_matches(column, list(types), n=1)
         hint = f" (did you mean {m[0]!r}?)" if m else ""
-        raise SchemaError(f"{table_sql}: lookback column {column!r} does not exist{hint}; fix lookback.columns")
+        raise SchemaError(f"{readable(table_sql)}: lookback column {column!r} does not exist{hint}; fix lookback.columns")
     if kind not in ("date", "datetime", "timestamp"):
-        raise SchemaError(f"{table_sql}: lookback column {column!r} is {kind}; a lookback window needs a DATE, "
+        raise SchemaError(f"{readable(table_sql)}: lookback column {column!r} is {kind}; a lookback window needs a DATE, "
                           f"DATETIME or TIMESTAMP column; fix lookback.columns")
     return kind
 
