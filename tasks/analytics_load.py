@@ -23,7 +23,7 @@ import psycopg2.errors
 from config.models import ResolvedTable
 from tasks import checkpoints, faults
 from tasks.connections import Engines
-from tasks.errors import DataError, SchemaError
+from tasks.errors import DataError, SchemaError, is_retriable, redact
 from tasks.identifiers import (
     PG_MAX_IDENT, copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass,
     pg_table_name, shadow_name,
@@ -164,7 +164,41 @@ class _Shared:
             return self.stats.rows, self.stats.chunks
 
 
-def load_full(
+def load_full(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
+              resume: bool = False, progress: ProgressFn | None = None, streams: int = 2,
+              in_swap: Callable[[Any], None] | None = None,
+              loaded_at_column: str | None = "_etl_loaded_at") -> PhaseStats:
+    """Reload one table into PostgreSQL from the replica (see `_load_full`).
+
+    A fatal error (disk full, a value PostgreSQL rejects, an injected fault) drops the shadow table
+    and its checkpoints at once: its rows would only hold disk space until the next run, and a retry
+    would not resume from it. A retriable error keeps both, so the retry resumes.
+    """
+    try:
+        return _load_full(engines, table, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case,
+                          resume=resume, progress=progress, streams=streams, in_swap=in_swap,
+                          loaded_at_column=loaded_at_column)
+    except BaseException as e:
+        if not is_retriable(e):
+            discard_shadow(engines, pg_schema, pg_table_name(table.name))
+        raise
+
+
+def discard_shadow(engines: Engines, pg_schema: str, pg_name: str) -> None:
+    """Drop a failed load's shadow table and checkpoints; a failure here is logged, never raised."""
+    try:
+        with engines.analytics.connect() as pc:
+            pg = pc.connection.driver_connection
+            pg.autocommit = False
+            cur = pg.cursor()
+            execute(cur, f"DROP TABLE IF EXISTS {pg_qualified(pg_schema, shadow_name(pg_name))}")
+            checkpoints.pg_clear(cur, pg_schema, pg_name)
+            pg.commit()
+    except Exception as e:  # noqa: BLE001 - the original error is what the caller must see
+        log.warning("%s: could not drop the shadow table after a failed load: %s", pg_name, redact(str(e)))
+
+
+def _load_full(
     engines: Engines,
     table: ResolvedTable,
     *,

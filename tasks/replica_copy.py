@@ -28,7 +28,7 @@ from config.models import ResolvedTable
 from tasks import checkpoints, faults
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
-from tasks.errors import SchemaError
+from tasks.errors import SchemaError, is_retriable, redact
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, shadow_name
 from tasks.keyset import Keyset
 from tasks.mysql_schema import (
@@ -100,6 +100,37 @@ def copy_full(
         ddl = show_create_table(sc, source_db, table.name)
         sc.rollback()
 
+    try:
+        _copy_into_shadow_and_swap(engines, table, schema, key, ddl, shadow, stats, source_db=source_db,
+                                   replica_db=replica_db, method=method, resume=resume, progress=progress,
+                                   after_swap=after_swap)
+    except BaseException as e:
+        # A fatal error will not resume from the shadow table: drop it now rather than let it hold
+        # disk space until the next run. A retriable one keeps it, so the retry resumes.
+        if not is_retriable(e):
+            _discard_shadow(engines, replica_db, table.name, shadow)
+        raise
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _discard_shadow(engines: Engines, replica_db: str, table: str, shadow: str) -> None:
+    try:
+        with engines.replica.connect() as rc:
+            rep = rc.connection.driver_connection
+            cur = rep.cursor()
+            execute(cur, f"DROP TABLE IF EXISTS {mysql_qualified(replica_db, shadow)}")
+            execute(cur, f"USE {mysql_ident(replica_db)}")
+            checkpoints.mysql_clear(cur, table)
+            rep.commit()
+    except Exception as e:  # noqa: BLE001 - the original error is what the caller must see
+        log.warning("%s: could not drop the replica shadow table after a failed copy: %s", table, redact(str(e)))
+
+
+def _copy_into_shadow_and_swap(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...],
+                               ddl: str, shadow: str, stats: PhaseStats, *, source_db: str, replica_db: str,
+                               method: str, resume: bool, progress: ProgressFn | None,
+                               after_swap: Callable[[Any], None] | None) -> None:
     with engines.replica.connect() as rc:
         rep = rc.connection.driver_connection
         cur = rep.cursor()
@@ -134,8 +165,6 @@ def copy_full(
         # Fresh statistics: the analytics stage sizes its parallel streams and blocks from them.
         execute(cur, f"ANALYZE NO_WRITE_TO_BINLOG TABLE {mysql_ident(table.name)}")
         cur.fetchall()
-    stats.seconds = time.monotonic() - started
-    return stats
 
 
 def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,

@@ -120,7 +120,24 @@ def test_failed_load_leaves_yesterdays_table_and_next_run_converges(etl_env, pre
         # Readers still see yesterday's complete table, not a half-loaded one.
         cur.execute("SELECT count(*), count(*) FILTER (WHERE v LIKE '%-new') FROM raw.appointment")
         assert cur.fetchone() == (500, 0)
+        # A fatal error drops the half-loaded shadow table at once (no retry would resume it).
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'raw' AND tablename LIKE '\\_etl%%'")
+        assert cur.fetchone()[0] == 0
     faults.clear()
+    # The same in the replica phase: the replica keeps its previous table, the shadow is dropped.
+    faults.inject(faults.Fault("replica", "appointment", after_chunks=1))
+    assert etl_env.etl("run", "--tables", "appointment", "--full-refresh") == 1
+    faults.clear()
+    rep = etl_env.mysql(etl_env.replica_db)
+    with rep.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM appointment WHERE v LIKE '%%-new'")
+        assert cur.fetchone()[0] > 0  # replicated by the run before
+        cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                    "AND TABLE_NAME LIKE '\\_etl\\_new%%'", (etl_env.replica_db,))
+        assert cur.fetchall() == ()
+        cur.execute("SELECT COUNT(*) FROM _etl_checkpoints")
+        assert cur.fetchone()[0] == 0
+    rep.close()
     assert etl_env.etl("run", "--tables", "appointment") == 0
     src = etl_env.mysql()
     assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", "appointment")
