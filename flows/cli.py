@@ -103,14 +103,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if isinstance(error, BlackoutRefused):
         print(f"etl run: {error}", file=sys.stderr)  # nothing ran, so there is no summary to print
         return 3
-    _print_last_run(settings, blocks)
+    _print_last_run(settings, blocks, run_id=str(state.state_details.flow_run_id or ""))
     if state.is_completed():
         return 0
     print(f"etl run: {redact(str(error or state.message or 'failed'))}", file=sys.stderr)
     return 1
 
 
-def _print_last_run(settings: Settings, blocks=None) -> None:  # noqa: ANN001
+def _print_last_run(settings: Settings, blocks=None, *, run_id: str | None = None) -> None:  # noqa: ANN001
+    """Print the summary of run `run_id` (or the latest run). A run that failed before it wrote its
+    metrics (e.g. a database unreachable) has none: nothing is printed rather than an older run."""
     from tasks.connections import create_engine
     from tasks.reports import last_runs, render_run
 
@@ -126,7 +128,7 @@ def _print_last_run(settings: Settings, blocks=None) -> None:  # noqa: ANN001
             runs = last_runs(engine, runs=1)
         finally:
             engine.dispose()
-        if runs:
+        if runs and (not run_id or str(runs[0]["run_id"]) == run_id):
             print(render_run(runs[0]))
     except Exception as e:  # noqa: BLE001 - the summary is a courtesy; the exit code says what matters
         print(f"(no summary: {redact(str(e))})", file=sys.stderr)
