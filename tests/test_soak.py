@@ -240,6 +240,8 @@ def _run_rows(env) -> list[dict]:
 
 def _summary(seconds: list[tuple[str, float]], runs: list[dict], writer: dict) -> str:
     moved = [sum((t["analytics_rows"] or 0) for t in r["tables"].values()) for r in runs]
+    full = sum((t["analytics_rows"] or 0) for r in runs for t in r["tables"].values() if t["mode"] == "full")
+    # MySQL's affected rows: 1 per inserted row, 2 per changed row, 0 per row merged unchanged.
     replica = sum((t["replica_rows"] or 0) for r in runs for t in r["tables"].values())
     changes = sum(v for k, v in writer.items() if k.endswith(" rows"))
     statements = sum(v for k, v in writer.items() if not k.endswith(" rows") and k != "seconds")
@@ -254,7 +256,7 @@ def _summary(seconds: list[tuple[str, float]], runs: list[dict], writer: dict) -
     return (f"soak: {len(seconds)} incremental runs back to back while the writer made {statements:,} statements "
             f"({changes:,} row changes) in {writer['seconds']} s\n"
             f"  rows moved to analytics {sum(moved):,} (per run median {statistics.median(moved):.0f}, "
-            f"max {max(moved):,}); replica rows affected {replica:,}\n"
+            f"max {max(moved):,}; {full:,} of them by the full-refresh table); replica affected rows {replica:,}\n"
             f"  {timing('etl run (Prefect)')}\n  {timing('runs without Prefect')}")
 
 
