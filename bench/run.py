@@ -16,6 +16,9 @@
      e2e        `etl run --full-refresh` (a subprocess, Prefect start-up included), config from `etl discover`,
                 bench_src -> bench_repl -> bench_dst schema `raw`; anchor: INSERT..SELECT-postidx + pgloader times
      tiny       `etl run --full-refresh` over bench_tiny_src: --tiny-tables tables of 10 rows each
+     incremental after a full refresh (the e2e stage's, else one run for it): gen_dental.mutate updates 1% of
+                procedurelog and inserts 1% new rows, then `etl run` (same config, no --full-refresh) is timed;
+                goal: its wall time < 5% of the full refresh's. Then delete detection alone is timed per table.
    `anchors` in --stages turns the anchor runs on (they are what the ratios are computed against).
 3. Prints one table per scale: stage, rows, seconds, rows/s, peak RSS MB, ratio to the anchor,
    data check; then the goals, our per-table timings, and any data check failures.
@@ -52,8 +55,13 @@ if str(BENCH) not in sys.path:
 
 DEFAULT_MYSQL_URL = os.environ.get("BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
 DEFAULT_PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
-ALL_STAGES = ("replica", "analytics", "e2e", "anchors", "tiny")
+ALL_STAGES = ("replica", "analytics", "e2e", "incremental", "anchors", "tiny")
 WORKERS = 2
+E2E = "e2e: etl run --full-refresh"
+INCR = "incremental: etl run (1% churn)"
+INCR_MUTATE = "incremental: mutate 1% (gen_dental)"
+# ours seconds / full refresh seconds (same run) must stay below this
+INCR_GOAL = 0.05
 
 # (ours, anchor, goal ratio): ratio = anchor seconds / our seconds, both from the same run.
 GOALS = [
@@ -187,6 +195,44 @@ class Results:
         return a.median / o.median
 
 
+def _slug(name: str) -> str:
+    """An item's name as it appears in its log file's name."""
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in name).strip("_")
+
+
+def _mutated(log_path: Path) -> tuple[int, int]:
+    """(updated, inserted) from the log of `gen_dental.py --mutate` ("...: 19803 updated, 20000 inserted ...")."""
+    import re
+
+    m = re.search(r"(\d+) updated, (\d+) inserted", log_path.read_text(errors="replace"))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _startup_parts(log_path: str, wall_start: float, flow_start: float) -> dict:
+    """Split an `etl run` process's start-up with its log's timestamps: imports and CLI set-up until
+    Prefect says it starts its temporary API server, the server's start until the flow run begins, and
+    the flow's own set-up (config, engines, etl schema) until etl.pipeline_runs.started_at."""
+    import datetime as dt
+    import re
+
+    marks: dict[str, float] = {}
+    pat = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(Starting temporary server|Beginning flow run)")
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                m = pat.match(line)
+                if m and m.group(2) not in marks:
+                    marks[m.group(2)] = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except OSError:
+        return {}
+    flow = marks.get("Beginning flow run")
+    if flow is None:
+        return {}
+    server = marks.get("Starting temporary server", flow)  # none with --prefect-api-url
+    return {"imports_s": round(server - wall_start, 1), "api_server_s": round(flow - server, 1),
+            "flow_setup_s": round(flow_start - flow, 1)}
+
+
 def _check_text(results: list) -> str:
     if len(results) == 1:
         return results[0].summary()
@@ -282,19 +328,25 @@ class Harness:
                    ETL_ANALYTICS_URL=self.url_pg(dst), ETL_ANALYTICS_SCHEMA="raw", ETL_CONFIG=str(config))
         # A private Prefect home: the temporary API's database is not shared with other runs on the box.
         env.setdefault("PREFECT_HOME", str(self.work / "prefect-home"))
+        # Prefect gives its temporary API server 20 s to start; on the loaded shared box it has taken
+        # longer, and the run then fails before it begins (the time it takes is measured either way).
+        env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+        if self.a.prefect_api_url:
+            # a Prefect server that is already running (as in production): no temporary server per run
+            env["PREFECT_API_URL"] = self.a.prefect_api_url
         return env
 
     # -------------------------------------------------------------- one measured run
     def run_item(self, res: Results, name: str, kind: str, cmd: list[str], *, env: dict | None = None,
                  check=None, rep: int = 1, out_json: Path | None = None, timeout: float | None = None) -> Item:
         it = res.item(name, kind)
-        slug = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in name).strip("_")
-        lp = self.logs / f"{self.tag}.{slug}.{rep}.log"
+        lp = self.logs / f"{self.tag}.{_slug(name)}.{rep}.log"
         lp.unlink(missing_ok=True)
         if out_json:
             out_json.unlink(missing_ok=True)
         m = measure(cmd, log_path=lp, env=env or self.base_env(), timeout=timeout or self.a.timeout)
         it.detail["wall"] = (m.wall_start, m.wall_end)
+        it.detail["log"] = m.log
         it.detail["timed_out"] = m.timed_out
         it.seconds.append(m.seconds)
         it.rss.append(m.rss_mb)
@@ -397,7 +449,7 @@ class Harness:
         The e2e anchor is the chain INSERT..SELECT-postidx + pgloader."""
         if "anchors" not in self.stages:
             return False
-        chosen = self.stages - {"anchors", "tiny", "incr"}
+        chosen = self.stages - {"anchors", "tiny", "incremental"}
         return not chosen or stage in chosen
 
     def stage_replica(self, res: Results, rep: int) -> None:
@@ -478,26 +530,30 @@ class Harness:
             (home / ".bench-warm").write_text("ok\n")
         log(f"prefect warm-up in {home}: {time.monotonic() - t0:.1f}s (rc {p.returncode}, not timed)")
 
-    def etl_tables(self, dst: str, wall: tuple[float, float]) -> dict:
+    def etl_tables(self, dst: str, wall: tuple[float, float], log_path: str | None = None) -> dict:
         """Per-table timings of the last pipeline run, from the run history in etl.*, and how much of
         the process wall time was outside the flow (Prefect start-up before, shutdown after)."""
         try:
+            # only a run this process started (a run that failed before it began leaves no row)
             run = self.pg_exec(dst, "SELECT run_id, EXTRACT(EPOCH FROM started_at), EXTRACT(EPOCH FROM ended_at) "
-                                    "FROM etl.pipeline_runs ORDER BY started_at DESC LIMIT 1")
+                                    f"FROM etl.pipeline_runs WHERE started_at >= to_timestamp({wall[0]:.3f}) "
+                                    "ORDER BY started_at DESC LIMIT 1")
             if not run:
                 return {}
             rid, t_start, t_end = run[0][0], float(run[0][1]), (float(run[0][2]) if run[0][2] is not None else None)
             rows = self.pg_exec(dst, f"""SELECT table_name, priority, replica_rows, replica_seconds, analytics_seconds,
                     verify_seconds, EXTRACT(EPOCH FROM started_at) - {t_start},
-                    EXTRACT(EPOCH FROM ended_at - started_at), status
+                    EXTRACT(EPOCH FROM ended_at - started_at), status, mode, analytics_rows, notes
                 FROM etl.table_runs WHERE run_id = '{rid}' ORDER BY started_at""")
         except Exception as e:  # noqa: BLE001
             return {"error": str(e).strip()}
         return {"flow_seconds": (t_end - t_start) if t_end else None,
                 "startup_s": t_start - wall[0], "shutdown_s": (wall[1] - t_end) if t_end else None,
+                "startup_parts": _startup_parts(log_path, wall[0], t_start) if log_path else {},
                 "tables_ok": sum(1 for r in rows if r[8] == "ok"),
                 "tables": [dict(table=r[0], priority=r[1], rows=r[2], replica_s=r[3], analytics_s=r[4], verify_s=r[5],
-                                start_offset_s=float(r[6] or 0), table_s=float(r[7] or 0), status=r[8]) for r in rows]}
+                                start_offset_s=float(r[6] or 0), table_s=float(r[7] or 0), status=r[8], mode=r[9],
+                                analytics_rows=r[10], notes=r[11]) for r in rows]}
 
     def stage_e2e(self, res: Results, rep: int) -> None:
         src, repl, dst = self.db["src"], self.db["repl"], self.db["dst"]
@@ -511,7 +567,7 @@ class Harness:
                            self.etl_cmd() + ["run", "--full-refresh", "--config", str(config)], env=env,
                            check=self.check_both(src, repl, dst, "raw"), rep=rep)
         it.rows = self.src_rows
-        it.detail["etl"] = self.etl_tables(dst, it.detail["wall"])
+        it.detail["etl"] = self.etl_tables(dst, it.detail["wall"], it.detail["log"])
         if rep == 1:
             it.notes.append(f"config from `etl discover` ({secs:.1f}s, not timed); Prefect start-up included")
 
@@ -558,7 +614,7 @@ class Harness:
                            check=self.check_both(src, repl, dst, "raw", tables), rep=rep,
                            timeout=self.a.tiny_timeout)
         it.rows = n * 10
-        it.detail["etl"] = etl = self.etl_tables(dst, it.detail["wall"])
+        it.detail["etl"] = etl = self.etl_tables(dst, it.detail["wall"], it.detail["log"])
         etl["tables_total"] = n
         if it.detail.get("timed_out"):
             done = etl.get("tables_ok", 0)
@@ -568,10 +624,67 @@ class Harness:
             it.notes.append(f"rep {rep}: stopped at --tiny-timeout {self.a.tiny_timeout:.0f}s with {done} of {n} "
                             f"tables loaded{proj}")
 
-    def stage_incremental(self, res: Results) -> None:
-        """Hook for the incremental 1% churn scenario (gen_dental.mutate + `etl run` without --full-refresh).
-        Incremental sync exists (tasks/incremental.py); this benchmark of it is still to be written."""
-        print("incremental (1% churn): not implemented yet (incremental sync exists; this benchmark of it does not yet)")
+    def stage_incremental(self, res: Results, rep: int) -> None:
+        """1% churn: from a fully refreshed replica and analytics copy (this rep's e2e run, else one made
+        here and reported as the e2e row), mutate the source (1% of procedurelog updated, 1% inserted),
+        then time `etl run` with the same config and no --full-refresh, and check all three copies.
+        Then delete detection alone, per table: an item of its own, not part of the ratio."""
+        src, repl, dst = self.db["src"], self.db["repl"], self.db["dst"]
+        full = res.items.get(E2E)
+        if "e2e" not in self.stages or not full or len(full.seconds) < rep:
+            self.stage_e2e(res, rep)  # the baseline: same command, same checks as the e2e stage
+            full = res.items[E2E]
+        if not full.oks[-1]:
+            log(f"incremental rep {rep}: skipped, the full refresh it starts from failed ({full.check})")
+            return
+        config = self.work / f"{self.tag}.tables.yml"
+        self.run_incremental(res, rep, INCR, INCR_MUTATE, config, round_no=rep)
+        if self.a.incr_deletes_every:
+            # The same churn again, with delete detection not due on this run (deletes_every: N).
+            cfg2 = self.work / f"{self.tag}.tables_deletes_every.yml"
+            cfg2.write_text(config.read_text().replace(
+                "\ndefaults:\n", f"\ndefaults:\n  deletes_every: {self.a.incr_deletes_every}\n", 1))
+            self.run_incremental(res, rep, f"incremental: etl run, deletes not due (every {self.a.incr_deletes_every})",
+                                 INCR_MUTATE.replace("mutate", "mutate again"), cfg2, round_no=rep + 50)
+        out = self.work / f"{self.tag}.deletes.json"
+        it = self.run_item(res, "incremental: delete detection alone", "diag",
+                           self.child_cmd("deletes", out, src=src, repl=repl, config=str(config)), rep=rep,
+                           out_json=out)
+        tabs = (it.detail.get("tables") or {}).get("tables", [])
+        it.rows = sum(t["rows"] for t in tabs)
+        if it.oks[-1]:
+            it.checks[-1] = (f"- ({len(tabs)} tables, {sum(t['ranges'] for t in tabs)} ranges, "
+                             f"{sum(t['differing'] for t in tabs)} differing)")
+
+    def run_incremental(self, res: Results, rep: int, name: str, mutate_name: str, config: Path, *,
+                        round_no: int) -> None:
+        """Mutate the source (a measured child, reported but not part of the ratio), then the timed
+        incremental `etl run` with `config` and its data check."""
+        from verify import clear_cache
+
+        src, repl, dst = self.db["src"], self.db["repl"], self.db["dst"]
+        mut = self.run_item(res, mutate_name, "gen",
+                            [self.py, str(BENCH / "gen_dental.py"), "--url", self.url_my(src), "--mutate",
+                             "--pct", str(self.a.incr_pct), "--round", str(round_no)], rep=rep)
+        changed = _mutated(self.logs / f"{self.tag}.{_slug(mutate_name)}.{rep}.log")
+        mut.rows = sum(changed)
+        mut.detail.setdefault("changes", []).append(dict(zip(("updated", "inserted"), changed)))
+        if not mut.oks[-1]:
+            raise SystemExit(f"gen_dental --mutate failed: {mut.notes}")
+        clear_cache()  # the source changed: its checksums and aggregates must be read again
+        self.source_info()
+        env = self.etl_env(src, repl, dst, config)
+        it = self.run_item(res, name, "ours", self.etl_cmd() + ["run", "--config", str(config)], env=env,
+                           check=self.check_both(src, repl, dst, "raw"), rep=rep)
+        it.detail["etl"] = etl = self.etl_tables(dst, it.detail["wall"], it.detail["log"])
+        # rows moved: what the analytics merges wrote (the replica's count is MySQL's affected rows,
+        # 2 per updated row)
+        it.rows = sum(t["analytics_rows"] or 0 for t in etl.get("tables", [])) or it.rows
+        full = res.items[E2E]
+        it.detail.setdefault("full_refresh_s", []).append(full.seconds[-1])
+        it.detail.setdefault("source_changes", []).append(dict(zip(("updated", "inserted"), changed)))
+        if self.a.incr_pct != 1.0 and rep == 1:
+            it.notes.append(f"--incr-pct {self.a.incr_pct:g}: the churn is {self.a.incr_pct:g}%, not the 1% the name says")
 
     # -------------------------------------------------------------- one scale
     def run_scale(self, scale: float) -> Results:
@@ -588,7 +701,7 @@ class Harness:
         do_replica = "replica" in self.stages or self.anchors_for("replica") or self.anchors_for("e2e")
         do_analytics = "analytics" in self.stages or self.anchors_for("analytics") or (
             self.anchors_for("e2e") and self.have_pgloader)
-        if do_analytics or "e2e" in self.stages:
+        if do_analytics or "e2e" in self.stages or "incremental" in self.stages:
             self.pg_recreate(self.db["dst"])
         for rep in range(1, self.a.reps + 1):
             if do_replica:
@@ -598,11 +711,11 @@ class Harness:
                 self.stage_analytics(res, rep)
             if "e2e" in self.stages:
                 self.stage_e2e(res, rep)
+            if "incremental" in self.stages:
+                self.stage_incremental(res, rep)
             if "tiny" in self.stages and self.a.tiny_tables > 0:
                 self.stage_tiny(res, rep)
         self.chain(res)
-        if self.a.incremental:
-            self.stage_incremental(res)
         return res
 
 
@@ -612,7 +725,21 @@ ORDER = [
     "analytics: ours load_full", "analytics: native pipe", "analytics: pgloader",
     "replica: ours stream", "replica: ours server", "replica: mariadb-dump|mariadb", "replica: INSERT..SELECT postidx",
     "e2e: etl run --full-refresh", "e2e: chain postidx+pgloader",
+    INCR_MUTATE, INCR,
 ]
+
+
+def incr_ratio(res: Results, name: str) -> float | None:
+    """Median over reps of (incremental run seconds / the same rep's full refresh seconds)."""
+    it = res.get(name)
+    full = it.detail.get("full_refresh_s") if it else None
+    if not it or not full:
+        return None
+    return statistics.median(s / f for s, f in zip(it.seconds, full) if f)
+
+
+def incr_names(res: Results) -> list[str]:
+    return [n for n in res.items if n.startswith("incremental: etl run") and res.get(n)]
 
 
 def ratio_text(res: Results, name: str) -> str:
@@ -625,6 +752,10 @@ def ratio_text(res: Results, name: str) -> str:
         it = res.get(name)
         if it:
             parts.append(f"goal < {TINY_GOAL_SECONDS:.0f}s")
+    if name.startswith("incremental: etl run"):
+        r = incr_ratio(res, name)
+        if r is not None:
+            parts.append(f"{r:.3f} of full refresh (goal < {INCR_GOAL:g})")
     return ", ".join(parts) if parts else ("(anchor)" if res.items[name].kind in ("anchor", "derived") else "-")
 
 
@@ -663,6 +794,12 @@ def render(res: Results, h: Harness, scale: float) -> str:
             stopped = " (stopped at --tiny-timeout: " + it.check + ")" if it.detail.get("timed_out") else ""
             goal_lines.append(f"  {n}: {s:.1f}s{stopped} (goal < {TINY_GOAL_SECONDS:.0f}s) "
                               f"{'MET' if s < TINY_GOAL_SECONDS and not stopped else 'MISSED'}")
+    for n in incr_names(res):
+        r = incr_ratio(res, n)
+        it = res.items[n]
+        full = statistics.median(it.detail["full_refresh_s"])
+        goal_lines.append(f"  {n}: {it.median:.1f}s / full refresh {full:.1f}s = {r:.3f} (goal < {INCR_GOAL:g}) "
+                          f"{'MET' if r < INCR_GOAL else 'MISSED'}")
     if not h.have_pgloader and "anchors" in h.stages:
         goal_lines.append("  pgloader: skipped (not installed; apt-get install -y pgloader)")
     lines += ["", "goals (same-run ratios):"] + goal_lines
@@ -687,7 +824,10 @@ def render(res: Results, h: Harness, scale: float) -> str:
         tabs = etl["tables"]
         flow = etl.get("flow_seconds")
         wall = res.items[n].seconds[-1]
-        head = (f"{n} (last rep): process {wall:.1f}s = Prefect start-up {etl['startup_s']:.1f}s + flow "
+        parts = etl.get("startup_parts") or {}
+        split = (f" (imports {parts['imports_s']:.1f} + temporary API server {parts['api_server_s']:.1f} + flow set-up "
+                 f"{parts['flow_setup_s']:.1f})" if parts else "")
+        head = (f"{n} (last rep): process {wall:.1f}s = Prefect start-up {etl['startup_s']:.1f}s{split} + flow "
                 f"{flow:.1f}s + shutdown {etl['shutdown_s']:.1f}s" if flow else f"{n} (last rep): flow did not finish")
         if len(tabs) > 20:
             ts = sorted(t["table_s"] for t in tabs)
@@ -697,11 +837,9 @@ def render(res: Results, h: Harness, scale: float) -> str:
             lines += ["", head, f"  {etl.get('tables_ok', 0)} of {total} tables done; per table: work median "
                                 f"{statistics.median(ts):.2f}s, max {ts[-1]:.2f}s; a new table starts every {gap:.2f}s"]
             continue
-        lines += ["", head + "; per table from etl.table_runs:"]
-        for t in tabs:
-            lines.append(f"  {t['table']:<16} {t['priority'] or '':<9} {t['rows'] or 0:>10,} rows  starts +{t['start_offset_s']:6.1f}s  "
-                         f"table {t['table_s']:6.1f}s = replica {t['replica_s'] or 0:5.1f} + load {t['analytics_s'] or 0:5.1f} "
-                         f"+ verify {t['verify_s'] or 0:4.1f} + orchestration")
+        lines += ["", head + "; per table from etl.table_runs:"] + render_etl_tables(tabs)
+        if n.startswith("incremental:"):
+            lines += render_incr_summary(res, n, tabs)
     # failures and notes
     extra = []
     for n in names:
@@ -721,8 +859,62 @@ def render(res: Results, h: Harness, scale: float) -> str:
 CHECK_LABEL = {
     "analytics: ours load_full": "load_full", "analytics: native pipe": "native", "analytics: pgloader": "pgloader",
     "replica: ours stream": "stream", "replica: ours server": "server", "replica: mariadb-dump|mariadb": "dump",
-    "replica: INSERT..SELECT postidx": "postidx", "e2e: etl run --full-refresh": "e2e",
+    "replica: INSERT..SELECT postidx": "postidx", "e2e: etl run --full-refresh": "e2e", INCR: "incr",
 }
+
+
+def render_etl_tables(tabs: list[dict]) -> list[str]:
+    """One line per table of a pipeline run: mode, rows, and where its time went. `other` is the table's
+    wall time minus its three phase timings: task/flow orchestration, and in an incremental run the
+    delete check (tasks/sync.py runs it after the merge, outside analytics_seconds)."""
+    out = []
+    for t in tabs:
+        rep_s, ana_s, ver_s = t["replica_s"] or 0, t["analytics_s"] or 0, t["verify_s"] or 0
+        other = t["table_s"] - rep_s - ana_s - ver_s
+        rows = t.get("analytics_rows") if t.get("analytics_rows") is not None else t["rows"]
+        notes = "; ".join(n for n in (t.get("notes") or "").split("; ")
+                          if n.startswith(("deletes checked", "mode:", "no primary key", "reloaded", "schema drift")))
+        out.append(f"  {t['table']:<14} {t['priority'] or '':<8} {t.get('mode') or '':<11} {rows or 0:>10,} rows  "
+                   f"starts +{t['start_offset_s']:6.1f}s  table {t['table_s']:6.1f}s = replica {rep_s:5.1f} + load "
+                   f"{ana_s:5.1f} + verify {ver_s:4.1f} + other {other:5.1f}" + (f"  ({notes})" if notes else "")
+                   + ("" if t["status"] == "ok" else f"  {t['status'].upper()}"))
+    return out
+
+
+def render_incr_summary(res: Results, name: str, tabs: list[dict]) -> list[str]:
+    """Where an incremental run's time went: incremental vs full tables, and delete detection timed alone."""
+    out = []
+    etl = res.items[name].detail.get("etl") or {}
+    full = (res.items[E2E].detail.get("etl") or {}) if E2E in res.items else {}
+    if etl.get("flow_seconds") and full.get("flow_seconds"):
+        out.append(f"  flow only (Prefect start-up and shutdown left out, last rep): {etl['flow_seconds']:.1f}s / full "
+                   f"refresh flow {full['flow_seconds']:.1f}s = {etl['flow_seconds'] / full['flow_seconds']:.3f}")
+    by_mode: dict[str, list[dict]] = {}
+    for t in tabs:
+        by_mode.setdefault(t.get("mode") or "?", []).append(t)
+    for mode, ts in sorted(by_mode.items()):
+        out.append(f"  {mode} tables: {len(ts)} ({', '.join(t['table'] for t in ts)}): "
+                   f"{sum(t['analytics_rows'] or 0 for t in ts):,} rows, table time {sum(t['table_s'] for t in ts):.1f}s "
+                   f"(replica {sum(t['replica_s'] or 0 for t in ts):.1f} + load {sum(t['analytics_s'] or 0 for t in ts):.1f} "
+                   f"+ verify {sum(t['verify_s'] or 0 for t in ts):.1f} + other "
+                   f"{sum(t['table_s'] - (t['replica_s'] or 0) - (t['analytics_s'] or 0) - (t['verify_s'] or 0) for t in ts):.1f})")
+    it = res.items[name]
+    for ch in it.detail.get("source_changes", [])[-1:]:
+        out.append(f"  source churn this rep: procedurelog {ch.get('updated', 0):,} rows updated + "
+                   f"{ch.get('inserted', 0):,} inserted")
+    dd = res.get("incremental: delete detection alone")
+    d = (dd.detail.get("tables") or {}) if dd else {}
+    if d.get("tables") and name == INCR:
+        dt = d["tables"]
+        out.append(f"  delete detection timed alone afterwards (tasks/deletes.find_deleted_ranges, one table at a time): "
+                   f"{sum(t['seconds'] for t in dt):.1f}s = source {sum(t['source_s'] for t in dt):.1f}s + replica "
+                   f"{sum(t['replica_s'] for t in dt):.1f}s over {sum(t['rows'] for t in dt):,} rows, "
+                   f"{sum(t['ranges'] for t in dt)} ranges:")
+        for t in sorted(dt, key=lambda t: -t["seconds"]):
+            out.append(f"    {t['table']:<14} {t['rows']:>10,} rows {t['ranges']:>4} ranges of {t['page']:,}  "
+                       f"{t['seconds']:6.2f}s (source {t['source_s']:5.2f}s, replica {t['replica_s']:5.2f}s)  "
+                       f"{t['differing']} differing")
+    return out
 
 
 def render_checks(res: Results, names: list[str]) -> list[str]:
@@ -826,13 +1018,84 @@ def child_main(a: argparse.Namespace) -> int:
     return 0
 
 
+class _TimedCursor:
+    """A DB-API cursor that adds up the seconds spent in its execute and fetch calls."""
+
+    def __init__(self, cur) -> None:  # noqa: ANN001
+        self._cur = cur
+        self.seconds = 0.0
+        self.queries = 0
+
+    def _timed(self, fn, *args):  # noqa: ANN001, ANN202
+        t0 = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds += time.monotonic() - t0
+
+    def execute(self, sql: str, params=None):  # noqa: ANN001, ANN201
+        self.queries += 1
+        return self._timed(self._cur.execute, sql, params)
+
+    def fetchone(self):  # noqa: ANN201
+        return self._timed(self._cur.fetchone)
+
+    def fetchall(self):  # noqa: ANN201
+        return self._timed(self._cur.fetchall)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._cur, name)
+
+
+def child_deletes(a: argparse.Namespace) -> int:
+    """Delete detection alone, as `etl run` does it for each incremental table with `deletes: detect`
+    (tasks.deletes.find_deleted_ranges: per key range COUNT + BIT_XOR(CRC32(key)) on replica and
+    source, same page size as tasks/sync.py uses), one table after another, timed per table and per side.
+    Reads only; it deletes nothing."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from config.models import load_pipeline_config
+    from tasks import deletes
+    from tasks.connections import EngineUrls, open_engines
+    from tasks.identifiers import mysql_qualified
+
+    cfg = load_pipeline_config(a.config)
+    urls = EngineUrls(source=f"{a.mysql_url.rstrip('/')}/{a.src}", replica=f"{a.mysql_url.rstrip('/')}/{a.repl}",
+                      analytics=f"{a.pg_url.rstrip('/')}/postgres")
+    out: list[dict] = []
+    t_all = time.monotonic()
+    with open_engines(urls, workers=1, create_replica=False) as engines:
+        for t in cfg.resolved_tables(None):
+            if t.mode != "incremental" or t.deletes != "detect" or not t.primary_key:
+                continue
+            page = max(t.batch_size, 10_000)  # as tasks/sync.py _propagate_deletes
+            with engines.source.connect() as sc, engines.replica.connect() as rc:
+                scur = _TimedCursor(sc.connection.driver_connection.cursor())
+                rcur = _TimedCursor(rc.connection.driver_connection.cursor())
+                t0 = time.monotonic()
+                differing, result = deletes.find_deleted_ranges(
+                    scur, rcur, mysql_qualified(a.src, t.name), mysql_qualified(a.repl, t.name),
+                    tuple(t.primary_key), page)
+                secs = time.monotonic() - t0
+                sc.rollback()
+                rc.rollback()
+            out.append(dict(table=t.name, rows=result.replica_rows, ranges=result.ranges, page=page,
+                            differing=len(differing), seconds=round(secs, 3), source_s=round(scur.seconds, 3),
+                            replica_s=round(rcur.seconds, 3), queries=scur.queries + rcur.queries))
+            print(f"{t.name}: {result.replica_rows} rows, {result.ranges} ranges of {page}, {len(differing)} differing, "
+                  f"{secs:.2f}s (source {scur.seconds:.2f}s, replica {rcur.seconds:.2f}s)", flush=True)
+    Path(a.out).write_text(json.dumps({"stage": "deletes", "work_s": round(time.monotonic() - t_all, 2),
+                                       "startup_s": round(t_all - _T_START, 2), "tables": out}, indent=1))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="dataset scale (1 = ~3M rows; default 1)")
     ap.add_argument("--scales", help="comma list, e.g. 1,4: run everything at each scale and compare peak RSS "
                                      "(scale 4 = ~12M rows: generation alone takes a few minutes)")
-    ap.add_argument("--stages", default=",".join(ALL_STAGES),
+    ap.add_argument("--stages", default=None,
                     help=f"comma list of {','.join(ALL_STAGES)} (default all); 'anchors' runs the anchors of the "
                          f"chosen stages")
     ap.add_argument("--no-gen", action="store_true", help="reuse the existing bench_src")
@@ -841,7 +1104,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tiny-timeout", type=float, default=90,
                     help="stop the 'tiny' run after this many seconds (1.5x its 60 s goal; default 90) and "
                          "report how many tables it loaded")
-    ap.add_argument("--incremental", action="store_true", help="incremental 1%% churn scenario (not implemented yet)")
+    ap.add_argument("--incremental", action="store_true",
+                    help="run the incremental 1%% churn stage (alone, unless --stages is given: then added to it)")
+    ap.add_argument("--incr-pct", type=float, default=1.0,
+                    help="incremental stage: percent of procedurelog updated and inserted (default 1)")
+    ap.add_argument("--incr-deletes-every", type=int, default=0, metavar="N",
+                    help="incremental stage: a second churn + `etl run` whose config sets deletes_every: N (>= 3), "
+                         "so delete detection is not due on that run; 0 (default) skips it")
+    ap.add_argument("--prefect-api-url", help="run `etl run` against this running Prefect server (e.g. "
+                                              "http://127.0.0.1:4200/api from `prefect server start`) instead of "
+                                              "a temporary one per run; say so when you quote the figures")
     ap.add_argument("--no-pgloader", action="store_true", help="skip the pgloader anchor")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/bench-etl"), help="logs, results, configs")
     ap.add_argument("--prefix", default="bench", help="database name prefix (must start with 'bench'; default bench)")
@@ -849,7 +1121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mysql-url", default=DEFAULT_MYSQL_URL, help="MariaDB server URL (no database)")
     ap.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server URL (no database)")
     # child mode (used by the harness itself)
-    ap.add_argument("--child", choices=["replica", "analytics"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["replica", "analytics", "deletes"], help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="stream", help=argparse.SUPPRESS)
     ap.add_argument("--src", default="bench_src", help=argparse.SUPPRESS)
@@ -859,12 +1132,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--child-tables", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    a.stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    bad = [s for s in a.stages if s not in ALL_STAGES + ("incr",)]
+    if a.stages is None:
+        a.stages = "incremental" if a.incremental else ",".join(ALL_STAGES)
+    a.stages = ["incremental" if s.strip() == "incr" else s.strip() for s in a.stages.split(",") if s.strip()]
+    bad = [s for s in a.stages if s not in ALL_STAGES]
     if bad:
         ap.error(f"unknown stage {bad[0]!r}; choose from {', '.join(ALL_STAGES)}")
-    if "incr" in a.stages:
-        a.incremental = True
+    if a.incremental and "incremental" not in a.stages:
+        a.stages.append("incremental")
+    if a.incr_deletes_every and a.incr_deletes_every < 3:
+        # the measured run is the second incremental one after a full refresh: run_count + 1 = 2
+        ap.error("--incr-deletes-every must be 0 or >= 3 (with 2, delete detection would be due on that run)")
     a.scale_list = [float(s) for s in a.scales.split(",")] if a.scales else [a.scale]
     if not a.prefix.startswith("bench") or not a.prefix.replace("_", "").isalnum():
         ap.error("--prefix must start with 'bench' and hold only letters, digits and _")
@@ -875,6 +1153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.child == "deletes":
+        return child_deletes(a)
     if a.child:
         return child_main(a)
     h = Harness(a)
@@ -901,7 +1181,8 @@ def main(argv: list[str] | None = None) -> int:
              "items": {n: dict(kind=it.kind, seconds=it.seconds, median=it.median, rss_mb=it.rss, rows=it.rows,
                                ok=it.ok, checks=it.checks, notes=it.notes, detail=it.detail)
                        for n, it in res.items.items()},
-             "ratios": {f"{o} vs {an}": res.ratio(o, an) for o, an, _ in GOALS}}, indent=1, default=str))
+             "ratios": {**{f"{o} vs {an}": res.ratio(o, an) for o, an, _ in GOALS},
+                        **{f"{n} / full refresh": incr_ratio(res, n) for n in incr_names(res)}}}, indent=1, default=str))
         ok = ok and all(it.ok for it in res.items.values())
     if len(all_res) > 1:
         print(render_rss(all_res) + "\n")

@@ -5,10 +5,15 @@
 #                                  anchor, print one table (stage, rows, s, rows/s, peak RSS, ratio, data check)
 #   make bench SCALE=0.1 BENCH_ARGS='--reps 3 --stages analytics,anchors'
 #   make bench BENCH_ARGS='--no-gen --stages replica'      reuse the data generated last time
+#   make bench BENCH_ARGS='--no-gen --stages incremental'  full refresh, 1% churn on procedurelog, incremental
+#                                  `etl run`: its wall time / the full refresh's (goal < 0.05), per table and
+#                                  phase, delete detection timed alone (~8 min at scale 1)
 #   make bench BENCH_ARGS='--scales 1,4 --stages replica,analytics --tiny-tables 0'   peak RSS vs size
 #   make bench-tools               install pgloader (a Debian package; needs root), used as an anchor
 #
-# Scale 1 takes about 10 minutes on the 2-core box; only databases named bench_* are dropped or created.
+# Scale 1 takes about 20 minutes on the shared 2-core box (the incremental stage adds ~4 of them: churn,
+# the incremental run and its data check); only databases named bench_* are dropped or created, and the
+# incremental stage changes bench_src (1% of procedurelog updated, 1% inserted, per run).
 
 SCALE ?= 1
 BENCH_ARGS ?=
