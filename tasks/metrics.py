@@ -78,9 +78,25 @@ DDL = [
     # connection counters of a table run that opened engines of its own (dispatch=deployment).
     f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS worker text",
     f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS connection_usage jsonb",
+    f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS worker text",
     f"CREATE INDEX IF NOT EXISTS table_runs_started ON {SCHEMA}.table_runs (started_at)",
     f"CREATE INDEX IF NOT EXISTS pipeline_runs_started ON {SCHEMA}.pipeline_runs (started_at)",
 ]
+
+
+def _process_gone(worker: str, host: str) -> bool:
+    """True when `worker` (`name@host:pid`) names a process on `host` that does not exist any more."""
+    at = worker.rpartition("@")[2]
+    whose_host, _, pid = at.rpartition(":")
+    if whose_host != host or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by someone else
+    return False
 
 
 def worker_identity() -> str:
@@ -121,12 +137,38 @@ class MetricsWriter:
         return None if text is None else redact(text, self.secrets)[:4000]
 
     def pipeline_started(self, *, tables_total: int, full_refresh: bool, replica_method: str) -> None:
+        self.mark_abandoned()
         self._exec(
-            f"INSERT INTO {SCHEMA}.pipeline_runs (run_id, status, tables_total, full_refresh, replica_method) "
-            "VALUES (%s, 'running', %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET status = 'running', "
-            "started_at = now(), ended_at = NULL",
-            (self.run_id, tables_total, full_refresh, replica_method),
+            f"INSERT INTO {SCHEMA}.pipeline_runs (run_id, status, tables_total, full_refresh, replica_method, worker) "
+            "VALUES (%s, 'running', %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET status = 'running', "
+            "started_at = now(), ended_at = NULL, worker = EXCLUDED.worker",
+            (self.run_id, tables_total, full_refresh, replica_method, worker_identity()),
         )
+
+    def mark_abandoned(self) -> int:
+        """Rows left `running` by a process of this host that no longer exists (killed, crashed) become
+        `abandoned`, so `etl status` does not show a dead run as running forever. Rows of other hosts
+        are left alone: from here nobody can tell whether their process still lives."""
+        host = socket.gethostname()
+        n = 0
+        with self.engine.connect() as c:
+            raw = c.connection.driver_connection
+            with raw.cursor() as cur:
+                for table, key in (("table_runs", "run_id, table_name"), ("pipeline_runs", "run_id")):
+                    cur.execute(f"SELECT {key}, worker FROM {SCHEMA}.{table} WHERE status = 'running' "
+                                "AND worker IS NOT NULL")
+                    dead = [row[:-1] for row in cur.fetchall() if _process_gone(row[-1], host)]
+                    for ids in dead:
+                        where = " AND ".join(f"{k.strip()} = %s" for k in key.split(","))
+                        cur.execute(f"UPDATE {SCHEMA}.{table} SET status = 'abandoned', ended_at = now()"
+                                    + (", error = 'its process stopped before the table finished (killed or "
+                                       "crashed); the next run converges'" if table == "table_runs" else "")
+                                    + f" WHERE status = 'running' AND {where}", ids)
+                    n += len(dead)
+            raw.commit()
+        if n:
+            log.warning("marked %d run row(s) abandoned: their process on this host is gone", n)
+        return n
 
     def pipeline_finished(self, *, status: str, tables_ok: int, failed: list[str], rows_replica: int,
                           rows_analytics: int, connection_usage: dict | None) -> None:

@@ -213,6 +213,11 @@ def test_sigkill_mid_full_refresh_keeps_yesterdays_table_and_next_run_converges(
     with mysql_connect(etl_env.replica_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM _etl_checkpoints WHERE table_name = 'visits'")
         assert cur.fetchone()[0] == 0
+    # The dead run's rows no longer say "running": the next run saw its process was gone.
+    assert _one(etl_env, "SELECT count(*) FROM etl.pipeline_runs WHERE status = 'running'")[0] == 0
+    assert _one(etl_env, "SELECT count(*) FROM etl.pipeline_runs WHERE status = 'abandoned'")[0] == 1
+    assert _one(etl_env, "SELECT count(*) FROM etl.table_runs WHERE status = 'abandoned' "
+                         "AND table_name = 'visits'")[0] == 1
 
 
 @pytest.mark.parametrize("phase", ["replica", "analytics"])
