@@ -270,7 +270,12 @@ def server_identity(conn: Connection) -> ServerIdentity:
 
 
 def ensure_database(conn: Connection, database: str, *, like_charset: str = "utf8mb4") -> None:
-    conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {mysql_ident(database)} CHARACTER SET {like_charset}")
+    """Create the database if it is missing. Looked up first: `CREATE DATABASE IF NOT EXISTS` waits for
+    a metadata lock behind any DDL running in that database (a 20 s index build stalled a table)."""
+    found = conn.exec_driver_sql("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                                 (database,)).first()
+    if not found:
+        conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {mysql_ident(database)} CHARACTER SET {like_charset}")
 
 
 # A table or column name stored in one of our bookkeeping tables. Names are data and compare byte
