@@ -177,7 +177,7 @@ def test_incremental_scenario_on_sakila(etl_env, prefect_harness) -> None:
     assert _table_run(etl_env, "rental")["mode"] == "incremental"
 
 
-def test_lookback_date_columns_reread_a_window(etl_env, prefect_harness) -> None:
+def test_lookback_date_columns_reread_a_window(etl_env, prefect_harness, capsys) -> None:
     """`lookback: {columns: [...], window: 30d}` re-reads rows dated in the last 30 days every run, so an
     edit that touched no change column still arrives; an edit to an older row does not (which is what
     the window is for, and shows the test can tell the difference)."""
@@ -195,6 +195,9 @@ def test_lookback_date_columns_reread_a_window(etl_env, prefect_harness) -> None
     assert cfg["tables"]["proc"]["mode"] == "incremental"
     assert etl_env.etl("run") == 0
     assert etl_env.etl("run") == 0  # incremental from here on
+    capsys.readouterr()
+    assert etl_env.etl("plan") == 0
+    assert "re-reads rows whose ProcDate, DateComplete is in the last 30d" in capsys.readouterr().out
     # Edits that leave the change column alone (`changed = changed`):
     etl_env.source_sql(
         "UPDATE proc SET fee = 9001, changed = changed WHERE id = 105;"   # ProcDate 5 days ago: in the window
@@ -224,10 +227,10 @@ def test_lookback_column_that_does_not_fit_fails_the_table_by_name(etl_env, pref
         "INSERT INTO proc (id, n, ProcDate) SELECT seq, seq, CURDATE() FROM seq_1_to_10;"
     )
     _config(etl_env, proc={"lookback": {"columns": ["ProcDat"], "window": "30d"}})
-    assert etl_env.etl("run") == 0  # first run is a full load: no window yet
-    assert etl_env.etl("run") == 1
+    assert etl_env.etl("run") == 1  # before any row moves, even on the first (full) run
     err = _table_run(etl_env, "proc")["error"]
-    assert "lookback column 'ProcDat' does not exist (did you mean 'ProcDate'?)" in err and "\n" not in err
+    assert "table 'proc': lookback column 'ProcDat' does not exist (did you mean 'ProcDate'?); " \
+           "fix tables.proc.lookback" in err and "\n" not in err
     _config(etl_env, proc={"lookback": {"columns": ["n"], "window": "30d"}})
     assert etl_env.etl("run") == 1
     assert "lookback column 'n' is int; a lookback window needs a DATE" in _table_run(etl_env, "proc")["error"]
