@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks.errors import SchemaError
-from tasks.identifiers import mysql_ident, pg_column_name, pg_ident
+from tasks.identifiers import PG_MAX_IDENT, mysql_ident, pg_column_name, pg_ident
 from tasks.mysql_schema import Column, TableSchema
 
 INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
@@ -221,8 +221,17 @@ def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[
             raise SchemaError(f"table {schema.name!r}: boolean_columns names {b!r}, which is not a column")
     out: list[PgColumn] = []
     seen: dict[str, str] = {}
+    cuts: dict[str, str] = {}
     for col in schema.columns:
         name = pg_column_name(col.name, column_case)
+        # PostgreSQL keeps the first 63 bytes of a name; two names alike up to there would be one column.
+        cut = name.encode()[:PG_MAX_IDENT].decode(errors="ignore")
+        if cut in cuts and name not in seen:
+            raise SchemaError(
+                f"table {schema.name!r}: columns {cuts[cut]!r} and {col.name!r} are the same in their first 63 "
+                f"bytes, all PostgreSQL keeps of a name; rename one in the source or disable the table"
+            )
+        cuts[cut] = col.name
         if name in seen:
             raise SchemaError(
                 f"table {schema.name!r}: columns {seen[name]!r} and {col.name!r} both become {name!r} in "

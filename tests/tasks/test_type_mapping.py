@@ -82,3 +82,16 @@ def test_boolean_column_must_exist() -> None:
     schema = TableSchema("db", "t", (col("int", name="Id"),), ("Id",), 0, 0)
     with pytest.raises(SchemaError, match="boolean_columns names 'IsActive', which is not a column"):
         pg_columns(schema, column_case="lower", boolean_columns=("IsActive",))
+
+
+def test_columns_alike_in_the_63_bytes_postgresql_keeps_are_refused() -> None:
+    base = "x" * 62
+    schema = TableSchema("db", "t", (col("int", name=base + "_a"), col("int", name=base + "_b")), (), 0, 0)
+    with pytest.raises(SchemaError, match="columns 'x+_a' and 'x+_b' are the same in their first 63 bytes"):
+        pg_columns(schema, column_case="lower")
+    # Multibyte: 'é' is two bytes, so 32 of them pass 63 bytes; one character more or less differs.
+    ok = TableSchema("db", "t", (col("int", name="é" * 31 + "a"), col("int", name="é" * 31 + "b")), (), 0, 0)
+    assert len(pg_columns(ok, column_case="lower")) == 2
+    clash = TableSchema("db", "t", (col("int", name="é" * 32 + "a"), col("int", name="é" * 32 + "b")), (), 0, 0)
+    with pytest.raises(SchemaError, match="first 63 bytes"):
+        pg_columns(clash, column_case="lower")
