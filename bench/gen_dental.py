@@ -33,6 +33,7 @@ Only the standard library and PyMySQL are used, and the file is self-contained.
 
   python bench/gen_dental.py --url mysql+pymysql://root@127.0.0.1:3306/clinic --scale 0.01
   python bench/gen_dental.py --url ... --mutate --round 1   # 1% updates + 1% inserts (procedurelog)
+  python bench/gen_dental.py --url ... --mutate --spread recent   # the updates among the newest 5% of keys
 
 In Python: ``generate(url, scale)`` returns rows per table; ``mutate(url, round_no)``
 returns what it changed. A password in the URL must be percent-encoded (as in
@@ -47,6 +48,7 @@ import re
 import sys
 import threading
 import time
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
@@ -726,15 +728,42 @@ def table_sizes(url: str) -> dict[str, tuple[int, int]]:
 
 # --------------------------------------------------------------------------- mutate
 
-def mutate(url: str, round_no: int, *, pct: float = 1.0, verbose: bool = False) -> dict:
+Spread = Literal["uniform", "recent"]
+SPREADS: tuple[str, ...] = ("uniform", "recent")
+RECENT_STEP = 5  # spread="recent": every 5th key of the newest 5% (at pct=1) of the key space
+
+
+def update_keys(max_id: int, k: int, mod: int, round_no: int, spread: Spread) -> tuple[int, int, int, int]:
+    """Which procedurelog keys ``mutate`` updates: ``(lo, hi, step, rest)`` = every ProcNum in
+    [lo, hi] with ProcNum % step == rest.
+
+    ``uniform``: every ``mod``-th key of the whole table (one row on every data page).
+    ``recent``: the same number of rows (``k``) among the newest keys, as a clinic edits today's
+    procedures: every 5th key of the last ``5 * k`` keys (fewer keys apart when the table is too
+    small for that). ``round_no`` picks the residue, so successive rounds touch different rows.
+    """
+    if spread == "uniform":
+        return 1, max_id, mod, (37 + round_no) % mod
+    if spread != "recent":
+        raise ValueError(f"spread must be one of {', '.join(SPREADS)}, not {spread!r}")
+    step = max(1, min(RECENT_STEP, max_id // max(k, 1)))
+    return max(1, max_id - k * step + 1), max_id, step, round_no % step
+
+
+def mutate(url: str, round_no: int, *, pct: float = 1.0, spread: Spread = "uniform",
+           verbose: bool = False) -> dict:
     """Incremental change set on procedurelog: update ``pct``% of the rows (ProcFee + 1,
     ProcStatus = 2, so SecDateTEdit moves via ON UPDATE CURRENT_TIMESTAMP) and insert
-    ``pct``% new rows (SecDateTEdit = NOW()). ``round_no`` picks which rows get updated
-    (ProcNum % (100/pct) == (37 + round_no) % (100/pct)), so successive rounds touch
-    different rows. At least one row is inserted.
+    ``pct``% new rows (SecDateTEdit = NOW()). ``spread`` says where the updated rows are
+    (see ``update_keys``): ``uniform`` (ProcNum % (100/pct) == (37 + round_no) % (100/pct),
+    spread over every page) or ``recent`` (every 5th of the newest keys). ``round_no`` picks
+    which rows get updated, so successive rounds touch different rows. At least one row is
+    inserted.
     """
     if not 0 < pct <= 100:
         raise ValueError("pct must be in (0, 100]")
+    if spread not in SPREADS:
+        raise ValueError(f"spread must be one of {', '.join(SPREADS)}, not {spread!r}")
     p = parse_url(url)
     conn = _connect(p, p.database, session=MUTATE_SESSION)
     try:
@@ -749,18 +778,19 @@ def mutate(url: str, round_no: int, *, pct: float = 1.0, verbose: bool = False) 
             raise RuntimeError(f"{p.redacted()}: no patients/appointments; run generate() first")
         k = max(1, int(n_rows * pct / 100))
         mod = max(1, int(round(100 / pct)))
+        lo, hi, step, rest = update_keys(max_id, k, mod, round_no, spread)
         t0 = time.time()
         with conn.cursor() as cur:
-            cur.execute(f"UPDATE procedurelog SET ProcFee = ProcFee + 1.00, ProcStatus = 2 "
-                        f"WHERE ProcNum % {mod} = {(37 + round_no) % mod} AND ProcNum <= {max_id}")
+            cur.execute("UPDATE procedurelog SET ProcFee = ProcFee + 1.00, ProcStatus = 2 "
+                        "WHERE ProcNum BETWEEN %s AND %s AND ProcNum %% %s = %s", (lo, hi, step, rest))
             updated = cur.rowcount
         _exec(conn, sql_procedurelog(max_id + 1, max_id + k, n_pat, n_apt, tedit="NOW()"),
               "insert", verbose)
         secs = time.time() - t0
     finally:
         conn.close()
-    return {"database": p.database, "table": "procedurelog", "round": round_no,
-            "updated": updated, "inserted": k, "first_new_id": max_id + 1,
+    return {"database": p.database, "table": "procedurelog", "round": round_no, "spread": spread,
+            "updated": updated, "updated_ids": (lo, hi, step, rest), "inserted": k, "first_new_id": max_id + 1,
             "last_new_id": max_id + k, "seconds": round(secs, 3)}
 
 
@@ -779,14 +809,19 @@ def main(argv=None) -> int:
     ap.add_argument("--mutate", action="store_true", help="apply the incremental change set instead")
     ap.add_argument("--pct", type=float, default=1.0, help="--mutate: percent updated and inserted")
     ap.add_argument("--round", type=int, default=0, help="--mutate: picks which 1%% gets updated")
+    ap.add_argument("--spread", choices=SPREADS, default="uniform",
+                    help="--mutate: which rows get updated: uniform = every 100th key of the whole table "
+                         "(default), recent = every 5th key of the newest 5%% (as a clinic edits recent rows)")
     ap.add_argument("-v", "--verbose", action="store_true", help="per-step timings on stderr")
     args = ap.parse_args(argv)
     try:
         p = parse_url(args.url)
         if args.mutate:
-            r = mutate(args.url, args.round, pct=args.pct, verbose=args.verbose)
+            r = mutate(args.url, args.round, pct=args.pct, spread=args.spread, verbose=args.verbose)
+            lo, hi, step, rest = r["updated_ids"]
             print(f"mutated {p.redacted()} procedurelog: {r['updated']} updated, {r['inserted']} "
-                  f"inserted (ids {r['first_new_id']}-{r['last_new_id']}) in {r['seconds']:.1f}s")
+                  f"inserted (ids {r['first_new_id']}-{r['last_new_id']}) in {r['seconds']:.1f}s; "
+                  f"spread {r['spread']}: updated ids {lo}-{hi} with id % {step} = {rest}")
             return 0
         t0 = time.time()
         rows = generate(args.url, args.scale, verbose=args.verbose, jobs=args.jobs,

@@ -222,6 +222,33 @@ def test_mutate_updates_and_inserts_one_percent(new_db):
     assert r2["first_new_id"] == r["last_new_id"] + 1
 
 
+def test_mutate_recent_updates_every_fifth_of_the_newest_keys(new_db):
+    url = new_db()
+    db = gd.parse_url(url).database
+    n = gd.generate(url, SCALE)["procedurelog"]
+    k = n // 100
+    before = dict(_q(db, "SELECT ProcNum, ProcFee FROM procedurelog"))
+    (start,), = _q(db, "SELECT NOW()")
+    r = gd.mutate(url, 3, spread="recent")
+    # the same number of rows as "uniform", all among the newest 5 * k keys: 3 = round 3 % 5
+    want = {i for i in range(n - 5 * k + 1, n + 1) if i % 5 == 3}
+    assert len(want) == k and r["updated"] == k and r["spread"] == "recent"
+    assert r["inserted"] == k and r["first_new_id"] == n + 1
+    touched = {i for (i,) in _q(db, "SELECT ProcNum FROM procedurelog WHERE SecDateTEdit >= %s AND ProcNum <= %s",
+                                (start, n))}
+    assert touched == want
+    after = dict(_q(db, "SELECT ProcNum, ProcFee FROM procedurelog WHERE ProcNum <= %s", (n,)))
+    assert {i for i in before if after[i] != before[i]} == want
+    assert all(after[i] == before[i] + 1 for i in want)
+    assert _q(db, "SELECT COUNT(*) FROM procedurelog WHERE ProcNum > %s AND SecDateTEdit >= %s", (n, start))[0][0] == k
+    # the next round picks other rows among the (moved) newest keys
+    r2 = gd.mutate(url, 4, spread="recent")
+    lo, hi, step, rest = r2["updated_ids"]
+    assert (hi, step, rest) == (n + k, 5, 4) and lo == n + k - 5 * (n + k) // 100 + 1
+    with pytest.raises(ValueError, match="uniform, recent"):
+        gd.mutate(url, 1, spread="everywhere")
+
+
 def test_job_error_is_raised(tiny):
     url, _, _ = tiny
     with pytest.raises(RuntimeError, match="broken"):
