@@ -304,11 +304,36 @@ def _load_full(
         pg.autocommit = True
         execute(cur, f"ANALYZE {pg_qualified(pg_schema, pg_name)}")
         pg.autocommit = False
-    if stats.nul_chars_removed:
-        stats.notes.append(f"{stats.nul_chars_removed} NUL characters removed from text (PostgreSQL cannot store them)")
-        log.warning("%s: removed %d NUL characters from text values", table.name, stats.nul_chars_removed)
+    report_nul_chars(engines, table_sql, table.name, cols, stats)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def report_nul_chars(engines: Engines, table_sql: str, table: str, cols: list[PgColumn], stats: PhaseStats) -> None:
+    """When a load removed NUL characters (PostgreSQL text cannot hold them), say so in the run's notes
+    and log, naming the columns and how many replica rows hold one, so the source can be fixed."""
+    if not stats.nul_chars_removed:
+        return
+    text_cols = [c.source.name for c in cols if c.source.data_type in _TEXT_TYPES]
+    where = ""
+    try:
+        with engines.replica.connect() as rc:
+            cur = rc.connection.driver_connection.cursor()
+            execute(cur, "SELECT " + ", ".join(f"SUM(LOCATE(CHAR(0), {mysql_ident(c)}) > 0)" for c in text_cols)
+                    + f" FROM {table_sql}")
+            counts = cur.fetchone()
+            found = [f"{c} ({int(n)} rows)" for c, n in zip(text_cols, counts) if n]
+            if found:
+                where = "; columns holding them: " + ", ".join(found)
+    except Exception as e:  # noqa: BLE001 - the note is a courtesy; the load itself succeeded
+        log.warning("%s: could not find the columns holding NUL characters: %s", table, redact(str(e)))
+    note = f"{stats.nul_chars_removed} NUL characters removed from text (PostgreSQL cannot store them){where}"
+    stats.notes.append(note)
+    log.warning("%s: %s", table, note)
+
+
+# Source types whose values reach PostgreSQL as text (where a NUL character is removed).
+_TEXT_TYPES = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"}
 
 
 def _copy_part(engines: Engines, query: LineQuery, copy_sql: str, cols: list[PgColumn], table: str,

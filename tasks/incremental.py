@@ -25,7 +25,7 @@ import psycopg2
 
 from config.models import LookbackWindow, ResolvedTable, parse_lookback_seconds
 from tasks import faults
-from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error
+from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error, report_nul_chars
 from tasks.connections import Engines
 from tasks.errors import SchemaError
 from tasks.identifiers import (
@@ -360,6 +360,7 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
             pg.rollback()
             rc.invalidate()
             raise
+    report_nul_chars(engines, rep_sql, table.name, cols, stats)
     stats.watermark_after = TableState(watermarks=new_wm).describe()
     stats.seconds = time.monotonic() - started
     return stats

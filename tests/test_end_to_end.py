@@ -78,7 +78,7 @@ def test_every_type_arrives_unchanged(etl_env, prefect_harness, monkeypatch, met
         cur.execute("SELECT notes, status, analytics_rows FROM etl.table_runs WHERE table_name = 'nul_text'")
         notes, status, rows = cur.fetchone()
         assert status == "ok" and rows > 0
-        assert "NUL characters removed" in notes
+        assert "NUL characters removed" in notes and "columns holding them: t (" in notes
         # Several chunks and two parallel COPY streams were really used for the big table.
         cur.execute("SELECT count(*) FROM raw.wide_rows")
         assert cur.fetchone()[0] > 700 * 2
@@ -174,7 +174,15 @@ def test_latin1_column_holding_bytes_that_are_not_utf8(etl_env, prefect_harness,
         src.close()
         rep.close()
         pg.close()
-    # An incremental run over the same table (merge path) keeps the bytes too.
-    etl_env.source_sql("UPDATE legacy SET memo = CONCAT(memo, X'FF81') WHERE id % 3 = 0")
+    # An incremental run over the same table (merge path) keeps the bytes too. Row 2's memo holds a
+    # NUL, which PostgreSQL cannot store: removed, and the run's notes name the column.
+    etl_env.source_sql("UPDATE legacy SET memo = CONCAT(memo, X'FF81') WHERE id % 3 = 0 OR id = 2")
     assert etl_env.etl("run") == 0
     assert_all_copies_equal(etl_env)
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT mode, notes FROM etl.table_runs WHERE table_name = 'legacy' ORDER BY started_at")
+        (first_mode, first), (mode, notes) = cur.fetchall()
+    pg.close()
+    assert first_mode == "full" and "columns holding them: memo (" in first
+    assert mode == "incremental" and "NUL characters removed" in notes and "memo (" in notes
