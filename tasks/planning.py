@@ -72,6 +72,11 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                 except SchemaError as e:
                     p.problems.append(str(e))
                     continue
+                if mode == "incremental":
+                    unindexed = _unindexed(conn, source_db, t.name, t.incremental_columns)
+                    if unindexed:
+                        why += (f"; no index starts with {', '.join(unindexed)}: every run scans the whole table "
+                                f"to find changes (an index on the source makes runs cheap)")
                 st = states.get(t.name)
                 p.watermark = st.describe() if st else None
                 p.chunks = max(1, math.ceil((p.estimated_rows or 0) / t.batch_size)) if p.key else 1
@@ -136,6 +141,15 @@ def _estimate_changed(conn, source_db: str, table: str, st) -> int:  # noqa: ANN
         ).mappings().first()
         total += int(row["rows"] or 0) if row else 0
     return total
+
+
+def _unindexed(conn, source_db: str, table: str, columns: tuple[str, ...]) -> list[str]:  # noqa: ANN001
+    """Change columns that lead no index of the source table (finding changes by them is a scan)."""
+    rows = conn.exec_driver_sql(
+        "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
+        "AND SEQ_IN_INDEX = 1", (source_db, table)).fetchall()
+    leading = {str(r[0]).lower() for r in rows}
+    return [c for c in columns if c.lower() not in leading]
 
 
 def _auto_method(settings: Settings, src_conn) -> str:  # noqa: ANN001
