@@ -925,7 +925,7 @@ def render_incr_summary(res: Results, name: str, tabs: list[dict]) -> list[str]:
                    f"{ch.get('inserted', 0):,} inserted")
     dd = res.get("incremental: delete detection alone")
     d = (dd.detail.get("tables") or {}) if dd else {}
-    if d.get("tables") and name == incr_names(res)[0]:
+    if d.get("tables") and name == incr_names(res)[-1]:  # it runs after the last incremental run
         dt = d["tables"]
         out.append(f"  delete detection timed alone afterwards (tasks/deletes.find_deleted_ranges, one table at a time): "
                    f"{sum(t['seconds'] for t in dt):.1f}s = source {sum(t['source_s'] for t in dt):.1f}s + replica "
