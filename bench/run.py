@@ -1130,7 +1130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--incr-pct", type=float, default=1.0,
                     help="incremental stage: percent of procedurelog updated and inserted (default 1)")
     ap.add_argument("--incr-deletes-every", type=int, default=0, metavar="N",
-                    help="incremental stage: a second churn + `etl run` whose config sets deletes_every: N (>= 3), "
+                    help="incremental stage: one more churn + `etl run` whose config sets deletes_every: N (> 2 + the "
+                         "number of spreads, e.g. >= 4 with --incr-spread both), "
                          "so delete detection is not due on that run; 0 (default) skips it")
     ap.add_argument("--incr-spread", choices=(*INCR_SPREADS, "both"), default="both",
                     help="incremental stage: which procedurelog rows the 1%% churn updates: uniform = every 100th "
@@ -1165,10 +1166,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"unknown stage {bad[0]!r}; choose from {', '.join(ALL_STAGES)}")
     if a.incremental and "incremental" not in a.stages:
         a.stages.append("incremental")
-    if a.incr_deletes_every and a.incr_deletes_every < 3:
-        # the measured run is the second incremental one after a full refresh: run_count + 1 = 2
-        ap.error("--incr-deletes-every must be 0 or >= 3 (with 2, delete detection would be due on that run)")
     a.incr_spreads = INCR_SPREADS if a.incr_spread == "both" else (a.incr_spread,)
+    nth = len(a.incr_spreads) + 1  # that run follows one incremental run per spread: run_count + 1 = nth
+    if a.incr_deletes_every and a.incr_deletes_every <= nth:
+        ap.error(f"--incr-deletes-every must be 0 or > {nth} with --incr-spread {a.incr_spread} (that run is incremental "
+                 f"run {nth} after the full refresh; with N <= {nth} delete detection could be due on it)")
     a.scale_list = [float(s) for s in a.scales.split(",")] if a.scales else [a.scale]
     if not a.prefix.startswith("bench") or not a.prefix.replace("_", "").isalnum():
         ap.error("--prefix must start with 'bench' and hold only letters, digits and _")
