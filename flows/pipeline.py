@@ -17,6 +17,7 @@ A failing table does not stop the others; the parent run ends Failed and names e
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from contextlib import nullcontext
@@ -43,6 +44,7 @@ from tasks.mysql_schema import server_identity
 from tasks.progress import Progress
 from tasks.reports import run_report
 from tasks.schedule_guard import check_blackout
+from tasks.state import mysql_incremental_tables
 from tasks.verify import count_check
 
 RETRIES = 3
@@ -294,17 +296,25 @@ def dispatch_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
 
 
 @flow(flow_run_name="group-{group}", validate_parameters=False)
-def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions) -> list[TableOutcome]:
-    """Run one priority group's tables concurrently; collect every outcome, failed or not."""
+def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions, workers: int = 1,
+               light: list[str] | None = None) -> list[TableOutcome]:
+    """Run one priority group's tables concurrently; collect every outcome, failed or not.
+
+    Tables with little to do share batch flow runs (see SMALL_TABLE_ROWS): small tables, and the
+    tables in `light` (their last sync was incremental, so this run moves only what changed). The
+    batches are at least `workers` many, dealt largest table first, so they still run side by side.
+    """
     runner = dispatch_table if opts.dispatch == "deployment" else run_table
     # Largest first: a big table started last would leave the other workers idle at the end.
     tables = sorted(tables, key=lambda t: -(t.estimated_rows or 0))
     small: list[ResolvedTable] = []
     if opts.dispatch != "deployment":
-        small = [t for t in tables if t.estimated_rows is not None and t.estimated_rows <= SMALL_TABLE_ROWS]
+        light_names = set(light or ())
+        small = [t for t in tables if t.name in light_names
+                 or (t.estimated_rows is not None and t.estimated_rows <= SMALL_TABLE_ROWS)]
         tables = [t for t in tables if t not in small]
     futures = [runner.submit(t, opts) for t in tables]
-    batches = [small[i:i + SMALL_TABLE_BATCH] for i in range(0, len(small), SMALL_TABLE_BATCH)]
+    batches = deal_batches(small, workers=workers)
     batch_futures = [run_small_tables.submit(group, n, b, opts) for n, b in enumerate(batches, start=1)]
     outcomes = []
     for b, fut in zip(batches, batch_futures):
@@ -329,10 +339,24 @@ def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions) -> lis
     return outcomes
 
 
+def deal_batches(tables: list[ResolvedTable], *, workers: int) -> list[list[ResolvedTable]]:
+    """At most SMALL_TABLE_BATCH tables per batch and at least `workers` batches (when there are that
+    many tables), dealt round-robin so the largest tables land in different batches."""
+    if not tables:
+        return []
+    n = min(len(tables), max(math.ceil(len(tables) / SMALL_TABLE_BATCH), workers))
+    return [tables[i::n] for i in range(n)]
+
+
 def _database_of(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).database or ""
+
+
+def _incremental_tables(engines: Engines, replica_db: str) -> set[str]:
+    with engines.replica.connect() as rc:
+        return mysql_incremental_tables(rc.connection.driver_connection.cursor(), replica_db)
 
 
 def _replica_method(settings: Settings, engines: Engines, requested: str | None = None) -> str:
@@ -439,6 +463,9 @@ def etl_pipeline(
                 blocks=blocks.model_dump() if blocks is not None else None,
                 loaded_at_column=cfg.analytics.loaded_at_column,
             )
+            # Tables whose last sync was incremental move only what changed: they share batch flow runs
+            # instead of paying a flow run each (the orchestration, not the copy, dominates them).
+            light = set() if full_refresh or dispatch == "deployment" else _incremental_tables(engines, opts.replica_db)
             metrics = MetricsWriter(engines.analytics, run_id, urls.secrets())
             metrics.ensure_schema()
             metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
@@ -451,7 +478,9 @@ def etl_pipeline(
                 if not members:
                     continue
                 runner = ThreadPoolTaskRunner(max_workers=group.workers)
-                outcomes.extend(group_flow.with_options(task_runner=runner)(group.name, members, opts))
+                outcomes.extend(group_flow.with_options(task_runner=runner)(
+                    group.name, members, opts, workers=group.workers,
+                    light=[t.name for t in members if t.name in light]))
 
             failed = [o.table for o in outcomes if o.status != "ok"]
         finally:

@@ -20,7 +20,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.identifiers import execute, mysql_ident
+from tasks.identifiers import execute, mysql_ident, mysql_qualified
 from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
 from tasks.type_mapping import INTEGER_TYPES
 
@@ -90,6 +90,18 @@ def mysql_load(cur: Any, table: str) -> TableState | None:
         if col != "":
             st.watermarks[col] = wdt if wdt is not None else (int(wint) if wint is not None else None)
     return st
+
+
+def mysql_incremental_tables(cur: Any, replica_db: str) -> set[str]:
+    """Tables whose last replica sync saved a watermark (the next run will be incremental unless the
+    config or the schema changed); empty when the replica has no state yet."""
+    cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                (replica_db, MYSQL_STATE))
+    if not cur.fetchone()[0]:
+        return set()
+    cur.execute(f"SELECT DISTINCT table_name FROM {mysql_qualified(replica_db, MYSQL_STATE)} "
+                "WHERE column_name <> '' AND (wm_datetime IS NOT NULL OR wm_int IS NOT NULL)")
+    return {str(r[0]) for r in cur.fetchall()}
 
 
 def mysql_save(cur: Any, table: str, st: TableState) -> None:

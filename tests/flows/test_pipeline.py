@@ -236,3 +236,56 @@ def test_source_connections_are_capped(etl_env, prefect_harness, monkeypatch) ->
     assert (usage["source"]["pool_size"], usage["source"]["max_overflow"]) == (1, 0), usage
     assert usage["source"]["peak_checked_out"] == 1, usage
     assert usage["replica"]["peak_checked_out"] >= 2, usage  # the two workers did run side by side
+
+
+def _flow_run_count(name: str) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))))
+
+
+def test_incremental_tables_share_batch_flow_runs_side_by_side(etl_env, prefect_harness) -> None:
+    """Once a table syncs incrementally, a run moves only what changed and a flow run per table would
+    cost more than the work: such tables share `tables-<group>-<n>` flow runs, at least one per
+    worker, which still run side by side."""
+    names = ("patient", "appointment", "claim", "payment")
+    etl_env.source_sql("".join(
+        f"CREATE TABLE {t} (id INT PRIMARY KEY, v VARCHAR(20), changed TIMESTAMP NOT NULL DEFAULT "
+        f"CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP); INSERT INTO {t} (id, v) SELECT seq, 'x' FROM seq_1_to_300;"
+        for t in names))
+    etl_env.write_config("priorities:\n  - {name: critical, workers: 2}\ndefaults: {batch_size: 100}\ntables:\n" + "".join(
+        f"  {t}: {{priority: critical, primary_key: [id], mode: incremental, incremental_columns: [changed]}}\n"
+        for t in names))
+    assert etl_env.etl("run") == 0  # first run: full loads, one flow run per table
+    before = {t: _flow_run_count(f"table-{t}") for t in names}
+    assert all(n >= 1 for n in before.values())
+
+    etl_env.source_sql("".join(f"UPDATE {t} SET v = 'changed' WHERE id % 7 = 0;" for t in names))
+    for t in names:
+        faults.inject(faults.Fault("replica", t, after_chunks=1, action="sleep", seconds=2.0))
+    assert etl_env.etl("run") == 0
+    faults.clear()
+    # No new per-table flow runs; every table ran incrementally, two at a time, never more.
+    assert {t: _flow_run_count(f"table-{t}") for t in names} == before
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT table_name, mode, status, started_at, ended_at FROM etl.table_runs WHERE run_id = "
+                    "(SELECT run_id FROM etl.pipeline_runs ORDER BY started_at DESC LIMIT 1)")
+        runs = cur.fetchall()
+    pg.close()
+    assert sorted((r[0], r[1], r[2]) for r in runs) == sorted((t, "incremental", "ok") for t in names)
+    events = sorted([(r[3], 1) for r in runs] + [(r[4], -1) for r in runs])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2
+    src = etl_env.mysql()
+    pg = etl_env.pg()
+    try:
+        for t in names:
+            assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", t)
+    finally:
+        src.close(), pg.close()
