@@ -302,7 +302,7 @@ def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions, worker
 
     Tables with little to do share batch flow runs (see SMALL_TABLE_ROWS): small tables, and the
     tables in `light` (their last sync was incremental, so this run moves only what changed). The
-    batches are at least `workers` many, dealt largest table first, so they still run side by side.
+    batches are at least `workers` many and balanced by estimated rows, so they run side by side.
     """
     runner = dispatch_table if opts.dispatch == "deployment" else run_table
     # Largest first: a big table started last would leave the other workers idle at the end.
@@ -341,11 +341,18 @@ def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions, worker
 
 def deal_batches(tables: list[ResolvedTable], *, workers: int) -> list[list[ResolvedTable]]:
     """At most SMALL_TABLE_BATCH tables per batch and at least `workers` batches (when there are that
-    many tables), dealt round-robin so the largest tables land in different batches."""
+    many tables). Largest first, each table goes to the batch with the fewest estimated rows so far,
+    so one big table does not hold a queue of small ones behind it."""
     if not tables:
         return []
     n = min(len(tables), max(math.ceil(len(tables) / SMALL_TABLE_BATCH), workers))
-    return [tables[i::n] for i in range(n)]
+    batches: list[list[ResolvedTable]] = [[] for _ in range(n)]
+    rows = [0] * n
+    for t in sorted(tables, key=lambda t: -(t.estimated_rows or 0)):
+        i = min((j for j in range(n) if len(batches[j]) < SMALL_TABLE_BATCH), key=lambda j: (rows[j], len(batches[j])))
+        batches[i].append(t)
+        rows[i] += (t.estimated_rows or 0) + 1
+    return batches
 
 
 def _database_of(url: str) -> str:

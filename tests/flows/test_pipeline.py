@@ -289,3 +289,21 @@ def test_incremental_tables_share_batch_flow_runs_side_by_side(etl_env, prefect_
             assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", t)
     finally:
         src.close(), pg.close()
+
+
+def test_batches_are_balanced_by_estimated_rows_and_capped() -> None:
+    from config.models import parse_pipeline_config
+    from flows.pipeline import SMALL_TABLE_BATCH, deal_batches
+
+    sizes = {"procedurelog": 2_000_000, "appointment": 400_000, "paysplit": 200_000, "claim": 150_000,
+             "provider": 50, "definition": None}
+    cfg = parse_pipeline_config("tables:\n" + "".join(
+        f"  {t}: {{estimated_rows: {n if n is not None else 'null'}}}\n" for t, n in sizes.items()))
+    batches = deal_batches(cfg.resolved_tables(), workers=2)
+    # The big table runs alone; the rest share the other batch instead of queueing behind it.
+    assert [[t.name for t in b] for b in batches] == [
+        ["procedurelog"], ["appointment", "paysplit", "claim", "provider", "definition"]]
+    tiny = parse_pipeline_config("tables:\n" + "".join(f"  t{i}: {{estimated_rows: 10}}\n" for i in range(60)))
+    batches = deal_batches(tiny.resolved_tables(), workers=2)
+    assert [len(b) for b in batches] == [20, 20, 20] and max(map(len, batches)) <= SMALL_TABLE_BATCH
+    assert deal_batches([], workers=2) == []
