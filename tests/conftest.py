@@ -45,6 +45,18 @@ def pg_connect(db: str) -> psycopg2.extensions.connection:
     return conn
 
 
+def wait_for(predicate, timeout: float = 60.0) -> bool:
+    """Poll `predicate` every 0.1 s until it is true (True) or `timeout` seconds pass (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def run_mysql_script(db: str, text: str) -> None:
     """Run a multi-statement SQL script (no DELIMITER blocks) in `db`."""
     conn = pymysql.connect(**MYSQL, database=db, charset="utf8mb4", autocommit=True, ssl_disabled=True,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG, ROOT, mysql_connect
+from tests.conftest import PG, ROOT, mysql_connect, wait_for
 from tests.dbcompare import assert_mysql_equal, assert_pg_matches_mysql, fetch_mysql_rows, fetch_pg_rows
 
 # 2,000 rows in 100-row chunks: a kill after chunk 5 is well inside the table.
@@ -42,15 +42,6 @@ TODAY = ("UPDATE visits SET note = CONCAT(note, '-new'), updated_at = '2024-06-0
          f"INSERT INTO visits SELECT {ROWS} + seq, CONCAT('late ', seq), '2024-06-02' + INTERVAL seq SECOND "
          "FROM seq_1_to_200;")
 TODAY_FULL = TODAY + "DELETE FROM visits WHERE id % 97 = 0;"
-
-
-def _wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _keep_yesterday(env, table: str = "visits") -> None:
@@ -322,7 +313,7 @@ def test_unreachable_database_at_start_fails_naming_it_and_touches_nothing(
         db = _prefect_database()
         stored = b"".join(f.read_bytes() for f in db.parent.glob(db.name + "*"))
         return f"cannot reach the {role} database".encode() in stored
-    assert _wait_for(api_has_the_failure, timeout=30)
+    assert wait_for(api_has_the_failure, timeout=30)
     for text in (message, chain, out.out, out.err, state.message or "", check.state.message or ""):
         assert password not in text and quoted not in text
     assert password.encode() not in stored and quoted.encode() not in stored
@@ -379,7 +370,7 @@ def test_lock_wait_timeout_merging_into_the_replica_is_retried(etl_env, prefect_
             def failed_once() -> bool:
                 row = _one(etl_env, "SELECT count(*) FROM etl.errors WHERE table_name = 'ledger'")
                 return bool(row and row[0])
-            _wait_for(failed_once, timeout=120)
+            wait_for(failed_once, timeout=120)
         finally:
             holder.rollback()
             holder.close()

@@ -7,10 +7,9 @@ the table there long enough for the kill to land.
 from __future__ import annotations
 
 import threading
-import time
 
 from tasks import faults
-from tests.conftest import mysql_connect
+from tests.conftest import mysql_connect, wait_for
 from tests.dbcompare import assert_mysql_equal, assert_pg_matches_mysql
 
 TABLE = (
@@ -18,15 +17,6 @@ TABLE = (
     "INSERT INTO visits SELECT seq, CONCAT('visit\\t', seq), '2024-01-01' + INTERVAL seq SECOND FROM seq_1_to_1000;"
 )
 CONFIG = "defaults: {batch_size: 100}\ntables:\n  visits: {primary_key: [id]}\n"
-
-
-def _wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _notes_and_errors(env):
@@ -65,7 +55,7 @@ def test_killed_source_connection_is_retried_and_resumes(etl_env, prefect_harnes
                     cur.execute(f"SELECT rows_done FROM `{etl_env.replica_db}`._etl_checkpoints WHERE table_name = 'visits'")
                     row = cur.fetchone()
                     return bool(row and row[0] >= 300)
-            ok = _wait_for(checkpoint_at_300)
+            ok = wait_for(checkpoint_at_300)
             if ok:
                 with admin.cursor() as cur:
                     cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", (etl_env.source_db,))
@@ -102,7 +92,7 @@ def test_terminated_analytics_connection_is_retried_and_resumes(etl_env, prefect
                     cur.execute("SELECT rows_done FROM etl.load_checkpoints WHERE table_name = 'visits'")
                     row = cur.fetchone()
                     return bool(row and row[0] >= 400)
-            if _wait_for(checkpoint_at_400):
+            if wait_for(checkpoint_at_400):
                 with pg.cursor() as cur:
                     cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
