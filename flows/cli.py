@@ -23,6 +23,9 @@ import sys
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "etl")
 # The temporary local API would try to send telemetry; clinics often run without internet access.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL each command starts a temporary local API; its first start on a machine
+# creates and migrates Prefect's SQLite database, which took ~25 s here, past Prefect's 20 s default.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from config.settings import Settings  # noqa: E402
 from tasks.errors import EtlError, redact  # noqa: E402
