@@ -123,7 +123,7 @@ def date_window_passes(cur: Any, table_sql: str, lookback: LookbackWindow, types
     span = dt.timedelta(seconds=parse_lookback_seconds(lookback.window))
     out: list[Pass] = []
     for c in lookback.columns:
-        kind = check_window_column(table_sql, c, types)
+        kind = check_window_column(readable(table_sql), c, types)
         low = utc_now - span if kind == "timestamp" else utc_now - span - dt.timedelta(hours=12)
         if kind == "date":
             low = dt.datetime.combine(low.date(), dt.time())
@@ -133,18 +133,18 @@ def date_window_passes(cur: Any, table_sql: str, lookback: LookbackWindow, types
     return out
 
 
-def check_window_column(table_sql: str, column: str, types: dict[str, str]) -> str:
-    """The column's type for a lookback window, or a SchemaError that says what to fix."""
+def check_window_column(where: str, column: str, types: dict[str, str], *, fix: str = "lookback.columns") -> str:
+    """The column's type for a lookback window, or a SchemaError naming `where`, the column and `fix`."""
     kind = types.get(column)
     if kind is None:
         import difflib
 
         m = difflib.get_close_matches(column, list(types), n=1)
         hint = f" (did you mean {m[0]!r}?)" if m else ""
-        raise SchemaError(f"{readable(table_sql)}: lookback column {column!r} does not exist{hint}; fix lookback.columns")
+        raise SchemaError(f"{where}: lookback column {column!r} does not exist{hint}; fix {fix}")
     if kind not in ("date", "datetime", "timestamp"):
-        raise SchemaError(f"{readable(table_sql)}: lookback column {column!r} is {kind}; a lookback window needs a DATE, "
-                          f"DATETIME or TIMESTAMP column; fix lookback.columns")
+        raise SchemaError(f"{where}: lookback column {column!r} is {kind}; a lookback window needs a DATE, "
+                          f"DATETIME or TIMESTAMP column; fix {fix}")
     return kind
 
 

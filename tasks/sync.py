@@ -26,7 +26,7 @@ from tasks import analytics_load, deletes, drift, incremental, locks, replica_co
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import SchemaError
-from tasks.identifiers import execute, readable, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
+from tasks.identifiers import execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
 from tasks.mysql_schema import (
     TableSchema, choose_key, ensure_database, read_table_schema, server_identity, show_create_table, table_exists,
     unique_keys,
@@ -61,11 +61,7 @@ def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ..
     if isinstance(table.lookback, LookbackWindow):
         types = {c.name: c.data_type for c in schema.columns}
         for c in table.lookback.columns:
-            try:
-                incremental.check_window_column(readable(mysql_ident(table.name)), c, types)
-            except SchemaError as e:
-                reason = str(e).split(": ", 1)[1].replace("fix lookback.columns", f"fix tables.{table.name}.lookback")
-                raise SchemaError(f"table {table.name!r}: {reason}") from None
+            incremental.check_window_column(f"table {table.name!r}", c, types, fix=f"tables.{table.name}.lookback")
         why += f"; re-reads rows whose {', '.join(table.lookback.columns)} is in the last {table.lookback.window}"
     elif table.lookback:
         why += f"; re-reads {table.lookback} before each watermark"
