@@ -147,10 +147,10 @@ def connection_runs(engine: Engine, *, runs: int = 5) -> list[dict]:
             cols = [d[0] for d in cur.description]
             out = [dict(zip(cols, r)) for r in cur.fetchall()]
             has_table_usage = bool(_optional_columns(cur, "table_runs", ("connection_usage",)))
+            extra = "".join(f", {c}" for c in _optional_columns(cur, "table_runs", ("worker",)))
             for run in out:
                 run["table_usage"] = []
                 if has_table_usage:
-                    extra = "".join(f", {c}" for c in _optional_columns(cur, "table_runs", ("worker",)))
                     cur.execute(f"SELECT table_name, connection_usage{extra} FROM {SCHEMA}.table_runs "
                                 f"WHERE run_id = %s AND connection_usage IS NOT NULL ORDER BY table_name",
                                 (run["run_id"],))
