@@ -112,6 +112,35 @@ class EtlEnv:
 
         return main(list(args))
 
+    def run(self, *args: str) -> int:
+        """`etl run [--tables a,b] [--full-refresh] [--config PATH]` without Prefect: the same table work
+        through tasks/run.run_pipeline (what the flows wrap). For tests that check data, not orchestration;
+        exit status 0 when every table loaded, 1 otherwise (2 for bad config), like the CLI."""
+        import argparse
+
+        from config.models import load_pipeline_config
+        from config.settings import Settings
+        from tasks.errors import ConfigError, EtlError
+        from tasks.run import run_pipeline
+
+        p = argparse.ArgumentParser()
+        p.add_argument("--tables")
+        p.add_argument("--full-refresh", action="store_true")
+        p.add_argument("--config")
+        a = p.parse_args(list(args))
+        settings = Settings()
+        try:
+            cfg = load_pipeline_config(a.config or settings.config)
+            tables = [t for t in (a.tables or "").split(",") if t] or None
+            result = run_pipeline(settings, cfg, tables=tables, full_refresh=a.full_refresh)
+        except EtlError as e:
+            print(f"etl run: {e}", file=sys.stderr)
+            return 2 if isinstance(e, ConfigError) else 1
+        for o in result.outcomes:
+            if o.status != "ok":
+                print(f"etl run: {o.table}: {o.error}", file=sys.stderr)
+        return 1 if result.failed else 0
+
 
 def _mysql_url(db: str) -> str:
     pw = f":{MYSQL['password']}" if MYSQL["password"] else ""

@@ -16,7 +16,7 @@ subflow per group and per table, a task per phase) a run of these four tables to
 shared 2-core box (load 5-6), against 1-2.3 s for the same work without the orchestration (the
 temporary SQLite-backed API is the cost); 50 of them would not fit in `make test`. So every
 SOAK_FLOW_EVERY-th run, and the last one, is a real `etl run`; the others, the first full load
-included, do exactly the work of one (`_plain_run`: the same engines and pools, tasks/sync.py's
+included, do exactly the work of one (`_plain_run`: tasks/run.run_pipeline, the same engines and pools, tasks/sync.py's
 replicate and load, the verify count check, groups in order with `workers` tables at once, the same
 etl.* metrics rows) without the orchestration. SOAK_FLOW_EVERY=1 makes every run an `etl run`.
 """
@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -124,69 +123,18 @@ class SoakWriter:
 
 
 def _plain_run(run_id: str) -> None:
-    """One run of every enabled table doing what etl_pipeline and process_table do, minus Prefect.
+    """One run of every enabled table without Prefect (tasks/run.py, the functions the flow wraps).
 
-    Raises whatever a table raised (the run failed); a table whose replica and analytics counts
-    differ afterwards fails like the flow's verify task.
+    Raises when a table failed (the run failed), naming every failed table and why.
     """
-    from sqlalchemy.engine import make_url
-
-    from blocks.connectors import urls_from_settings
     from config.models import load_pipeline_config
     from config.settings import Settings
-    from flows.pipeline import _replica_method
-    from tasks import sync
-    from tasks.connections import open_engines, open_metrics_engine
-    from tasks.metrics import MetricsWriter
-    from tasks.verify import count_check
+    from tasks.run import run_pipeline
 
     settings = Settings()
-    cfg = load_pipeline_config(settings.config)
-    chosen = cfg.resolved_tables(None)
-    urls = urls_from_settings(settings)
-    source_db, replica_db = (make_url(u).database for u in (urls.source, urls.replica))
-    schema = settings.analytics_schema
-    totals = {"replica": 0, "analytics": 0}
-    workers = max(g.workers for g in cfg.priorities)
-    with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
-        method = _replica_method(settings, engines)
-        metrics = MetricsWriter(engines.analytics, run_id)
-        metrics.ensure_schema()
-        metrics.pipeline_started(tables_total=len(chosen), full_refresh=False, replica_method=method)
-
-        def one(table) -> None:  # noqa: ANN001
-            metrics.table_started(table.name, priority=table.priority, mode=table.mode)
-            t0 = time.monotonic()
-            try:
-                rep = sync.replicate(engines, table, source_db=source_db, replica_db=replica_db, method=method,
-                                     full_refresh=False, resume=False)
-                ana = sync.load(engines, table, replica_db=replica_db, pg_schema=schema,
-                                column_case=cfg.analytics.column_case, full_refresh=False, resume=False,
-                                loaded_at_column=cfg.analytics.loaded_at_column)
-                check = count_check(engines, table.name, source_db=None, replica_db=replica_db, pg_schema=schema)
-                if not check.ok:
-                    raise AssertionError(f"verification failed: {check.describe()}")
-            except BaseException as e:
-                metrics.table_finished(table.name, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
-                raise
-            metrics.table_finished(table.name, {
-                "status": "ok", "mode": rep.mode, "replica_rows": rep.rows, "analytics_rows": ana.rows,
-                "replica_seconds": rep.seconds, "analytics_seconds": ana.seconds, "bytes": ana.bytes,
-                "replica_method": rep.method, "verified": True, "notes": "; ".join(rep.notes + ana.notes) or None,
-                "watermark_before": rep.watermark_before, "watermark_after": rep.watermark_after,
-                "rows_per_second": ana.rows / (time.monotonic() - t0)})
-            totals["replica"] += rep.rows
-            totals["analytics"] += ana.rows
-
-        for group in cfg.groups_in_order():
-            members = sorted(cfg.tables_in_group(group.name, chosen), key=lambda t: -(t.estimated_rows or 0))
-            with ThreadPoolExecutor(max_workers=group.workers) as pool:
-                for f in [pool.submit(one, t) for t in members]:
-                    f.result()
-    with open_metrics_engine(urls.analytics) as final:
-        MetricsWriter(final, run_id).pipeline_finished(
-            status="ok", tables_ok=len(chosen), failed=[], rows_replica=totals["replica"],
-            rows_analytics=totals["analytics"], connection_usage=engines.usage())
+    result = run_pipeline(settings, load_pipeline_config(settings.config), run_id=run_id)
+    if result.failed:
+        raise AssertionError("; ".join(f"{o.table}: {o.error}" for o in result.outcomes if o.status != "ok"))
 
 
 def _server_sessions(env, *, exclude: tuple[int, ...] = ()) -> dict[str, int]:

@@ -1,0 +1,246 @@
+"""Running a table, a group and a whole run as plain functions: no Prefect needed.
+
+The flows in `flows/pipeline.py` add orchestration around the same steps (task runs per phase with
+retries, a subflow per group, artifacts); tests and tools that need none of it call these directly:
+
+    run_table(ctx, table)            replica phase, analytics phase, count check, one metrics row
+    run_group(ctx, tables, workers)  a priority group's tables, `workers` at a time, failures collected
+    run_pipeline(settings, cfg)      engines, every group in order, the run's metrics rows
+
+Example:
+    ```python
+    from config.models import load_pipeline_config
+    from config.settings import Settings
+    from tasks.run import run_pipeline
+
+    result = run_pipeline(Settings(), load_pipeline_config("config/tables.yml"))
+    print(result.failed, sum(o.analytics_rows for o in result.outcomes))
+    ```
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from sqlalchemy.engine import make_url
+
+from config.models import ColumnCase, PipelineConfig, ResolvedTable
+from config.settings import Settings
+from tasks import sync
+from tasks.analytics_load import PhaseStats
+from tasks.connections import Engines, EngineUrls, check_reachable, open_engines, open_metrics_engine
+from tasks.errors import LoadError, redact
+from tasks.metrics import MetricsWriter
+from tasks.mysql_schema import server_identity
+from tasks.verify import count_check
+
+ReplicaMethod = Literal["server", "stream"]
+TableStatus = Literal["ok", "failed"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every table of one run shares: the engines, the databases, the run's options."""
+
+    engines: Engines
+    run_id: str
+    source_db: str
+    replica_db: str
+    pg_schema: str
+    column_case: ColumnCase
+    replica_method: ReplicaMethod
+    full_refresh: bool = False
+    loaded_at_column: str | None = "_etl_loaded_at"
+
+    @property
+    def metrics(self) -> MetricsWriter:
+        return MetricsWriter(self.engines.analytics, self.run_id, self.engines.urls.secrets())
+
+
+@dataclass
+class TableOutcome:
+    """What happened to one table in one run."""
+
+    table: str
+    status: TableStatus
+    replica_rows: int = 0
+    analytics_rows: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def replicate_phase(ctx: RunContext, table: ResolvedTable, *, attempt: int = 1,
+                    progress: Callable[[int], None] | None = None) -> PhaseStats:
+    """Source -> replica; an attempt after the first resumes after the last committed chunk."""
+    try:
+        return sync.replicate(ctx.engines, table, source_db=ctx.source_db, replica_db=ctx.replica_db,
+                              method=ctx.replica_method, full_refresh=ctx.full_refresh, resume=attempt > 1,
+                              progress=progress)
+    except Exception as e:
+        ctx.metrics.error(table=table.name, phase="replica", exc=e, attempt=attempt)
+        raise
+
+
+def load_phase(ctx: RunContext, table: ResolvedTable, *, attempt: int = 1,
+               progress: Callable[[int], None] | None = None) -> PhaseStats:
+    """Replica -> analytics; an attempt after the first resumes after the last committed chunk."""
+    try:
+        return sync.load(ctx.engines, table, replica_db=ctx.replica_db, pg_schema=ctx.pg_schema,
+                         column_case=ctx.column_case, full_refresh=ctx.full_refresh, resume=attempt > 1,
+                         progress=progress, loaded_at_column=ctx.loaded_at_column)
+    except Exception as e:
+        ctx.metrics.error(table=table.name, phase="analytics", exc=e, attempt=attempt)
+        raise
+
+
+def verify_phase(ctx: RunContext, table: ResolvedTable) -> float:
+    """Replica and analytics row counts must agree; returns the seconds it took."""
+    t0 = time.monotonic()
+    check = count_check(ctx.engines, table.name, source_db=None, replica_db=ctx.replica_db, pg_schema=ctx.pg_schema)
+    if not check.ok:
+        raise LoadError(f"verification failed: {check.describe()}", table=table.name, phase="verify")
+    return time.monotonic() - t0
+
+
+@dataclass(frozen=True)
+class Phases:
+    """How run_table calls each phase. The flows pass task-run versions (with retries); the default
+    calls the plain functions once."""
+
+    replicate: Callable[[ResolvedTable], PhaseStats]
+    load: Callable[[ResolvedTable], PhaseStats]
+    verify: Callable[[ResolvedTable], float]
+
+    @classmethod
+    def plain(cls, ctx: RunContext) -> Phases:
+        return cls(replicate=lambda t: replicate_phase(ctx, t), load=lambda t: load_phase(ctx, t),
+                   verify=lambda t: verify_phase(ctx, t))
+
+
+def run_table(ctx: RunContext, table: ResolvedTable, *, phases: Phases | None = None,
+              source_slot: Callable[[], AbstractContextManager] = nullcontext) -> TableOutcome:
+    """One table start to finish with its metrics row. Raises what a phase raised (recorded first)."""
+    phases = phases or Phases.plain(ctx)
+    metrics = ctx.metrics
+    metrics.table_started(table.name, priority=table.priority, mode=table.mode)
+    t0 = time.monotonic()
+    try:
+        with source_slot():
+            rep = phases.replicate(table)
+        ana = phases.load(table)
+        verify_seconds = phases.verify(table)
+    except Exception as e:
+        metrics.table_finished(table.name, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        raise
+    seconds = time.monotonic() - t0
+    notes = [*rep.notes, *ana.notes]
+    metrics.table_finished(table.name, {
+        "status": "ok", "replica_seconds": rep.seconds, "analytics_seconds": ana.seconds,
+        "verify_seconds": verify_seconds, "replica_rows": rep.rows, "analytics_rows": ana.rows,
+        "bytes": ana.bytes, "rows_per_second": ana.rows / seconds if seconds else None,
+        "replica_method": rep.method, "verified": True, "notes": "; ".join(notes) or None,
+        "mode": rep.mode, "watermark_before": rep.watermark_before, "watermark_after": rep.watermark_after,
+    })
+    return TableOutcome(table=table.name, status="ok", replica_rows=rep.rows, analytics_rows=ana.rows,
+                        seconds=seconds, notes=notes)
+
+
+def failed_outcome(table: str, exc: BaseException | str) -> TableOutcome:
+    message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return TableOutcome(table=table, status="failed", error=redact(message))
+
+
+def run_group(ctx: RunContext, tables: list[ResolvedTable], *, workers: int) -> list[TableOutcome]:
+    """A priority group's tables, largest first, `workers` at a time; a failing table does not stop the others."""
+    ordered = sorted(tables, key=lambda t: -(t.estimated_rows or 0))
+
+    def one(t: ResolvedTable) -> TableOutcome:
+        try:
+            return run_table(ctx, t)
+        except Exception as e:  # noqa: BLE001 - recorded per table; the run goes on
+            return failed_outcome(t.name, e)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="etl-table") as pool:
+        return list(pool.map(one, ordered))
+
+
+def choose_replica_method(requested: str, engines: Engines) -> ReplicaMethod:
+    """`auto` becomes `server` when source and replica are the same server, else `stream`."""
+    if requested == "server" or requested == "stream":
+        return requested
+    with engines.source.connect() as s, engines.replica.connect() as r:
+        return "server" if server_identity(s).same_server(server_identity(r)) else "stream"
+
+
+def select_tables(cfg: PipelineConfig, tables: list[str] | None, groups: list[str] | None) -> list[ResolvedTable]:
+    """The run's tables: named ones (or every enabled one), narrowed to `groups`."""
+    from tasks.errors import ConfigError
+
+    chosen = cfg.resolved_tables(tables)
+    if groups:
+        unknown = [g for g in groups if g not in {p.name for p in cfg.priorities}]
+        if unknown:
+            raise ConfigError(f"priority group {unknown[0]!r} is not defined under `priorities:` in the table config")
+        chosen = [t for t in chosen if t.priority in groups]
+    return chosen
+
+
+def leaked_connections(engines: Engines) -> dict[str, int]:
+    """Connections still open per database after the engines were disposed (always empty unless a bug)."""
+    return {role: u["still_open"] for role, u in engines.usage().items() if u["still_open"]}
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    outcomes: list[TableOutcome]
+    connection_usage: dict
+
+    @property
+    def failed(self) -> list[str]:
+        return [o.table for o in self.outcomes if o.status != "ok"]
+
+
+def database_of(url: str) -> str:
+    return make_url(url).database or ""
+
+
+def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | None = None,
+                 groups: list[str] | None = None, full_refresh: bool = False, run_id: str | None = None,
+                 urls: EngineUrls | None = None) -> RunResult:
+    """A whole run without Prefect: every group in priority order, the same metrics rows as the flow."""
+    from blocks.connectors import urls_from_settings
+
+    chosen = select_tables(cfg, tables, groups)
+    urls = urls or urls_from_settings(settings)
+    run_id = run_id or str(uuid.uuid4())
+    for role in ("source", "replica", "analytics"):
+        check_reachable(role, getattr(urls, role), getattr(urls, f"{role}_connect_args"))
+    workers = max((g.workers for g in cfg.priorities), default=1)
+    outcomes: list[TableOutcome] = []
+    with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
+        method = choose_replica_method(settings.replica_method, engines)
+        ctx = RunContext(engines=engines, run_id=run_id, source_db=database_of(urls.source),
+                         replica_db=database_of(urls.replica), pg_schema=settings.analytics_schema,
+                         column_case=cfg.analytics.column_case, replica_method=method, full_refresh=full_refresh,
+                         loaded_at_column=cfg.analytics.loaded_at_column)
+        metrics = ctx.metrics
+        metrics.ensure_schema()
+        metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
+        for group in cfg.groups_in_order():
+            members = cfg.tables_in_group(group.name, chosen)
+            if members:
+                outcomes.extend(run_group(ctx, members, workers=group.workers))
+    usage = engines.usage()
+    failed = [o.table for o in outcomes if o.status != "ok"]
+    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
+        MetricsWriter(final, run_id, urls.secrets()).pipeline_finished(
+            status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
+            rows_replica=sum(o.replica_rows for o in outcomes), rows_analytics=sum(o.analytics_rows for o in outcomes),
+            connection_usage=usage)
+    return RunResult(run_id=run_id, outcomes=outcomes, connection_usage=usage)
