@@ -57,7 +57,7 @@ if str(BENCH) not in sys.path:
 
 DEFAULT_MYSQL_URL = os.environ.get("BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
 DEFAULT_PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
-ALL_STAGES = ("replica", "analytics", "e2e", "incremental", "anchors", "tiny")
+ALL_STAGES = ("replica", "analytics", "e2e", "incremental", "anchors", "tiny", "clinic")
 WORKERS = 2
 E2E = "e2e: etl run --full-refresh"
 INCR = "incremental: etl run (1% uniform)"
@@ -77,12 +77,24 @@ GOALS = [
     ("replica: ours stream", "replica: mariadb-dump|mariadb", 5.0),
     ("replica: ours server", "replica: INSERT..SELECT postidx", 0.9),
     ("e2e: etl run --full-refresh", "e2e: chain postidx+pgloader", 1.25),
+    (CLINIC_FULL, CLINIC_LIMIT, 0.8),
 ]
 TINY_GOAL_SECONDS = 60.0
+# The clinic stage (issue 12): 450 tables in a real clinic's shape (bench/gen_clinic.py).
+CLINIC_GEN = "clinic: generate (gen_clinic)"
+CLINIC_SAME = "clinic: INSERT..SELECT postidx"
+CLINIC_NATIVE = "clinic: native pipe"
+CLINIC_LIMIT = "clinic: limit pair"
+CLINIC_FULL = "clinic: etl run --full-refresh"
+CLINIC_NONE = "clinic: etl run, nothing changed"
+CLINIC_MUTATE = "clinic: mutate 1% in 70 tables"
+CLINIC_CHURN = "clinic: etl run after 1% churn"
+# run seconds / the same rep's clinic full refresh seconds must stay at or below these
+CLINIC_GOALS = {CLINIC_NONE: 0.05, CLINIC_CHURN: 0.10}
 SHORT = {  # how an anchor is named in the ratio column
     "analytics: native pipe": "native", "analytics: pgloader": "pgloader",
     "replica: mariadb-dump|mariadb": "mariadb-dump", "replica: INSERT..SELECT postidx": "INSERT..SELECT-postidx",
-    "e2e: chain postidx+pgloader": "chain",
+    "e2e: chain postidx+pgloader": "chain", CLINIC_LIMIT: "limit pair",
 }
 
 
@@ -258,7 +270,9 @@ class Harness:
         self.logs.mkdir(parents=True, exist_ok=True)
         p = args.prefix
         self.db = dict(src=f"{p}_src", repl=f"{p}_repl", dump=f"{p}_dump", same=f"{p}_same", dst=f"{p}_dst",
-                       tiny_src=f"{p}_tiny_src", tiny_repl=f"{p}_tiny_repl", tiny_dst=f"{p}_tiny_dst")
+                       tiny_src=f"{p}_tiny_src", tiny_repl=f"{p}_tiny_repl", tiny_dst=f"{p}_tiny_dst",
+                       clinic_src=f"{p}_clinic_src", clinic_repl=f"{p}_clinic_repl", clinic_same=f"{p}_clinic_same",
+                       clinic_dst=f"{p}_clinic_dst")
         self.py = sys.executable
         self.stages = set(args.stages)
         import shutil
@@ -702,18 +716,103 @@ class Harness:
         if self.a.incr_pct != 1.0 and rep == 1:
             it.notes.append(f"--incr-pct {self.a.incr_pct:g}: the churn is {self.a.incr_pct:g}%, not the 1% the name says")
 
+    def stage_clinic(self, res: Results, rep: int) -> None:
+        """450 tables in a clinic's shape (bench/gen_clinic.py): the limit pair (same-server INSERT..SELECT
+        with indexes after, then the native mariadb | psql \\copy pipe), then ours: `etl run --full-refresh`,
+        `etl run` with nothing changed, and `etl run` after 1% churn in 70 tables, each checked against the
+        source. Ratios: the limit pair / our full refresh (goal >= 0.8), and each later run / the same rep's
+        full refresh (goals <= 0.05 and <= 0.10)."""
+        from verify import clear_cache, source_tables
+
+        src, repl, same, dst = (self.db[k] for k in ("clinic_src", "clinic_repl", "clinic_same", "clinic_dst"))
+        scale = self.a.clinic_scale
+        if rep == 1 and not self.a.no_gen:
+            clear_cache()
+            it = self.run_item(res, CLINIC_GEN, "gen", [self.py, str(BENCH / "gen_clinic.py"), "--url",
+                                                        self.url_my(src), "--scale", str(scale)])
+            if not it.ok:
+                raise SystemExit(f"gen_clinic failed: {it.notes}")
+        my = self.my()
+        try:
+            tables = source_tables(my, src)
+            with my.cursor() as cur:
+                cur.execute("SELECT SUM(TABLE_ROWS) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (src,))
+                est = int(cur.fetchone()[0] or 0)
+        finally:
+            my.close()
+        if not tables:
+            raise SystemExit(f"{src} has no tables: run without --no-gen")
+        rows = self.count_rows(src, tables)
+        log(f"clinic source {src}: {len(tables)} tables, {rows:,} rows (estimate {est:,})")
+        self.pg_recreate(dst)
+        if self.anchors_for("clinic") or "anchors" not in self.stages:
+            a = self.run_item(res, CLINIC_SAME, "anchor", self.anchor_cmd("same", src, same),
+                              check=self.check_mysql(src, same, tables), rep=rep)
+            b = self.run_item(res, CLINIC_NATIVE, "anchor", self.anchor_cmd("native", same, dst, "native"),
+                              check=self.check_pg(src, dst, "native", tables), rep=rep)
+            a.rows = b.rows = rows
+            pair = res.item(CLINIC_LIMIT, "derived")
+            pair.seconds.append(a.seconds[-1] + b.seconds[-1])
+            pair.rss.append(max(a.rss[-1], b.rss[-1]))
+            pair.rows = rows
+            pair.checks.append("ok (both checked)" if a.oks[-1] and b.oks[-1] else "FAIL (see the two anchors)")
+            pair.oks.append(a.oks[-1] and b.oks[-1])
+            self.pg_drop_schema(dst, "native")
+        config = self.work / f"{self.tag}.clinic.tables.yml"
+        self.discover(src, config)
+        env = self.etl_env(src, repl, dst, config)
+        self.prefect_warmup(env)
+        self.my_drop(repl)
+        self.pg_drop_schema(dst, "raw", "etl")
+        check = self.check_both(src, repl, dst, "raw", tables)
+        full = self.run_item(res, CLINIC_FULL, "ours", self.etl_cmd() + ["run", "--full-refresh", "--config", str(config)],
+                             env=env, check=check, rep=rep)
+        full.rows = rows
+        full.detail["etl"] = self.etl_tables(dst, full.detail["wall"], full.detail["log"])
+        none = self.run_item(res, CLINIC_NONE, "ours", self.etl_cmd() + ["run", "--config", str(config)], env=env,
+                             check=check, rep=rep)
+        none.detail["etl"] = etl = self.etl_tables(dst, none.detail["wall"], none.detail["log"])
+        none.rows = sum(t["analytics_rows"] or 0 for t in etl.get("tables", []))
+        none.detail.setdefault("full_refresh_s", []).append(full.seconds[-1])
+        mut = self.run_item(res, CLINIC_MUTATE, "gen", [self.py, str(BENCH / "gen_clinic.py"), "--url", self.url_my(src),
+                                                        "--mutate", "--round", str(rep), "--scale", str(scale)], rep=rep)
+        try:
+            mut.detail["changes"] = json.loads(Path(mut.detail["log"]).read_text().strip().splitlines()[-1])
+            mut.rows = sum(mut.detail["changes"].get(k, 0) for k in ("updated", "inserted", "deleted"))
+        except (ValueError, IndexError):
+            pass
+        clear_cache()
+        churn = self.run_item(res, CLINIC_CHURN, "ours", self.etl_cmd() + ["run", "--config", str(config)], env=env,
+                              check=self.check_both(src, repl, dst, "raw", tables), rep=rep)
+        churn.detail["etl"] = etl = self.etl_tables(dst, churn.detail["wall"], churn.detail["log"])
+        churn.rows = sum(t["analytics_rows"] or 0 for t in etl.get("tables", []))
+        churn.detail.setdefault("full_refresh_s", []).append(full.seconds[-1])
+
+    def count_rows(self, db: str, tables: list[str]) -> int:
+        total = 0
+        for i in range(0, len(tables), 100):
+            part = tables[i:i + 100]
+            total += sum(int(r[0]) for r in self.my_exec(
+                " UNION ALL ".join(f"SELECT COUNT(*) FROM `{db}`.`{t}`" for t in part)))
+        return total
+
     # -------------------------------------------------------------- one scale
     def run_scale(self, scale: float) -> Results:
         res = Results()
         self.tag = f"scale{scale:g}"
-        if self.a.no_gen:
+        # The dental dataset (bench_src) is needed unless only the stages with their own data were chosen.
+        needs_dental = bool(self.stages - {"clinic", "tiny", "anchors"})
+        if not needs_dental:
+            pass
+        elif self.a.no_gen:
             self.source_info()
             log(f"reusing {self.db['src']}: {self.src_rows:,} rows")
         else:
             log(f"generating {self.db['src']} at scale {scale:g}")
             self.stage_gen(res, scale)
-        log(f"source {self.db['src']}: {len(self.src_tables)} tables, {self.src_rows:,} rows, "
-            f"{self.src_mb:.1f} MB InnoDB data")
+        if needs_dental:
+            log(f"source {self.db['src']}: {len(self.src_tables)} tables, {self.src_rows:,} rows, "
+                f"{self.src_mb:.1f} MB InnoDB data")
         do_replica = "replica" in self.stages or self.anchors_for("replica") or self.anchors_for("e2e")
         do_analytics = "analytics" in self.stages or self.anchors_for("analytics") or (
             self.anchors_for("e2e") and self.have_pgloader)
@@ -731,6 +830,8 @@ class Harness:
                 self.stage_incremental(res, rep)
             if "tiny" in self.stages and self.a.tiny_tables > 0:
                 self.stage_tiny(res, rep)
+            if "clinic" in self.stages:
+                self.stage_clinic(res, rep)
         self.chain(res)
         return res
 
@@ -772,6 +873,10 @@ def ratio_text(res: Results, name: str) -> str:
         r = incr_ratio(res, name)
         if r is not None:
             parts.append(f"{r:.3f} of full refresh (goal < {INCR_GOAL:g})")
+    if name in CLINIC_GOALS:
+        r = incr_ratio(res, name)
+        if r is not None:
+            parts.append(f"{r:.3f} of the clinic full refresh (goal <= {CLINIC_GOALS[name]:g})")
     return ", ".join(parts) if parts else ("(anchor)" if res.items[name].kind in ("anchor", "derived") else "-")
 
 
@@ -816,6 +921,13 @@ def render(res: Results, h: Harness, scale: float) -> str:
         full = statistics.median(it.detail["full_refresh_s"])
         goal_lines.append(f"  {n}: {it.median:.1f}s / full refresh {full:.1f}s = {r:.3f} (goal < {INCR_GOAL:g}) "
                           f"{'MET' if r < INCR_GOAL else 'MISSED'}")
+    for n, goal in CLINIC_GOALS.items():
+        r = incr_ratio(res, n)
+        if r is not None:
+            it = res.items[n]
+            full = statistics.median(it.detail["full_refresh_s"])
+            goal_lines.append(f"  {n}: {it.median:.1f}s / clinic full refresh {full:.1f}s = {r:.3f} (goal <= {goal:g}) "
+                              f"{'MET' if r <= goal else 'MISSED'}")
     if len(incr_names(res)) > 1:
         goal_lines.append("  every incremental ratio divides by the same full refresh (the e2e row of the same rep); "
                           "the runs follow one another after it without a new full refresh, in the order shown, "
@@ -1140,6 +1252,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prefect-api-url", help="run `etl run` against this running Prefect server (e.g. "
                                               "http://127.0.0.1:4200/api from `prefect server start`) instead of "
                                               "a temporary one per run; say so when you quote the figures")
+    ap.add_argument("--clinic-scale", type=float, default=1.0,
+                    help="clinic stage: bench/gen_clinic.py scale (1 = 450 tables, ~1.7M rows; default 1)")
     ap.add_argument("--no-pgloader", action="store_true", help="skip the pgloader anchor")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/bench-etl"), help="logs, results, configs")
     ap.add_argument("--prefix", default="bench", help="database name prefix (must start with 'bench'; default bench)")
