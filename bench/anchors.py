@@ -165,6 +165,8 @@ class Col:
             return "numeric(20)"
         if dt == "decimal":
             return "numeric" + ct[ct.index("("):ct.index(")") + 1] if "(" in ct else "numeric"
+        if dt == "bit":
+            return "bigint"
         if dt == "float":
             return "real"
         if dt == "double":
@@ -189,6 +191,9 @@ class Col:
         """Server-side expression giving the COPY text field (read with mariadb --raw)."""
         c = f"`{self.name}`"
         k = self.kind
+        if self.dt == "bit" and not self.is_bool:
+            # --raw would print BIT's bytes (0x00 / 0x01) as they are; its number is what PostgreSQL takes
+            return f"IFNULL(CAST({c} + 0 AS CHAR), '\\N')"
         if k == "bool":
             return f"IF({c} IS NULL, '\\\\N', IF({c} <> 0, 't', 'f'))"
         if k in ("date", "datetime", "timestamp"):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import ConfigError
+from config.errors import ConfigError
 
 Mode = Literal["full", "incremental"]
 Deletes = Literal["detect", "off"]

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from tasks.errors import ConfigError
+from config.errors import ConfigError
 
 Role = Literal["source", "replica", "analytics"]
 

@@ -15,35 +15,12 @@ import psycopg2.errorcodes
 import psycopg2.errors
 from sqlalchemy import exc as sa_exc
 
+# The error classes live on the ground floor (config/ raises them too); they are re-exported here,
+# where the retry policy that reads them is.
+from config.errors import ConfigError, DataError, EtlError, LoadError, SchemaError, TablesFailed
 
-class EtlError(Exception):
-    """Base class of the pipeline's own errors."""
-
-
-class ConfigError(EtlError):
-    """The table config or the environment is wrong; the message says what to change."""
-
-
-class SchemaError(EtlError):
-    """The source schema does not match the config, or changed in a way we will not apply silently."""
-
-
-class DataError(EtlError):
-    """A value cannot be loaded as configured (e.g. 7 in a boolean-mapped tinyint(1))."""
-
-
-class LoadError(EtlError):
-    """A table failed in one phase; carries table and phase so metrics can record them."""
-
-    def __init__(self, message: str, *, table: str, phase: str, retriable: bool = False):
-        super().__init__(message)
-        self.table = table
-        self.phase = phase
-        self.retriable = retriable
-
-
-class TablesFailed(EtlError):
-    """Raised by the parent flow when at least one table failed; the message names them all."""
+__all__ = ["ConfigError", "DataError", "EtlError", "LoadError", "SchemaError", "TablesFailed", "is_retriable",
+           "redact", "retry_condition"]
 
 
 # MySQL server error numbers that mean "try again".

@@ -1,0 +1,47 @@
+"""Which path a table takes this run, decided once: `etl run` (tasks/sync.py) and `etl plan`
+(tasks/planning.py) both ask these functions, so the plan cannot drift from what a run does.
+
+Pure functions over facts gathered elsewhere (the table's config, its effective mode, whether the
+replica and analytics hold a copy and state, the drift found between source and replica).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Path = Literal["full", "incremental"]
+
+
+@dataclass(frozen=True)
+class ReplicaPath:
+    """How the replica phase moves a table: `full` reload or `incremental` merge, and why."""
+
+    path: Path
+    why: str
+    apply_drift: bool = False  # ALTER the replica in place first (added or widened columns)
+
+
+def replica_path(*, mode: Path, why: str, full_refresh: bool, has_state: bool, replica_live: bool,
+                 drift_added: bool = False, drift_widened: bool = False) -> ReplicaPath:
+    """The replica phase's path. `mode`/`why` come from the table's effective mode; drift problems
+    (a dropped or retyped column) are refused before this is asked."""
+    if mode == "full":
+        return ReplicaPath("full", why)
+    if full_refresh:
+        return ReplicaPath("full", "full refresh requested (--full-refresh); state reset, old state kept in history")
+    if not has_state or not replica_live:
+        return ReplicaPath("full", f"first run: full refresh, then {why}")
+    if drift_added:
+        return ReplicaPath("full", "column added in the source: full reload back-fills it", apply_drift=True)
+    return ReplicaPath("incremental", why, apply_drift=drift_widened)
+
+
+def analytics_path(*, mode: Path, full_refresh: bool, live: bool, state_generation: int | None,
+                   replica_generation: int | None) -> Path:
+    """The analytics phase's path: incremental only when analytics holds the replica's current generation
+    (every full reload of the replica bumps it, so analytics reloads in full after one)."""
+    if mode != "incremental" or full_refresh or not live:
+        return "full"
+    if state_generation is None or replica_generation is None or state_generation != replica_generation:
+        return "full"
+    return "incremental"
