@@ -49,7 +49,7 @@ def discover_with(env, **defaults) -> dict:
 
 
 @pytest.mark.parametrize("method", ["server", "stream"])
-def test_every_type_arrives_unchanged(etl_env, prefect_harness, monkeypatch, method) -> None:
+def test_every_type_arrives_unchanged(etl_env, monkeypatch, method) -> None:
     etl_env.source_sql((FIXTURES / "all_types.sql").read_text(encoding="utf-8"))
     monkeypatch.setenv("ETL_REPLICA_METHOD", method)
     # Exercise every fast path on small data: parallel COPY streams for the 3,000-row table and
@@ -60,7 +60,7 @@ def test_every_type_arrives_unchanged(etl_env, prefect_harness, monkeypatch, met
     monkeypatch.setattr(streaming, "GROUP_BYTES", 64 * 1024)
     discover_with(etl_env, batch_size=700)
 
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     tables = assert_all_copies_equal(etl_env)
     assert {"wide_rows", "no_pk", "composite_pk", "MixedCase", "nul_text"} <= set(tables)
 
@@ -90,11 +90,11 @@ def test_every_type_arrives_unchanged(etl_env, prefect_harness, monkeypatch, met
     pg.close()
 
     # A second run over existing tables swaps again and stays identical.
-    assert etl_env.etl("run", "--tables", "wide_rows,composite_pk") == 0
+    assert etl_env.run("--tables", "wide_rows,composite_pk") == 0
     assert_all_copies_equal(etl_env)
 
 
-def test_boolean_mapping_is_exact_or_loud(etl_env, prefect_harness) -> None:
+def test_boolean_mapping_is_exact_or_loud(etl_env) -> None:
     etl_env.source_sql(
         "CREATE TABLE flags (id INT PRIMARY KEY, IsActive TINYINT(1), IsHidden TINYINT(1) NOT NULL);"
         "INSERT INTO flags VALUES (1, 1, 0), (2, 0, 1), (3, NULL, 1), (4, 7, 0);"
@@ -105,7 +105,7 @@ def test_boolean_mapping_is_exact_or_loud(etl_env, prefect_harness) -> None:
         "  flags: {primary_key: [id], boolean_columns: [IsHidden]}\n"
         "  fine: {primary_key: [id]}\n"
     )
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env, boolean_columns={"flags": ("IsHidden",)})
     pg = etl_env.pg()
     with pg.cursor() as cur:
@@ -119,7 +119,7 @@ def test_boolean_mapping_is_exact_or_loud(etl_env, prefect_harness) -> None:
         "  flags: {primary_key: [id], boolean_columns: [IsActive, IsHidden]}\n"
         "  fine: {primary_key: [id]}\n"
     )
-    assert etl_env.etl("run") == 1
+    assert etl_env.run() == 1
     pg = etl_env.pg()
     with pg.cursor() as cur:
         cur.execute("SELECT status, error FROM etl.table_runs WHERE table_name = 'flags' ORDER BY started_at DESC LIMIT 1")
@@ -133,7 +133,7 @@ def test_boolean_mapping_is_exact_or_loud(etl_env, prefect_harness) -> None:
 
 
 @pytest.mark.parametrize("method", ["server", "stream"])
-def test_latin1_column_holding_bytes_that_are_not_utf8(etl_env, prefect_harness, monkeypatch, method) -> None:
+def test_latin1_column_holding_bytes_that_are_not_utf8(etl_env, monkeypatch, method) -> None:
     """Legacy latin1 columns hold any byte: lone UTF-8 lead bytes, 0xFF, the five bytes cp1252 leaves
     undefined (0x81 0x8D 0x8F 0x90 0x9D), UTF-8 stored twice-encoded, control bytes. The replica keeps
     the bytes exactly; PostgreSQL (UTF-8) gets the characters MySQL says they are."""
@@ -153,7 +153,7 @@ def test_latin1_column_holding_bytes_that_are_not_utf8(etl_env, prefect_harness,
     )
     monkeypatch.setenv("ETL_REPLICA_METHOD", method)
     discover_with(etl_env, batch_size=100)
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
     src, rep, pg = etl_env.mysql(), etl_env.mysql(etl_env.replica_db), etl_env.pg()
     try:
@@ -177,7 +177,7 @@ def test_latin1_column_holding_bytes_that_are_not_utf8(etl_env, prefect_harness,
     # An incremental run over the same table (merge path) keeps the bytes too. Row 2's memo holds a
     # NUL, which PostgreSQL cannot store: removed, and the run's notes name the column.
     etl_env.source_sql("UPDATE legacy SET memo = CONCAT(memo, X'FF81') WHERE id % 3 = 0 OR id = 2")
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
     pg = etl_env.pg()
     with pg.cursor() as cur:

@@ -41,13 +41,13 @@ def _table_run(env, table: str) -> dict:
     return dict(zip(["mode", "status", "rows", "notes", "error", "watermark_after"], row))
 
 
-def test_incremental_scenario_on_the_demo_schema(etl_env, prefect_harness, monkeypatch) -> None:
+def test_incremental_scenario_on_the_demo_schema(etl_env, monkeypatch) -> None:
     gen_dental.generate(etl_env.source_url, 0.002)
     cfg = _config(etl_env, procedurelog={"lookback": "30d"})
     assert cfg["tables"]["procedurelog"]["mode"] == "incremental"
     assert "SecDateTEdit" in cfg["tables"]["procedurelog"]["incremental_columns"]
 
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
     assert _table_run(etl_env, "procedurelog")["mode"] == "full"  # first run: no state yet
 
@@ -80,7 +80,7 @@ def test_incremental_scenario_on_the_demo_schema(etl_env, prefect_harness, monke
         cur.execute("UPDATE claim SET ClaimStatus = 'widened-status' WHERE ClaimNum = 1")
     src.close()
 
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
     run = _table_run(etl_env, "procedurelog")
     assert run["mode"] == "incremental" and run["status"] == "ok"
@@ -110,13 +110,13 @@ def test_incremental_scenario_on_the_demo_schema(etl_env, prefect_harness, monke
         cur.execute("UPDATE procedurelog SET ProcFee = ProcFee + 2 WHERE ProcNum % 3 = 0")
     src.close()
     faults.inject(faults.Fault("analytics", "procedurelog", after_chunks=1))
-    assert etl_env.etl("run", "--tables", "procedurelog") == 1
+    assert etl_env.run("--tables", "procedurelog") == 1
     faults.clear()
-    assert etl_env.etl("run", "--tables", "procedurelog") == 0
+    assert etl_env.run("--tables", "procedurelog") == 0
     assert_all_copies_equal(etl_env)
 
     # 8. --full-refresh resets the state and keeps the old one in history
-    assert etl_env.etl("run", "--tables", "procedurelog", "--full-refresh") == 0
+    assert etl_env.run("--tables", "procedurelog", "--full-refresh") == 0
     assert _table_run(etl_env, "procedurelog")["mode"] == "full"
     pg = etl_env.pg()
     with pg.cursor() as cur:
@@ -126,17 +126,17 @@ def test_incremental_scenario_on_the_demo_schema(etl_env, prefect_harness, monke
     assert_all_copies_equal(etl_env)
 
 
-def test_delete_guard_refuses_to_empty_a_table(etl_env, prefect_harness) -> None:
+def test_delete_guard_refuses_to_empty_a_table(etl_env) -> None:
     etl_env.source_sql(
         "CREATE TABLE visit (id INT PRIMARY KEY, v INT, changed TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP "
         "ON UPDATE CURRENT_TIMESTAMP);"
         "INSERT INTO visit (id, v) SELECT seq, seq FROM seq_1_to_3000;"
     )
     _config(etl_env)
-    assert etl_env.etl("run") == 0
-    assert etl_env.etl("run") == 0  # incremental from here on
+    assert etl_env.run() == 0
+    assert etl_env.run() == 0  # incremental from here on
     etl_env.source_sql("DELETE FROM visit WHERE id > 1000")  # two thirds vanish: looks like a partial read
-    assert etl_env.etl("run") == 1
+    assert etl_env.run() == 1
     run = _table_run(etl_env, "visit")
     assert run["status"] == "failed"
     assert "refusing to delete 2,000 of 3,000 rows" in run["error"]
@@ -147,18 +147,18 @@ def test_delete_guard_refuses_to_empty_a_table(etl_env, prefect_harness) -> None
     pg.close()
     # Deleting one row of six is ordinary business.
     etl_env.source_sql("INSERT INTO visit (id, v) SELECT 1000 + seq, seq FROM seq_1_to_2000")
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     etl_env.source_sql("DELETE FROM visit WHERE id % 6 = 0 AND id <= 60")
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
 
 
 @pytest.mark.skipif(not (SHARED / "corpus" / "sakila").exists(), reason="../shared/corpus/sakila not present")
-def test_incremental_scenario_on_sakila(etl_env, prefect_harness) -> None:
+def test_incremental_scenario_on_sakila(etl_env) -> None:
     load_sakila(etl_env.source_db)
     cfg = _config(etl_env)
     assert cfg["tables"]["rental"]["mode"] == "incremental"
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     etl_env.source_sql(
         "UPDATE customer SET email = CONCAT('x', email) WHERE customer_id <= 20;"
         "INSERT INTO actor (first_name, last_name) VALUES ('NEW', 'ACTOR');"
@@ -167,7 +167,7 @@ def test_incremental_scenario_on_sakila(etl_env, prefect_harness) -> None:
         "UPDATE actor SET nickname = 'nick' WHERE actor_id = 1;"
         "ALTER TABLE film MODIFY title VARCHAR(300) NOT NULL;"
     )
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
     # payment.last_update is nullable, so discover keeps payment on full refresh (and its deletes
     # arrive with the reload); film was widened in place and stays incremental.
@@ -177,7 +177,7 @@ def test_incremental_scenario_on_sakila(etl_env, prefect_harness) -> None:
     assert _table_run(etl_env, "rental")["mode"] == "incremental"
 
 
-def test_lookback_date_columns_reread_a_window(etl_env, prefect_harness, capsys) -> None:
+def test_lookback_date_columns_reread_a_window(etl_env, capsys) -> None:
     """`lookback: {columns: [...], window: 30d}` re-reads rows dated in the last 30 days every run, so an
     edit that touched no change column still arrives; an edit to an older row does not (which is what
     the window is for, and shows the test can tell the difference)."""
@@ -193,8 +193,8 @@ def test_lookback_date_columns_reread_a_window(etl_env, prefect_harness, capsys)
     )
     cfg = _config(etl_env, proc={"lookback": {"columns": ["ProcDate", "DateComplete"], "window": "30d"}})
     assert cfg["tables"]["proc"]["mode"] == "incremental"
-    assert etl_env.etl("run") == 0
-    assert etl_env.etl("run") == 0  # incremental from here on
+    assert etl_env.run() == 0
+    assert etl_env.run() == 0  # incremental from here on
     capsys.readouterr()
     assert etl_env.etl("plan") == 0
     out = capsys.readouterr().out
@@ -212,7 +212,7 @@ def test_lookback_date_columns_reread_a_window(etl_env, prefect_harness, capsys)
         "UPDATE proc SET fee = 9004, ProcDate = CURDATE() - INTERVAL 80 DAY, DateComplete = NOW(), changed = changed "
         "WHERE id = 280;"                                                   # only DateComplete is in the window
     )
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     run = _table_run(etl_env, "proc")
     assert run["mode"] == "incremental" and run["status"] == "ok"
     pg = etl_env.pg()
@@ -222,21 +222,21 @@ def test_lookback_date_columns_reread_a_window(etl_env, prefect_harness, capsys)
     pg.close()
     # Outside the window the copies are stale, as documented; an ordinary change brings them level.
     etl_env.source_sql("UPDATE proc SET changed = NOW() WHERE id IN (154, 160)")
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
 
 
-def test_lookback_column_that_does_not_fit_fails_the_table_by_name(etl_env, prefect_harness) -> None:
+def test_lookback_column_that_does_not_fit_fails_the_table_by_name(etl_env) -> None:
     etl_env.source_sql(
         "CREATE TABLE proc (id INT PRIMARY KEY, n INT NOT NULL, ProcDate DATE NOT NULL, changed TIMESTAMP NOT NULL "
         "DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP);"
         "INSERT INTO proc (id, n, ProcDate) SELECT seq, seq, CURDATE() FROM seq_1_to_10;"
     )
     _config(etl_env, proc={"lookback": {"columns": ["ProcDat"], "window": "30d"}})
-    assert etl_env.etl("run") == 1  # before any row moves, even on the first (full) run
+    assert etl_env.run() == 1  # before any row moves, even on the first (full) run
     err = _table_run(etl_env, "proc")["error"]
     assert "table 'proc': lookback column 'ProcDat' does not exist (did you mean 'ProcDate'?); " \
            "fix tables.proc.lookback" in err and "\n" not in err
     _config(etl_env, proc={"lookback": {"columns": ["n"], "window": "30d"}})
-    assert etl_env.etl("run") == 1
+    assert etl_env.run() == 1
     assert "lookback column 'n' is int; a lookback window needs a DATE" in _table_run(etl_env, "proc")["error"]

@@ -12,10 +12,10 @@ from tests.test_end_to_end import assert_all_copies_equal
 pytestmark = pytest.mark.skipif(not (SHARED / "corpus" / "sakila").exists(), reason="../shared/corpus/sakila not present")
 
 
-def test_sakila_reproduced_exactly(etl_env, prefect_harness) -> None:
+def test_sakila_reproduced_exactly(etl_env) -> None:
     load_sakila(etl_env.source_db)
     assert etl_env.etl("discover") == 0
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     tables = assert_all_copies_equal(etl_env)
     assert len(tables) == 16
     pg = etl_env.pg()
