@@ -124,6 +124,10 @@ def test_not_null_relaxed_in_the_source_reaches_analytics(etl_env) -> None:
     _incremental(etl_env, "claim")
     _run(etl_env)
     assert _pg_columns(etl_env, "claim")["code"] == ("character varying(10)", "NO")
+    pg = etl_env.pg()
+    with pg.cursor() as cur:  # a dbt view on the table: DROP NOT NULL leaves it in place
+        cur.execute("CREATE VIEW raw.claim_codes AS SELECT id, code FROM raw.claim")
+    pg.close()
     etl_env.source_sql("""
         ALTER TABLE claim MODIFY code VARCHAR(10) NULL, MODIFY qty INT NULL, MODIFY kind ENUM('a', 'b') NULL,
           MODIFY paid DOUBLE NULL;
@@ -137,6 +141,11 @@ def test_not_null_relaxed_in_the_source_reaches_analytics(etl_env) -> None:
     assert {c: cols[c] for c in ("code", "qty", "kind", "paid")} == {
         "code": ("character varying(10)", "YES"), "qty": ("integer", "YES"), "kind": ("text", "YES"),
         "paid": ("double precision", "YES")}
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*), count(code) FROM raw.claim_codes")
+        assert cur.fetchone() == (30, 20)
+    pg.close()
 
 
 def test_not_null_tightened_in_the_source_follows_once_no_null_is_left(etl_env) -> None:
