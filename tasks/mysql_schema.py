@@ -218,13 +218,22 @@ def split_create_table(ddl: str, new_name: str) -> SplitDDL:
     times faster than maintaining them row by row). Foreign keys are dropped: the replica is a copy
     whose tables are swapped one at a time, and a constraint across tables would block the swap.
     Triggers are not part of SHOW CREATE TABLE, so none is copied (they must not fire on the copy).
+    Table options after the column list are kept except those `_table_options` drops (partitioning,
+    system versioning, the AUTO_INCREMENT counter).
     """
     lines = sql_text(ddl).split("\n")
     m = re.match(r"^CREATE TABLE `(?:[^`]|``)+` \($", lines[0])
     if not m:
         raise SchemaError(f"unexpected SHOW CREATE TABLE output: {lines[0][:80]!r}")
-    body = lines[1:-1]
-    tail = lines[-1]
+    # The column list ends at the first line that starts with `)`: every definition line is
+    # indented, and the server prints newlines inside comments, defaults and expressions as `\n`.
+    # Everything from there on is table options, and for a partitioned table the partitioning,
+    # which the server prints on lines of its own.
+    close = next((i for i, line in enumerate(lines) if i and line.startswith(")")), None)
+    if close is None:
+        raise SchemaError(f"unexpected SHOW CREATE TABLE output: no end of the column list in {lines[0][:80]!r}")
+    body = lines[1:close]
+    tail = _table_options("\n".join(lines[close:]), versioned_columns=any(_PERIOD_LINE.match(x) for x in body))
     kept: list[str] = []
     keys: list[str] = []
     fks: list[str] = []
@@ -236,13 +245,46 @@ def split_create_table(ddl: str, new_name: str) -> SplitDDL:
             fks.append(stripped)
         else:
             kept.append(stripped)
-    # Never carry AUTO_INCREMENT=n: the copy gets its own counter from the rows it receives.
-    tail = re.sub(r"\s*AUTO_INCREMENT=\d+", "", tail)
     create = f"CREATE TABLE {mysql_ident(new_name)} (\n  " + ",\n  ".join(kept) + "\n" + tail
     add = None
     if keys:
         add = f"ALTER TABLE {mysql_ident(new_name)} " + ", ".join(f"ADD {k}" for k in keys)
     return SplitDDL(create=create, add_indexes=add, dropped_foreign_keys=tuple(fks))
+
+
+_PERIOD_LINE = re.compile(r"^\s*PERIOD FOR SYSTEM_TIME\b", re.I)
+# SQL outside quotes, and quoted strings/names, as alternating pieces of a table-options tail.
+_QUOTED = re.compile(r"('(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`)", re.S)
+_PARTITION = re.compile(r"\s*(?:/\*!\d*\s*)?PARTITION\s+BY\b", re.I)
+
+
+def _table_options(tail: str, *, versioned_columns: bool) -> str:
+    """The `) ENGINE=... ` tail of SHOW CREATE TABLE as the replica's shadow table takes it.
+
+    - Partitioning is dropped (`PARTITION BY ...`, also in its `/*!50100 ... */` comment form):
+      the replica is a copy of the rows, and a copy of the source's RANGE/LIST partitions would
+      refuse rows as soon as the source adds a partition the copy does not have (error 1526 on
+      every run). Every unique key of a partitioned table holds its partitioning columns, so
+      the keys stay valid without it.
+    - `WITH SYSTEM VERSIONING` is dropped: the copy holds the current rows (what the source's
+      SELECT returns); versioned, each merge would pile history of the copy itself. A table that
+      declares its period columns (`PERIOD FOR SYSTEM_TIME`) keeps it: those columns need it.
+    - `AUTO_INCREMENT=n` is never carried: the copy gets its own counter from the rows it receives.
+    Quoted text (a COMMENT holding `PARTITION BY` or `AUTO_INCREMENT=5`) is left as it is.
+    """
+    pieces = _QUOTED.split(tail)  # even indexes: SQL, odd: quoted
+    out: list[str] = []
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            cut = _PARTITION.search(piece)
+            if cut:
+                out.append(piece[:cut.start()])
+                break
+            piece = re.sub(r"\s*\bAUTO_INCREMENT=\d+", "", piece, flags=re.I)
+            if not versioned_columns:
+                piece = re.sub(r"\s*\bWITH SYSTEM VERSIONING\b", "", piece, flags=re.I)
+        out.append(piece)
+    return "".join(out).rstrip()
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                     schema = read_table_schema(conn, source_db, t.name)
                     p.estimated_rows = schema.estimated_rows
                     p.key = choose_key(schema, t.primary_key, unique_keys(conn, source_db, t.name))
-                    pg_columns(schema, column_case=cfg.analytics.column_case, boolean_columns=t.boolean_columns)
+                    pg_columns(schema, column_case=cfg.analytics.column_case, boolean_columns=t.boolean_columns,
+                               loaded_at_column=cfg.analytics.loaded_at_column)
                     mode, why = effective_mode(t, schema, p.key)
                 except SchemaError as e:
                     p.problems.append(str(e))

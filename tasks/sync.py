@@ -18,6 +18,7 @@ import datetime
 import logging
 import re
 
+import psycopg2.errors
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -107,7 +108,10 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
         d = drift.compare(src_schema, rep_schema)
         if d.problems:
             raise drift.refuse(table.name, d)
-        if d.added or d.widened:
+        if d.tightened:
+            notes += drift.hold_back_tightening(table.name, d, _null_counts(
+                engines, replica_db, table.name, [new.name for _, new in d.tightened]))
+        if d.added or d.widened or d.tightened:
             with engines.source.connect() as sc:
                 ddl = show_create_table(sc, source_db, table.name)
             with engines.replica.connect() as rc:
@@ -167,6 +171,9 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
         rep_schema = read_table_schema(rc, replica_db, table.name)
         key = choose_key(rep_schema, table.primary_key, unique_keys(rc, replica_db, table.name))
         mode, _ = effective_mode(table, rep_schema, key)
+        # Name clashes (our load-time column included) fail here, before anything is created.
+        pg_columns(rep_schema, column_case=column_case, boolean_columns=table.boolean_columns,
+                   loaded_at_column=loaded_at_column)
         cur = rc.connection.driver_connection.cursor()
         execute(cur, f"USE {mysql_ident(replica_db)}")
         state.mysql_ensure(cur)
@@ -184,7 +191,7 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
 
     if (mode == "incremental" and not full_refresh and live and current is not None and rep_state is not None
             and current.generation == rep_state.generation):
-        notes = _widen_in_place(engines, table, rep_schema, pg_schema, column_case)
+        notes = _widen_in_place(engines, table, rep_schema, pg_schema, column_case, loaded_at_column, key=key)
 
         def save(cur, watermarks) -> None:  # noqa: ANN001
             state.pg_save(cur, pg_schema, pg_name, TableState(
@@ -218,31 +225,69 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
     return stats
 
 
+def _null_counts(engines: Engines, replica_db: str, table: str, columns: list[str]) -> dict[str, int]:
+    """Rows holding NULL per column of a replica table (one scan, only when a column became NOT NULL)."""
+    counts = ", ".join(f"SUM({mysql_ident(c)} IS NULL)" for c in columns)
+    with engines.replica.connect() as rc:
+        cur = rc.connection.driver_connection.cursor()
+        execute(cur, f"SELECT {counts} FROM {mysql_qualified(replica_db, table)}")
+        row = cur.fetchone()
+        rc.rollback()
+    return {c: int(n or 0) for c, n in zip(columns, row)}
+
+
 def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSchema, pg_schema: str,
-                    column_case: str) -> list[str]:
-    """ALTER COLUMN ... TYPE for analytics columns whose replica type was widened."""
+                    column_case: str, loaded_at_column: str | None = None, *,
+                    key: tuple[str, ...] = ()) -> list[str]:
+    """Bring analytics columns to the replica's types and nullability, in place (no reload).
+
+    A widened type is `ALTER COLUMN ... TYPE` (varchar(n) -> text, integer -> bigint/numeric keep
+    every value); NOT NULL -> NULL is `DROP NOT NULL`, or merging the first NULL would fail.
+    NULL -> NOT NULL is `SET NOT NULL` only when analytics holds no NULL there any more: rows the
+    replica has changed since are merged by this run, so the change is retried on the next one.
+    Any ALTER fails only on something a person must decide (views on a retyped column), with a
+    message saying what to do. Key columns stay NOT NULL (PostgreSQL's primary key needs it; the
+    date columns of a key are NULL-able in the mapping only for zero dates, which a key never holds).
+    """
     pg_name = pg_table_name(table.name)
-    wanted = {c.name: c.pg_type for c in pg_columns(rep_schema, column_case=column_case,
-                                                    boolean_columns=table.boolean_columns)}
+    wanted = pg_columns(rep_schema, column_case=column_case, boolean_columns=table.boolean_columns,
+                        loaded_at_column=loaded_at_column)
     notes = []
+    q_table = pg_qualified(pg_schema, pg_name)
     with engines.analytics.connect() as pc:
         pg = pc.connection.driver_connection
         cur = pg.cursor()
-        cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a "
                     "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
                     (pg_regclass(pg_schema, pg_name),))
-        have = dict(cur.fetchall())
-        for name, typ in wanted.items():
-            if name in have and _norm(have[name]) != _norm(typ):
+        have = {name: (typ, notnull) for name, typ, notnull in cur.fetchall()}
+        for col in wanted:
+            if col.name not in have:
+                continue
+            typ, notnull = have[col.name]
+            alter = f"ALTER TABLE {q_table} ALTER COLUMN {pg_ident(col.name)}"
+            try:
+                if _norm(typ) != _norm(col.pg_type):
+                    execute(cur, f"{alter} TYPE {col.pg_type}")
+                    notes.append(f"analytics column {col.name} widened to {col.pg_type}")
+                if notnull and col.nullable and col.source.name not in key:
+                    execute(cur, f"{alter} DROP NOT NULL")
+                    notes.append(f"analytics column {col.name} is NULL-able now, as in the source")
+            except Exception as e:  # noqa: BLE001
+                pg.rollback()
+                raise SchemaError(
+                    f"table {pg_schema}.{pg_name}: cannot change column {col.name!r} to {col.pg_type} "
+                    f"{'NULL' if col.nullable else 'NOT NULL'} in place ({str(e).splitlines()[0]}); drop the "
+                    f"views that use it, rerun, then recreate them") from None
+            if not notnull and not col.nullable and col.source.name not in key:
+                cur.execute("SAVEPOINT etl_not_null")
                 try:
-                    execute(cur, f"ALTER TABLE {pg_qualified(pg_schema, pg_name)} ALTER COLUMN {pg_ident(name)} "
-                                 f"TYPE {typ}")
-                except Exception as e:  # noqa: BLE001
-                    pg.rollback()
-                    raise SchemaError(
-                        f"table {pg_schema}.{pg_name}: cannot widen column {name!r} to {typ} in place "
-                        f"({str(e).splitlines()[0]}); drop the views that use it, rerun, then recreate them") from None
-                notes.append(f"analytics column {name} widened to {typ}")
+                    execute(cur, f"{alter} SET NOT NULL")
+                    notes.append(f"analytics column {col.name} is NOT NULL now, as in the source")
+                except psycopg2.errors.NotNullViolation:
+                    cur.execute("ROLLBACK TO SAVEPOINT etl_not_null")
+                    notes.append(f"analytics column {col.name} stays NULL-able until its rows holding NULL "
+                                 f"are merged (retried next run)")
         pg.commit()
     return notes
 

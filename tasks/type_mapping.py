@@ -213,8 +213,13 @@ class PgColumn:
     as_boolean: bool
 
 
-def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[str, ...] = ()) -> list[PgColumn]:
-    """The PostgreSQL columns of a MySQL table; raises SchemaError on name clashes or bad booleans."""
+def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[str, ...] = (),
+               loaded_at_column: str | None = None) -> list[PgColumn]:
+    """The PostgreSQL columns of a MySQL table; raises SchemaError on name clashes or bad booleans.
+
+    `loaded_at_column`: the load-time column analytics adds to the table; a source column that
+    becomes the same PostgreSQL name would make CREATE TABLE fail (DuplicateColumn), so it is refused.
+    """
     known = set(schema.column_names)
     for b in boolean_columns:
         if b not in known:
@@ -238,6 +243,11 @@ def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[
                 f"PostgreSQL; set analytics.column_case: preserve"
             )
         seen[name] = col.name
+        if loaded_at_column and name == loaded_at_column:
+            raise SchemaError(
+                f"table {schema.name!r}: column {col.name!r} becomes {name!r} in PostgreSQL, the name of the "
+                f"column the ETL adds for the load time; set analytics.loaded_at_column to another name"
+            )
         as_bool = col.name in boolean_columns
         out.append(PgColumn(col, name, pg_type(col, as_boolean=as_bool), pg_nullable(col), as_bool))
     return out

@@ -95,3 +95,16 @@ def test_columns_alike_in_the_63_bytes_postgresql_keeps_are_refused() -> None:
     clash = TableSchema("db", "t", (col("int", name="é" * 32 + "a"), col("int", name="é" * 32 + "b")), (), 0, 0)
     with pytest.raises(SchemaError, match="first 63 bytes"):
         pg_columns(clash, column_case="lower")
+
+
+def test_source_column_named_like_the_load_time_column_is_refused() -> None:
+    schema = TableSchema("db", "visit", (col("int", "int(11)", name="id"), col("datetime", name="_ETL_Loaded_At")),
+                         ("id",), 0, 0)
+    with pytest.raises(SchemaError) as e:
+        pg_columns(schema, column_case="lower", loaded_at_column="_etl_loaded_at")
+    assert str(e.value) == ("table 'visit': column '_ETL_Loaded_At' becomes '_etl_loaded_at' in PostgreSQL, the name "
+                            "of the column the ETL adds for the load time; set analytics.loaded_at_column to another name")
+    # kept apart by the spelling, by another load-time name, or when no load-time column is added
+    assert len(pg_columns(schema, column_case="preserve", loaded_at_column="_etl_loaded_at")) == 2
+    assert len(pg_columns(schema, column_case="lower", loaded_at_column="loaded_at")) == 2
+    assert len(pg_columns(schema, column_case="lower", loaded_at_column=None)) == 2
