@@ -276,8 +276,9 @@ def _merge_server(cur: Any, rep: Any, scur: Any, table: ResolvedTable, schema: T
                     econd, eparams = ks.after(end)
                     where, params = f"{where} AND NOT {econd}", [*params, *eparams]
                 select = f"SELECT {cols} FROM {src_sql} WHERE {where}"
-                if respell:
-                    record_respelled(cur, table.name, key, select, params)
+                if respell:  # keys only: the join must not carry whole rows
+                    record_respelled(cur, table.name, key, f"SELECT {ks.select_list} FROM {src_sql} WHERE {where}",
+                                     params)
                 if alias:
                     sql = f"INSERT INTO {dst} ({cols}) SELECT * FROM ({select}) AS {alias} {update}"
                 else:
@@ -305,6 +306,7 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
     alias = "`_etl_new`" if server.mysql8_alias_upsert else None
     update = odku_clause(schema.column_names, key, row_alias=alias)
     respell = respellable_key(schema, key)
+    key_list = ", ".join(mysql_ident(k) for k in key)
     execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
     execute(cur, f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
     cur.execute("SET SESSION max_error_count = 65535")
@@ -326,7 +328,7 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
                     if chunk.rows:
                         select = f"SELECT {cols} FROM {mysql_ident(stage)}"
                         if respell:
-                            record_respelled(cur, table.name, key, select, [])
+                            record_respelled(cur, table.name, key, f"SELECT {key_list} FROM {mysql_ident(stage)}", [])
                         if alias:
                             execute(cur, f"INSERT INTO {mysql_ident(table.name)} ({cols}) SELECT * FROM ({select}) "
                                          f"AS {alias} {update}")
