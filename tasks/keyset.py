@@ -83,13 +83,9 @@ class Keyset:
         text = value.decode() if isinstance(value, bytes) else str(value)
         if column in self.sets:
             # SET sorts by its bit mask: member i is bit i.
-            lowered = [m.lower() for m in members]
-            return sum(1 << lowered.index(p.lower()) for p in text.split(",") if p) if text else 0
-        # ENUM sorts by position (1-based); '' is the error value, index 0. Members compare without
-        # case and trailing spaces (an ENUM never holds two members equal under its collation).
-        lowered = [m.rstrip(" ").lower() for m in members]
-        t = text.rstrip(" ").lower()
-        return lowered.index(t) + 1 if t in lowered else 0
+            return sum(1 << _position(members, p) - 1 for p in text.split(",") if p) if text else 0
+        # ENUM sorts by position (1-based); '' is the error value, index 0 (unless '' is a member).
+        return _position(members, text) if text or text in members else 0
 
     def after(self, last: Sequence[Any] | None) -> tuple[str, list[Any]]:
         """(`WHERE` condition, parameters) for rows strictly after key `last` (None: from the start)."""
@@ -106,3 +102,15 @@ class Keyset:
             params.extend(bound[: i + 1])
             ors.append("(" + " AND ".join(ands) + ")")
         return "(" + " OR ".join(ors) + ")", params
+
+
+def _position(members: tuple[str, ...], text: str) -> int:
+    """1-based position of a member as the server returned it (its own spelling, so an exact match
+    first; then without case and trailing spaces, as a `_ci` PAD SPACE column compares)."""
+    if text in members:
+        return members.index(text) + 1
+    loose = [m.rstrip(" ").lower() for m in members]
+    t = text.rstrip(" ").lower()
+    if t in loose:
+        return loose.index(t) + 1
+    raise ValueError(f"{text!r} is not a member of {members!r}")
