@@ -269,7 +269,7 @@ def _load_full(
             if finished:
                 return
             query = LineQuery(table_sql=table_sql, line_expr=line_expr,
-                              keyset=Keyset(key, mysql_ident) if key else None,
+                              keyset=Keyset.for_table(schema, key, mysql_ident) if key else None,
                               batch_size=table.batch_size, where=part.where, where_params=part.params,
                               group_rows=group, integer_key=int_key)
             _copy_part(engines, query, copy_sql, cols, table.name, pg_schema, pg_name, shadow, part.no, after,

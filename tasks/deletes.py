@@ -2,8 +2,16 @@
 
 The replica's key space is cut into ranges of `page` keys (boundaries found on the replica, which
 is ours). For each range both sides compute COUNT(*) and BIT_XOR(CRC32(key)) in SQL; only ranges
-whose aggregates differ are drilled into, by comparing their key lists. The source sees one cheap
-index-range aggregate per range and never a full key download.
+whose aggregates differ are drilled into. The source sees one cheap index-range aggregate per range
+and never a full key download.
+
+A drilled range is compared in SQL, never as a Python set difference of raw values: the source's
+keys of the range go into a temporary table on the replica connection whose key columns are copied
+from the replica table (same types and collations), and the replica's keys without an equal one
+there are the deleted ones. "Equal" is then the server's own equality: 'abc' = 'ABC' under a
+case-insensitive collation, 'zz' = 'zz ' under PAD SPACE, so a key respelled in the source is
+never taken for a deleted one. (The CRC32 aggregate is byte-wise: a respelled key only costs a
+drill-down.)
 
 Guard: a partial read or a truncated source table must never empty a table downstream. If more
 than `max_fraction` of the table *and* more than `min_rows` rows would go in one run, the table
@@ -22,7 +30,7 @@ from typing import Any
 import psycopg2.extras
 
 from tasks.errors import DataError
-from tasks.identifiers import mysql_ident, pg_ident, pg_qualified
+from tasks.identifiers import execute, mysql_ident, pg_ident, pg_qualified
 from tasks.keyset import Keyset
 
 log = logging.getLogger("etl.deletes")
@@ -54,15 +62,44 @@ def _aggregate(cur: Any, table_sql: str, key: tuple[str, ...], where: str, param
     return int(n), int(x)
 
 
-def _keys(cur: Any, table_sql: str, ks: Keyset, where: str, params: list[Any]) -> set[tuple]:
-    cur.execute(f"SELECT {ks.select_list} FROM {table_sql} WHERE {where}", params)
-    return {tuple(r) for r in cur.fetchall()}
+_SOURCE_KEYS = "`_etl_source_keys`"
 
 
-def find_deleted_ranges(src_cur: Any, rep_cur: Any, source_sql: str, replica_sql: str, key: tuple[str, ...],
+def _vanished(src_cur: Any, rep_cur: Any, source_sql: str, replica_sql: str, ks: Keyset, where: str,
+              params: list[Any]) -> list[tuple]:
+    """Replica keys of one range with no equal key (by the columns' collations) in the source."""
+    cols = ks.select_list
+    execute(rep_cur, f"DROP TEMPORARY TABLE IF EXISTS {_SOURCE_KEYS}")
+    # CREATE ... SELECT copies the key columns' definitions, collations included.
+    execute(rep_cur, f"CREATE TEMPORARY TABLE {_SOURCE_KEYS} (PRIMARY KEY ({cols})) "
+                     f"SELECT {cols} FROM {replica_sql} LIMIT 0")
+    try:
+        src_cur.execute(f"SELECT {cols} FROM {source_sql} WHERE {where}", params)
+        row = "(" + ", ".join(["%s"] * len(ks.columns)) + ")"
+        while True:
+            part = src_cur.fetchmany(500)
+            if not part:
+                break
+            rep_cur.execute(f"INSERT INTO {_SOURCE_KEYS} ({cols}) VALUES {', '.join([row] * len(part))}",
+                            [v for k in part for v in k])
+        same = " AND ".join(f"s.{ks.quote(c)} = r.{ks.quote(c)}" for c in ks.columns)
+        rcols = ", ".join(f"r.{ks.quote(c)}" for c in ks.columns)
+        # The range condition's unqualified columns are the outer table's (r).
+        rep_cur.execute(f"SELECT {rcols} FROM {replica_sql} AS r WHERE {where} AND NOT EXISTS "
+                        f"(SELECT 1 FROM {_SOURCE_KEYS} AS s WHERE {same}) ORDER BY {rcols}", params)
+        return [tuple(r) for r in rep_cur.fetchall()]
+    finally:
+        execute(rep_cur, f"DROP TEMPORARY TABLE IF EXISTS {_SOURCE_KEYS}")
+
+
+def find_deleted_ranges(src_cur: Any, rep_cur: Any, source_sql: str, replica_sql: str, key: Keyset | tuple[str, ...],
                         page: int) -> tuple[list[tuple[tuple | None, tuple | None, int]], DeleteResult]:
-    """Ranges (low exclusive, high inclusive, rows missing at least) whose key sets differ."""
-    ks = Keyset(key, mysql_ident)
+    """Ranges (low exclusive, high inclusive, rows missing at least) whose key sets differ.
+
+    `key`: a Keyset (Keyset.for_table: ENUM keys range by position, as ORDER BY sorts them), or
+    column names when the key has no ENUM/SET column."""
+    ks = key if isinstance(key, Keyset) else Keyset(tuple(key), mysql_ident)
+    key = ks.columns
     result = DeleteResult()
     differing = []
     low: tuple | None = None
@@ -91,18 +128,18 @@ def find_deleted_ranges(src_cur: Any, rep_cur: Any, source_sql: str, replica_sql
 
 
 def propagate_deletes(src_cur: Any, rep: Any, pg: Any, *, source_sql: str, replica_sql: str, pg_schema: str,
-                      pg_table: str, key: tuple[str, ...], pg_key: list[str], table: str, page: int,
+                      pg_table: str, keyset: Keyset, pg_key: list[str], table: str, page: int,
                       max_fraction: float, min_rows: int) -> DeleteResult:
+    """`keyset`: the table's key (Keyset.for_table, so ENUM keys range by position like ORDER BY)."""
     rep_cur = rep.cursor()
-    differing, result = find_deleted_ranges(src_cur, rep_cur, source_sql, replica_sql, key, page)
+    ks, key = keyset, keyset.columns
+    differing, result = find_deleted_ranges(src_cur, rep_cur, source_sql, replica_sql, ks, page)
     at_least = sum(d[2] for d in differing)
     _guard(table, at_least, result.replica_rows, max_fraction, min_rows)
-    ks = Keyset(key, mysql_ident)
     doomed: list[tuple] = []
     for low, high, _ in differing:
         where, params = _range_where(ks, low, high)
-        gone = _keys(rep_cur, replica_sql, ks, where, params) - _keys(src_cur, source_sql, ks, where, params)
-        doomed.extend(sorted(gone))
+        doomed.extend(_vanished(src_cur, rep_cur, source_sql, replica_sql, ks, where, params))
     _guard(table, len(doomed), result.replica_rows, max_fraction, min_rows)
     if not doomed:
         return result

@@ -34,7 +34,8 @@ class Drift:
 
     def describe(self) -> str:
         parts = [f"added {c.name} {c.column_type}" for c in self.added]
-        parts += [f"widened {old.name} {_shape(old)} -> {_shape(new)}" for old, new in self.widened]
+        parts += [f"widened {old.name} {_shape(old)} -> {_shape(new)}" if _shape(old) != _shape(new)
+                  else f"collation of {old.name} {old.collation} -> {new.collation}" for old, new in self.widened]
         parts += [f"{new.name} became NOT NULL" for _, new in self.tightened]
         return "; ".join(parts + self.problems)
 
@@ -122,14 +123,27 @@ def enum_change(old: Column, new: Column) -> str | None:
     return None
 
 
-def compare(source: TableSchema, replica: TableSchema) -> Drift:
+def compare(source: TableSchema, replica: TableSchema, *, key: tuple[str, ...] | None = None) -> Drift:
+    """What changed from the replica's shape to the source's. `key`: the merge key (default: primary key).
+
+    A changed collation is drift too: it is how the server compares and orders the column. On a
+    non-key column it is applied in place (MODIFY: same bytes, other comparison). On a key column
+    it is refused: which rows are the same key changes ('X1' and 'x1' become two keys under
+    utf8mb4_bin), so the replica is rebuilt by a full refresh rather than merged under the old rule.
+    """
     drift = Drift()
     rep = {c.name: c for c in replica.columns}
     src = {c.name: c for c in source.columns}
+    key = source.primary_key if key is None else key
     for c in source.columns:
         old = rep.get(c.name)
         if old is None:
             drift.added.append(c)
+        elif c.name in key and old.collation != c.collation:
+            drift.problems.append(f"the collation of key column {c.name!r} changed from {old.collation} to "
+                                  f"{c.collation}, which changes which keys are equal")
+        elif _collation_changed(old, c):
+            drift.widened.append((old, c))
         elif (old.column_type, old.nullable, old.charset) != (c.column_type, c.nullable, c.charset):
             if is_widening(old, c):
                 drift.widened.append((old, c))
@@ -157,6 +171,13 @@ def _not_widening(old: Column, new: Column) -> str:
         else:
             why = f"it changed from {_shape(old)} to {_shape(new)}, which is not a widening"
     return f"column {new.name!r}: {why}"
+
+
+def _collation_changed(old: Column, new: Column) -> bool:
+    """Only the collation differs (a type change as well is judged by is_widening, whose MODIFY
+    carries the source's collation)."""
+    return (old.collation != new.collation and (old.column_type, old.nullable, old.charset)
+            == (new.column_type, new.nullable, new.charset))
 
 
 def column_definition(show_create: str, column: str) -> str:

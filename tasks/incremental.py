@@ -32,7 +32,7 @@ from tasks.identifiers import (
     copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name, readable, shadow_name,
 )
 from tasks.keyset import Keyset
-from tasks.mysql_schema import ServerIdentity, TableSchema
+from tasks.mysql_schema import ServerIdentity, TableSchema, relax_unique_sql
 from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan, packet_size
 from tasks.state import TableState, as_datetime
 from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks
@@ -149,11 +149,63 @@ def check_window_column(where: str, column: str, types: dict[str, str], *, fix: 
 
 
 def odku_clause(columns: list[str], key: tuple[str, ...], *, row_alias: str | None) -> str:
-    """ON DUPLICATE KEY UPDATE for every non-key column."""
-    sets = [c for c in columns if c not in key] or list(key[:1])
+    """ON DUPLICATE KEY UPDATE for every column, the key columns included.
+
+    The key too: under a case-insensitive or PAD SPACE collation 'abc' -> 'ABC' or 'zz' -> 'zz ' is
+    the same key to the server, so the row matches, and only setting the key column carries the
+    source's new spelling. The replica has no other unique index to match (see relax_unique).
+    """
+    del key  # every column is set; kept in the signature for the callers' readability
+    sets = list(columns)
     if row_alias:
         return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{mysql_ident(c)} = {row_alias}.{mysql_ident(c)}" for c in sets)
     return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{mysql_ident(c)} = VALUES({mysql_ident(c)})" for c in sets)
+
+# Key column types whose spelling can change while the server still sees the same key (collation:
+# case, accents, trailing spaces under PAD SPACE).
+_TEXT_KEY_TYPES = ("char", "varchar", "tinytext", "text", "mediumtext", "longtext")
+
+
+def respellable_key(schema: TableSchema, key: tuple[str, ...]) -> bool:
+    return any(schema.column(k).data_type in _TEXT_KEY_TYPES and schema.column(k).collation for k in key)
+
+
+def respelled_table(table: str) -> str:
+    """Replica side table of old key spellings the analytics merge must delete (see record_respelled)."""
+    return shadow_name(table, "respelled")
+
+
+def _ensure_respelled(cur: Any, table: str, key: tuple[str, ...]) -> None:
+    # CREATE ... SELECT copies the key columns' types and collations from the replica table.
+    cols = ", ".join(mysql_ident(k) for k in key)
+    execute(cur, f"CREATE TABLE IF NOT EXISTS {mysql_ident(respelled_table(table))} "
+                 f"(`_etl_id` BIGINT AUTO_INCREMENT PRIMARY KEY) SELECT {cols} FROM {mysql_ident(table)} LIMIT 0")
+
+
+def record_respelled(cur: Any, table: str, key: tuple[str, ...], incoming_sql: str, params: list[Any]) -> int:
+    """Save the replica keys that the incoming rows (`incoming_sql`, a SELECT of at least the key
+    columns) will respell: equal under the column's collation, different bytes.
+
+    MySQL updates such a row in place; PostgreSQL compares text byte by byte, so for it the old
+    spelling is another key, which the analytics merge deletes before inserting the new one.
+    """
+    same = " AND ".join(f"r.{mysql_ident(k)} = s.{mysql_ident(k)}" for k in key)
+    exact = " AND ".join(f"CAST(r.{mysql_ident(k)} AS BINARY) = CAST(s.{mysql_ident(k)} AS BINARY)" for k in key)
+    cols = ", ".join(mysql_ident(k) for k in key)
+    rcols = ", ".join(f"r.{mysql_ident(k)}" for k in key)
+    execute(cur, f"INSERT INTO {mysql_ident(respelled_table(table))} ({cols}) SELECT {rcols} "
+                 f"FROM {mysql_ident(table)} AS r JOIN ({incoming_sql}) AS s ON {same} WHERE NOT ({exact})", params)
+    return cur.rowcount
+
+
+def _relax_replica_uniques(cur: Any, table: str, schema: TableSchema, key: tuple[str, ...]) -> None:
+    """Make a replica table created before relax_unique merge by its key alone (once; then a no-op)."""
+    execute(cur, f"SHOW CREATE TABLE {mysql_ident(table)}")
+    ddl = str(cur.fetchone()[1])
+    sql = relax_unique_sql(ddl, table, keep_unique=key if key != schema.primary_key else ())
+    if sql:
+        log.info("%s: replica's secondary UNIQUE indexes made plain (rows are merged by key alone)", table)
+        execute(cur, sql)
 
 
 def _boundary(cur: Any, table_sql: str, ks: Keyset, where: str, params: list[Any], n: int) -> tuple | None:
@@ -179,6 +231,10 @@ def replicate_incremental(engines: Engines, table: ResolvedTable, schema: TableS
         rep = rc.connection.driver_connection
         scur, cur = src.cursor(), rep.cursor()
         execute(cur, f"USE {mysql_ident(replica_db)}")
+        _relax_replica_uniques(cur, table.name, schema, key)
+        if respellable_key(schema, key):
+            _ensure_respelled(cur, table.name, key)
+        rep.commit()
         passes, new_wm = change_window(scur, src_sql, table.incremental_columns, state.watermarks, table.lookback,
                                        {c.name: c.data_type for c in schema.columns})
         try:
@@ -205,10 +261,11 @@ def _merge_server(cur: Any, rep: Any, scur: Any, table: ResolvedTable, schema: T
     dst = mysql_qualified(replica_db, table.name)
     alias = "`_etl_new`" if server.mysql8_alias_upsert else None
     update = odku_clause(schema.column_names, key, row_alias=alias)
+    respell = respellable_key(schema, key)
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     try:
         for p in passes:
-            ks = Keyset((p.column, *key), mysql_ident)
+            ks = Keyset.for_table(schema, (p.column, *key), mysql_ident)
             wcond, wparams = p.condition()
             after: tuple | None = None
             while True:
@@ -219,6 +276,9 @@ def _merge_server(cur: Any, rep: Any, scur: Any, table: ResolvedTable, schema: T
                     econd, eparams = ks.after(end)
                     where, params = f"{where} AND NOT {econd}", [*params, *eparams]
                 select = f"SELECT {cols} FROM {src_sql} WHERE {where}"
+                if respell:  # keys only: the join must not carry whole rows
+                    record_respelled(cur, table.name, key, f"SELECT {ks.select_list} FROM {src_sql} WHERE {where}",
+                                     params)
                 if alias:
                     sql = f"INSERT INTO {dst} ({cols}) SELECT * FROM ({select}) AS {alias} {update}"
                 else:
@@ -245,6 +305,8 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
     cols = ", ".join(mysql_ident(c) for c in schema.column_names)
     alias = "`_etl_new`" if server.mysql8_alias_upsert else None
     update = odku_clause(schema.column_names, key, row_alias=alias)
+    respell = respellable_key(schema, key)
+    key_list = ", ".join(mysql_ident(k) for k in key)
     execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
     execute(cur, f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
     cur.execute("SET SESSION max_error_count = 65535")
@@ -257,7 +319,7 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
             for p in passes:
                 wcond, wparams = p.condition()
                 query = LineQuery(table_sql=src_sql, line_expr=plan.line_expr,
-                                  keyset=Keyset((p.column, *key), mysql_ident), batch_size=table.batch_size,
+                                  keyset=Keyset.for_table(schema, (p.column, *key), mysql_ident), batch_size=table.batch_size,
                                   where=wcond, where_params=wparams, group_rows=group)
                 after: tuple | None = None
                 while True:
@@ -265,6 +327,8 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
                     _load_one_chunk(src, cur, fifo, plan.load_sql, query, after, chunk, set(plan.enum_columns))
                     if chunk.rows:
                         select = f"SELECT {cols} FROM {mysql_ident(stage)}"
+                        if respell:
+                            record_respelled(cur, table.name, key, f"SELECT {key_list} FROM {mysql_ident(stage)}", [])
                         if alias:
                             execute(cur, f"INSERT INTO {mysql_ident(table.name)} ({cols}) SELECT * FROM ({select}) "
                                          f"AS {alias} {update}")
@@ -283,6 +347,32 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
                     after = chunk.last_key
     finally:
         execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+
+
+def _stale_spellings(mcur: Any, replica_db: str, table: str, key: tuple[str, ...]) -> tuple[int, list[tuple]]:
+    """(last id read, old key spellings no longer present byte for byte in the replica)."""
+    side = mysql_qualified(replica_db, respelled_table(table))
+    mcur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                 (replica_db, respelled_table(table)))
+    if not mcur.fetchone()[0]:
+        return 0, []
+    cols = ", ".join(f"s.{mysql_ident(k)}" for k in key)
+    exact = " AND ".join(f"CAST(r.{mysql_ident(k)} AS BINARY) = CAST(s.{mysql_ident(k)} AS BINARY)" for k in key)
+    # Bounded: one entry per key respelled since the last analytics merge.
+    execute(mcur, f"SELECT MAX(`_etl_id`) FROM {side}")
+    last = mcur.fetchone()[0] or 0
+    execute(mcur, f"SELECT DISTINCT {cols} FROM {side} AS s WHERE s.`_etl_id` <= %s AND NOT EXISTS "
+                  f"(SELECT 1 FROM {mysql_qualified(replica_db, table)} AS r WHERE {exact})", (last,))
+    return int(last), [tuple(r) for r in mcur.fetchall()]
+
+
+def _delete_stale_spellings(cur: Any, live: str, key_cols: list[str], stale: list[tuple]) -> None:
+    import psycopg2.extras
+
+    cols = ", ".join(key_cols)
+    match = " AND ".join(f"{live}.{c} = d.{c}" for c in key_cols)
+    psycopg2.extras.execute_values(cur, f"DELETE FROM {live} USING (VALUES %s) AS d({cols}) WHERE {match}",
+                                   stale, page_size=1000)
 
 
 def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...], *,
@@ -315,6 +405,8 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
         mcur = my.cursor()
         passes, new_wm = change_window(mcur, rep_sql, table.incremental_columns, state.watermarks, table.lookback,
                                        {c.name: c.data_type for c in schema.columns})
+        stale_upto, stale = _stale_spellings(mcur, replica_db, table.name, key)
+        my.commit()
         group = group_rows_for(schema.avg_row_length, table.batch_size, packet_size(my))
         pg = pc.connection.driver_connection
         pg.autocommit = False
@@ -326,9 +418,16 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
         merge_sql = (f"INSERT INTO {live} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
                      f"ON CONFLICT ({', '.join(key_cols)}) {conflict}")
         try:
+            if stale:
+                # The new spellings are in this window (their rows changed), merged below; a stop in
+                # between leaves the watermark unsaved, so the next run merges them again.
+                _delete_stale_spellings(cur, live, key_cols, stale)
+                pg.commit()
+                stats.notes.append(f"{len(stale)} keys respelled in the source (case, accents or trailing "
+                                   f"spaces) replaced")
             for p in passes:
                 wcond, wparams = p.condition()
-                query = LineQuery(table_sql=rep_sql, line_expr=line, keyset=Keyset((p.column, *key), mysql_ident),
+                query = LineQuery(table_sql=rep_sql, line_expr=line, keyset=Keyset.for_table(schema, (p.column, *key), mysql_ident),
                                   batch_size=table.batch_size, where=wcond, where_params=wparams, group_rows=group)
                 after: tuple | None = None
                 while True:
@@ -360,6 +459,10 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
             pg.rollback()
             rc.invalidate()
             raise
+        if stale_upto:
+            execute(mcur, f"DELETE FROM {mysql_qualified(replica_db, respelled_table(table.name))} "
+                          f"WHERE `_etl_id` <= %s", (stale_upto,))
+            my.commit()
     report_nul_chars(engines, rep_sql, table.name, cols, stats)
     stats.watermark_after = TableState(watermarks=new_wm).describe()
     stats.seconds = time.monotonic() - started

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tasks.errors import SchemaError
-from tasks.identifiers import execute, mysql_ident, mysql_qualified, sql_text
+from tasks.identifiers import execute, mysql_ident, mysql_qualified, readable, sql_text
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Column:
     extra: str
     default: str | None
     is_json: bool = False
+    collation: str | None = None  # COLLATION_NAME: how the server compares and orders the column
 
     @property
     def unsigned(self) -> bool:
@@ -155,8 +156,8 @@ def read_table_schema(conn: Connection, database: str, table: str) -> TableSchem
     rows = conn.execute(
         sa.text(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_MAXIMUM_LENGTH, "
-            "NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, EXTRA, COLUMN_DEFAULT "
-            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t "
+            "NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, EXTRA, COLUMN_DEFAULT, "
+            "COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t "
             "ORDER BY ORDINAL_POSITION"
         ),
         {"db": database, "t": table},
@@ -176,6 +177,7 @@ def read_table_schema(conn: Connection, database: str, table: str) -> TableSchem
             extra=str(r[9] or "").lower(),
             default=r[10],
             is_json=str(r[1]).lower() == "json" or str(r[0]) in json_cols,
+            collation=r[11],
         )
         for r in rows
     )
@@ -209,13 +211,42 @@ class SplitDDL:
 
 _KEY_LINE = re.compile(r"^\s*(UNIQUE KEY|KEY|FULLTEXT KEY|SPATIAL KEY|UNIQUE INDEX|INDEX)\s", re.I)
 _FK_LINE = re.compile(r"^\s*CONSTRAINT\s+`(?:[^`]|``)*`\s+FOREIGN KEY", re.I)
+_UNIQUE_LINE = re.compile(r"^\s*UNIQUE (?:KEY|INDEX)\s+(`(?:[^`]|``)*`)\s*\((.*)\)(.*)$", re.I)
 
 
-def split_create_table(ddl: str, new_name: str) -> SplitDDL:
+def _index_columns(parts: str) -> tuple[str, ...]:
+    """Column names of an index definition's column list (prefix lengths and ASC/DESC left out)."""
+    return tuple(m.replace("``", "`") for m in re.findall(r"`((?:[^`]|``)*)`(?:\(\d+\))?", parts))
+
+
+def relax_unique(line: str, keep_unique: tuple[str, ...]) -> str | None:
+    """A secondary UNIQUE index line as the replica holds it: a plain index (None: no index at all).
+
+    `INSERT ... ON DUPLICATE KEY UPDATE` matches any unique index, not only the primary key: a row
+    re-created in the source with a new id and the same unique name would update the old row, and
+    a name moved between two rows in one transaction would fail with 1062 on every run. The source
+    enforces uniqueness; the replica only copies its rows, merged by primary key alone. The index
+    on exactly `keep_unique` (the configured key of a table merged by a unique key) stays unique.
+    A UNIQUE ... USING HASH index (MariaDB's long unique over a BLOB/TEXT) has no plain form and
+    is left out.
+    """
+    m = _UNIQUE_LINE.match(line.strip().rstrip(","))
+    if not m:
+        return line.strip().rstrip(",")
+    name, cols, rest = m.groups()
+    if keep_unique and {readable(c) for c in _index_columns(cols)} == set(keep_unique):
+        return line.strip().rstrip(",")
+    if re.search(r"\bUSING HASH\b", rest, re.I):
+        return None
+    return f"KEY {name} ({cols}){rest}"
+
+
+def split_create_table(ddl: str, new_name: str, *, keep_unique: tuple[str, ...] = ()) -> SplitDDL:
     """Rewrite SHOW CREATE TABLE output for a shadow table named `new_name`, in format form.
 
     Secondary indexes move to one ALTER TABLE run after the load (building them once is several
-    times faster than maintaining them row by row). Foreign keys are dropped: the replica is a copy
+    times faster than maintaining them row by row). Secondary UNIQUE indexes become plain ones
+    (see `relax_unique`). Foreign keys are dropped: the replica is a copy
     whose tables are swapped one at a time, and a constraint across tables would block the swap.
     Triggers are not part of SHOW CREATE TABLE, so none is copied (they must not fire on the copy).
     Table options after the column list are kept except those `_table_options` drops (partitioning,
@@ -240,7 +271,9 @@ def split_create_table(ddl: str, new_name: str) -> SplitDDL:
     for line in body:
         stripped = line.strip().rstrip(",")
         if _KEY_LINE.match(line):
-            keys.append(stripped)
+            relaxed = relax_unique(line, keep_unique)
+            if relaxed is not None:
+                keys.append(relaxed)
         elif _FK_LINE.match(line):
             fks.append(stripped)
         else:
@@ -285,6 +318,25 @@ def _table_options(tail: str, *, versioned_columns: bool) -> str:
                 piece = re.sub(r"\s*\bWITH SYSTEM VERSIONING\b", "", piece, flags=re.I)
         out.append(piece)
     return "".join(out).rstrip()
+
+
+def relax_unique_sql(replica_ddl: str, table: str, *, keep_unique: tuple[str, ...] = ()) -> str | None:
+    """ALTER TABLE turning a replica table's secondary UNIQUE indexes into plain ones (None: nothing to do).
+
+    For replica tables created before `relax_unique`; run once, then there is nothing left to relax.
+    """
+    changes: list[str] = []
+    for line in sql_text(replica_ddl).split("\n"):
+        m = _UNIQUE_LINE.match(line.strip().rstrip(","))
+        if not m:
+            continue
+        relaxed = relax_unique(line, keep_unique)
+        if relaxed == line.strip().rstrip(","):
+            continue
+        changes.append(f"DROP INDEX {m.group(1)}")
+        if relaxed is not None:
+            changes.append(f"ADD {relaxed}")
+    return f"ALTER TABLE {mysql_ident(table)} " + ", ".join(changes) if changes else None
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,13 @@ def _exec(cur: Any, sql: str, params: Any = ()) -> int:
     return execute(cur, sql, params).rowcount
 
 
-def _prepare_shadow(cur: Any, src_ddl: str, replica_db: str, table: str, shadow: str, *, resume: bool) -> tuple[tuple | None, int, str | None]:
-    """Create (or, on resume, reuse) the shadow table. Returns (resume key, rows done, index DDL)."""
-    split = split_create_table(src_ddl, shadow)
+def _prepare_shadow(cur: Any, src_ddl: str, replica_db: str, table: str, shadow: str, *, resume: bool,
+                    keep_unique: tuple[str, ...] = ()) -> tuple[tuple | None, int, str | None]:
+    """Create (or, on resume, reuse) the shadow table. Returns (resume key, rows done, index DDL).
+
+    `keep_unique`: the merge key when it is a unique key rather than the primary key (its index
+    stays unique; every other secondary UNIQUE index becomes a plain one, see relax_unique)."""
+    split = split_create_table(src_ddl, shadow, keep_unique=keep_unique)
     checkpoints.mysql_ensure(cur)
     if resume:
         cp = checkpoints.mysql_load(cur, table)
@@ -97,6 +101,8 @@ def copy_full(
     with engines.source.connect() as sc:
         schema = read_table_schema(sc, source_db, table.name)
         key = choose_key(schema, table.primary_key, unique_keys(sc, source_db, table.name))
+        if key:
+            Keyset.for_table(schema, key, mysql_ident)  # refuses a key it cannot page, before any write
         ddl = show_create_table(sc, source_db, table.name)
         sc.rollback()
 
@@ -136,7 +142,9 @@ def _copy_into_shadow_and_swap(engines: Engines, table: ResolvedTable, schema: T
         cur = rep.cursor()
         ensure_database(rc, replica_db)
         execute(cur, f"USE {mysql_ident(replica_db)}")
-        after, done, add_indexes = _prepare_shadow(cur, ddl, replica_db, table.name, shadow, resume=resume and bool(key))
+        keep = key if key != schema.primary_key else ()
+        after, done, add_indexes = _prepare_shadow(cur, ddl, replica_db, table.name, shadow, resume=resume and bool(key),
+                                                   keep_unique=keep)
         stats.resumed_at_rows = done
         stats.rows = done
         if done:
@@ -182,7 +190,7 @@ def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, .
             stats.rows += n
             stats.chunks += 1
             return
-        ks = Keyset(key, mysql_ident)
+        ks = Keyset.for_table(schema, key, mysql_ident)
         while True:
             cond, params = ks.after(after)
             n = _exec(cur, f"INSERT INTO {dst} ({cols}) SELECT {cols} FROM {src} WHERE {cond} "
@@ -248,7 +256,7 @@ def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple
     query = LineQuery(
         table_sql=mysql_qualified(source_db, table.name),
         line_expr=plan.line_expr,
-        keyset=Keyset(key, mysql_ident) if key else None,
+        keyset=Keyset.for_table(schema, key, mysql_ident) if key else None,
         batch_size=table.batch_size if key else 0,
         group_rows=group_rows_for(schema.avg_row_length, table.batch_size, packet_size(src)) if key else 0,
         integer_key=len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES,

@@ -105,7 +105,7 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
     """
     ks = query.keyset
     assert ks is not None
-    single = len(ks.columns) == 1
+    single = len(ks.columns) == 1 and ks.max_is_last  # MAX(enum) compares text, not position
     remaining = query.batch_size
     group = max(1, query.group_rows)
     cur = dbapi_conn.cursor()

@@ -27,6 +27,7 @@ from tasks import analytics_load, deletes, drift, incremental, locks, replica_co
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import SchemaError
+from tasks.keyset import Keyset
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
 from tasks.mysql_schema import (
     TableSchema, choose_key, ensure_database, read_table_schema, server_identity, show_create_table, table_exists,
@@ -105,7 +106,7 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
 
     notes: list[str] = []
     if mode == "incremental" and current is not None and live and not full_refresh:
-        d = drift.compare(src_schema, rep_schema)
+        d = drift.compare(src_schema, rep_schema, key=key)
         if d.problems:
             raise drift.refuse(table.name, d)
         if d.tightened:
@@ -311,7 +312,8 @@ def _propagate_deletes(engines: Engines, table: ResolvedTable, key: tuple[str, .
         result = deletes.propagate_deletes(
             scur, rc.connection.driver_connection, pc.connection.driver_connection,
             source_sql=mysql_qualified(source_db, table.name), replica_sql=mysql_qualified(replica_db, table.name),
-            pg_schema=pg_schema, pg_table=pg_table_name(table.name), key=key, pg_key=[by_source[k] for k in key],
+            pg_schema=pg_schema, pg_table=pg_table_name(table.name), keyset=Keyset.for_table(rep_schema, key, mysql_ident),
+            pg_key=[by_source[k] for k in key],
             table=table.name, page=max(table.batch_size, 10_000), max_fraction=table.deletes_max_fraction,
             min_rows=table.deletes_min_rows)
         sc.rollback()
