@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tasks import faults
-from tests.conftest import mysql_connect
+from tests.conftest import MYSQL, mysql_connect
 from tests.test_end_to_end import assert_all_copies_equal
 
 TABLE = """
@@ -64,9 +64,9 @@ def _replica_note(env, row_id: int) -> str:
     rep = env.mysql(env.replica_db)
     with rep.cursor() as cur:
         cur.execute("SELECT note FROM visit WHERE id = %s", (row_id,))
-        note = cur.fetchone()[0]
+        row = cur.fetchone()
     rep.close()
-    return note
+    return row[0] if row else None
 
 
 def _retry_after_drop(env, edits: list[str]) -> None:
@@ -199,3 +199,42 @@ INSERT INTO appt (id, note, edited) SELECT seq, CONCAT('appt ', seq), '2024-05-0
         assert cur.fetchone()[0] == "edited in the repeated hour"
     rep.close()
     assert_all_copies_equal(etl_env)
+
+
+def test_without_process_privilege_late_commits_fall_back_to_a_lookback_and_plan_says_so(
+        etl_env, monkeypatch, capsys) -> None:
+    """A source login without PROCESS cannot read INNODB_TRX: the watermark is held FALLBACK_LOOKBACK
+    below MAX instead, which still catches a transaction committing seconds later."""
+    etl_env.source_sql(TABLE)
+    _configure(etl_env)
+    user = f"{etl_env.prefix}_ro"
+    root = mysql_connect()
+    with root.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'ro-pass'")
+        cur.execute(f"GRANT SELECT, SHOW VIEW ON `{etl_env.source_db}`.* TO '{user}'@'127.0.0.1'")
+    try:
+        monkeypatch.setenv("ETL_SOURCE_URL",
+                           f"mysql+pymysql://{user}:ro-pass@{MYSQL['host']}:{MYSQL['port']}/{etl_env.source_db}")
+        assert etl_env.etl("plan") == 0
+        plan = capsys.readouterr().out
+        assert "INNODB_TRX is not readable (grant PROCESS)" in plan and "held 15 min below MAX" in plan
+        _run("visit")
+        a = mysql_connect(etl_env.source_db)
+        a.autocommit(False)
+        try:
+            with a.cursor() as cur:
+                cur.execute("UPDATE visit SET note = 'late commit' WHERE id = 5")
+            time.sleep(0.05)
+            etl_env.source_sql("UPDATE visit SET note = 'committed first' WHERE id = 6")
+            stats = _run("visit")
+            a.commit()
+        finally:
+            a.close()
+        assert any("INNODB_TRX is not readable" in n for n in stats.notes)
+        _run("visit")
+        assert _replica_note(etl_env, 5) == "late commit"
+        assert_all_copies_equal(etl_env)
+    finally:
+        with root.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        root.close()
