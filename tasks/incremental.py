@@ -6,7 +6,8 @@ one pass per column; a row caught by two passes is merged twice, which changes n
 pass the rows are paged with a composite keyset on (c, primary key), so thousands of rows sharing
 one timestamp are neither skipped nor read twice. The next run starts at `>=` the saved maximum:
 rows that arrive later with a timestamp equal to it are still picked up, and the merge makes the
-re-read boundary harmless. NULL change values never match a window (a nullable column alone cannot
+re-read boundary harmless. The watermark saved may be held below MAX (late commits, DST, see
+tasks/watermarks.py), and a retry reuses the window its first attempt read. NULL change values never match a window (a nullable column alone cannot
 be trusted; `etl discover` only chooses incremental where a server-maintained column exists).
 
 Merges: MySQL `INSERT ... ON DUPLICATE KEY UPDATE` (`VALUES()` on MariaDB and MySQL < 8.0.20, the

@@ -12,13 +12,14 @@ Watermarks are typed (`wm_datetime` for DATE/DATETIME/TIMESTAMP columns, `wm_int
 columns), never a string holding either. TIMESTAMP values are UTC (every session runs in UTC);
 the source server's time zone is stored next to them. `generation` counts full loads of the
 replica table: when analytics holds an older generation it reloads in full (e.g. after drift).
-A reset (`--full-refresh`) first copies the rows into the `*_history` table.
+A reset (`--full-refresh`) first copies the rows into the `*_history` table. `_etl_pending_window`
+holds the window a replica sync is reading until its state is saved, so a retry reuses it.
 """
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.checkpoints import decode_key, encode_key
@@ -79,6 +80,7 @@ def mysql_ensure(cur: Any) -> None:
                 "reset_at DATETIME(6) NOT NULL, KEY (table_name, reset_at)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
     for t in (MYSQL_STATE, MYSQL_HISTORY):
         ensure_exact_names(cur, t, ("table_name", "column_name"))
+    mysql_pending_ensure(cur)
 
 
 def mysql_load(cur: Any, table: str) -> TableState | None:

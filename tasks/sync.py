@@ -6,7 +6,9 @@ pick the path, and write the new state with the data:
 - full refresh when the table's mode is `full`, when it has no primary key or no usable change
   column, on its first run, with `--full-refresh`, or after a column was added in the source
   (the reload back-fills it). The watermarks saved are the change columns' maxima read *before*
-  the copy started, so rows changed during the copy are read again next time.
+  the copy started, so rows changed during the copy are read again next time, held back against
+  late commits and DST (tasks/watermarks.py) and persisted first, so a retry that resumes the copy
+  saves the same ones.
 - incremental otherwise (see tasks/incremental.py); widened columns are altered in place first,
   and in the analytics phase deleted rows are propagated when `deletes: detect` is due.
 Analytics reloads in full whenever the replica's generation (count of full reloads) differs from
@@ -163,7 +165,6 @@ def _source_window(engines: Engines, table: ResolvedTable, src_schema: TableSche
         rep = rc.connection.driver_connection
         cur = rep.cursor()
         execute(cur, f"USE {mysql_ident(replica_db)}")
-        state.mysql_pending_ensure(cur)
         pending = state.mysql_load_pending(cur, table.name, kind) if resume else None
         rep.commit()
         if pending is not None:

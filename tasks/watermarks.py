@@ -164,20 +164,20 @@ def capture(cur: Any, table_sql: str, columns: tuple[str, ...], types: dict[str,
             s = min(high, ts_cap if kind == "timestamp" else dt_cap)
             base = s
             if kind == "datetime":
-                s = base - DST_SHIFT
+                s = _minus(base, DST_SHIFT)
                 notes.append(f"{c}: DATETIME held {_fmt(DST_SHIFT)} below MAX (a DST fall-back repeats local times)")
             if late_commits and not trx.readable:
-                s = min(s, base - FALLBACK_LOOKBACK)
+                s = min(s, _minus(base, FALLBACK_LOOKBACK))
                 notes.append(f"{c}: held {_fmt(FALLBACK_LOOKBACK)} below MAX: {trx.why_unreadable}; transactions "
                              f"open longer than that can be missed")
             elif trx.oldest_age is not None:
                 back = trx.oldest_age + LATE_COMMIT_MARGIN
-                s = min(s, ts_cap - back) if kind == "timestamp" else min(s, base - back)
+                s = min(s, _minus(ts_cap, back)) if kind == "timestamp" else min(s, _minus(base, back))
                 notes.append(f"{c}: held at the start of the oldest open transaction ({_fmt(trx.oldest_age)} ago)")
             if kind == "date":
                 s = dt.datetime.combine(s.date(), dt.time())
-            if s.year < 1:
-                s = None
+            if s == dt.datetime.min:
+                s = None  # held back past year 1: no watermark, the next run reads from the beginning
         else:
             s = high
             if late_commits and not trx.readable:
@@ -192,6 +192,13 @@ def capture(cur: Any, table_sql: str, columns: tuple[str, ...], types: dict[str,
         # Never backwards: the previous watermark was safe when it was saved and stays so.
         save[c] = s if old is None or s >= old else old
     return maxima, save, notes
+
+
+def _minus(d: dt.datetime, delta: dt.timedelta) -> dt.datetime:
+    try:
+        return d - delta
+    except OverflowError:  # a DATETIME in year 1 (bad data): nothing can be held back below it
+        return dt.datetime.min
 
 
 def _fmt(d: dt.timedelta) -> str:
