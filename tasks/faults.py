@@ -2,7 +2,8 @@
 
 Tests set a fault in-process with `inject(...)`, or for a subprocess through the environment:
 `ETL_FAULT=analytics:patient:2:raise` raises after the 2nd committed chunk of `patient` in the
-analytics load; `...:kill` sends SIGKILL to the process instead. Unset, every check is a no-op.
+analytics load; `...:kill` sends SIGKILL to the process instead; `...:drop` raises the error a dropped
+MySQL connection raises (2013), which tasks/errors.is_retriable retries. Unset, every check is a no-op.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+
+import pymysql
 
 
 class InjectedFault(RuntimeError):
@@ -21,7 +24,7 @@ class Fault:
     phase: str
     table: str
     after_chunks: int
-    action: str = "raise"  # raise | kill | sleep (stands in for a slow table)
+    action: str = "raise"  # raise | kill | drop (a retriable lost connection) | sleep (stands in for a slow table)
     seconds: float = 0.0
 
 
@@ -53,6 +56,10 @@ def check(phase: str, table: str, chunks_done: int) -> None:
         if f.phase == phase and f.table == table and chunks_done == f.after_chunks:
             if f.action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if f.action == "drop":
+                raise pymysql.err.OperationalError(
+                    2013, f"Lost connection to server during query (injected in {phase} of {table} after "
+                          f"{chunks_done} chunks)")
             if f.action == "sleep":
                 time.sleep(f.seconds)
                 continue

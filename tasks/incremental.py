@@ -6,7 +6,8 @@ one pass per column; a row caught by two passes is merged twice, which changes n
 pass the rows are paged with a composite keyset on (c, primary key), so thousands of rows sharing
 one timestamp are neither skipped nor read twice. The next run starts at `>=` the saved maximum:
 rows that arrive later with a timestamp equal to it are still picked up, and the merge makes the
-re-read boundary harmless. NULL change values never match a window (a nullable column alone cannot
+re-read boundary harmless. The watermark saved may be held below MAX (late commits, DST, see
+tasks/watermarks.py), and a retry reuses the window its first attempt read. NULL change values never match a window (a nullable column alone cannot
 be trusted; `etl discover` only chooses incremental where a server-maintained column exists).
 
 Merges: MySQL `INSERT ... ON DUPLICATE KEY UPDATE` (`VALUES()` on MariaDB and MySQL < 8.0.20, the
@@ -18,13 +19,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
 
 from config.models import LookbackWindow, ResolvedTable, parse_lookback_seconds
-from tasks import faults
+from tasks import faults, watermarks
 from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error, report_nul_chars
 from tasks.connections import Engines
 from tasks.errors import SchemaError
@@ -34,48 +34,28 @@ from tasks.identifiers import (
 from tasks.keyset import Keyset
 from tasks.mysql_schema import ServerIdentity, TableSchema, relax_unique_sql
 from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan, packet_size
-from tasks.state import TableState, as_datetime
+from tasks.state import TableState
 from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks
 from tasks.type_mapping import copy_line_select, pg_columns
+from tasks.watermarks import Pass, Window
 
 log = logging.getLogger("etl.incremental")
 
 
-@dataclass(frozen=True)
-class Pass:
-    """One change column's window."""
-
-    column: str
-    low: Any  # inclusive; None = from the beginning
-    high: Any  # inclusive
-
-    def condition(self) -> tuple[str, list[Any]]:
-        q = mysql_ident(self.column)
-        if self.low is None:
-            return f"{q} <= %s", [self.high]
-        return f"{q} >= %s AND {q} <= %s", [self.low, self.high]
-
-
 def column_max(cur: Any, table_sql: str, column: str) -> Any:
-    execute(cur, f"SELECT MAX({mysql_ident(column)}) FROM {table_sql}")
-    v = cur.fetchone()[0]
-    # An all-zero DATETIME column comes back as a string; it has no usable maximum.
-    if isinstance(v, str):
-        return None
-    return as_datetime(v)
+    return watermarks.column_max(cur, table_sql, column)
 
 
 def _now_caps(cur: Any) -> tuple[dt.datetime, dt.datetime]:
     """Latest plausible TIMESTAMP (UTC now) and DATETIME (now in any time zone) on the server."""
-    cur.execute("SELECT UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 14 HOUR")
-    a, b = cur.fetchone()
-    return a, b
+    return watermarks.now_caps(cur)
 
 
-def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks: dict[str, Any],
-                  lookback: str | LookbackWindow | None,
-                  types: dict[str, str] | None = None) -> tuple[list[Pass], dict[str, Any]]:
-    """The passes to read now, and the watermarks to save once they are merged.
+def read_window(cur: Any, table_sql: str, columns: tuple[str, ...], saved: dict[str, Any],
+                lookback: str | LookbackWindow | None, types: dict[str, str] | None = None, *,
+                late_commits: bool = True) -> Window:
+    """The passes to read now and the watermarks to save once they are merged (tasks/watermarks.py
+    says how the saved watermark is held back so no late-committed or DST-repeated row falls behind).
 
     A saved watermark never passes the server's clock: a row stamped in the future (bad data, a
     skewed application clock) would otherwise push it ahead and hide every real change until then.
@@ -86,30 +66,30 @@ def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks
     edited without touching a change column. Those passes save no watermark.
     """
     back = dt.timedelta(seconds=parse_lookback_seconds(lookback)) if isinstance(lookback, str) else None
+    types = types or {}
+    maxima, save, notes = watermarks.capture(cur, table_sql, columns, types, saved, late_commits=late_commits)
     passes: list[Pass] = []
-    new: dict[str, Any] = {}
-    ts_cap, dt_cap = _now_caps(cur)
     for c in columns:
-        high = column_max(cur, table_sql, c)
-        low = watermarks.get(c)
+        high, low = maxima[c], saved.get(c)
         if high is None:
-            if low is not None:
-                new[c] = low
             continue
         if low is not None and back is not None and isinstance(low, dt.datetime):
             low = low - back
         if low is not None and isinstance(low, dt.datetime) and low.year < 1:
             low = None
-        old = watermarks.get(c)
-        saved = high
-        if isinstance(high, dt.datetime):
-            cap = ts_cap if (types or {}).get(c) == "timestamp" else dt_cap
-            saved = min(high, cap)
-        new[c] = saved if old is None or saved >= old else old
         passes.append(Pass(c, low, high))
     if isinstance(lookback, LookbackWindow):
-        passes.extend(date_window_passes(cur, table_sql, lookback, types or {}, utc_now=ts_cap))
-    return passes, new
+        ts_cap, _ = watermarks.now_caps(cur)
+        passes.extend(date_window_passes(cur, table_sql, lookback, types, utc_now=ts_cap))
+    return Window(passes=passes, save=save, protection=notes)
+
+
+def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], watermarks: dict[str, Any],
+                  lookback: str | LookbackWindow | None,
+                  types: dict[str, str] | None = None) -> tuple[list[Pass], dict[str, Any]]:
+    """(passes, watermarks to save): `read_window` as a pair."""
+    w = read_window(cur, table_sql, columns, watermarks, lookback, types)
+    return w.passes, w.save
 
 
 def date_window_passes(cur: Any, table_sql: str, lookback: LookbackWindow, types: dict[str, str], *,
@@ -219,9 +199,10 @@ def _boundary(cur: Any, table_sql: str, ks: Keyset, where: str, params: list[Any
 def replicate_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...], *,
                           source_db: str, replica_db: str, method: str, state: TableState,
                           replica_server: ServerIdentity, save_state: Any,
-                          progress: ProgressFn | None = None) -> PhaseStats:
+                          progress: ProgressFn | None = None, window: Window | None = None) -> PhaseStats:
     """Merge the changed source rows into the replica table. `save_state(cursor, new_watermarks)`
-    is called in the transaction of the last merged chunk."""
+    is called in the transaction of the last merged chunk. `window` (read and persisted by the
+    caller before the first attempt) is used as is, so a retry reads no new MAX."""
     started = time.monotonic()
     stats = PhaseStats(method=method, mode="incremental", watermark_before=state.describe())
     src_sql = mysql_qualified(source_db, table.name)
@@ -235,8 +216,10 @@ def replicate_incremental(engines: Engines, table: ResolvedTable, schema: TableS
         if respellable_key(schema, key):
             _ensure_respelled(cur, table.name, key)
         rep.commit()
-        passes, new_wm = change_window(scur, src_sql, table.incremental_columns, state.watermarks, table.lookback,
-                                       {c.name: c.data_type for c in schema.columns})
+        if window is None:
+            window = read_window(scur, src_sql, table.incremental_columns, state.watermarks, table.lookback,
+                                 {c.name: c.data_type for c in schema.columns})
+        passes, new_wm = window.passes, window.save
         try:
             if method == "server":
                 _merge_server(cur, rep, scur, table, schema, key, passes, src_sql, replica_db, replica_server,
@@ -378,8 +361,9 @@ def _delete_stale_spellings(cur: Any, live: str, key_cols: list[str], stale: lis
 def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...], *,
                      replica_db: str, pg_schema: str, column_case: str, state: TableState, save_state: Any,
                      loaded_at_column: str | None = "_etl_loaded_at",
-                     progress: ProgressFn | None = None) -> PhaseStats:
-    """Merge the changed replica rows into the analytics table (COPY into a temp stage, then upsert)."""
+                     progress: ProgressFn | None = None, window: Window | None = None) -> PhaseStats:
+    """Merge the changed replica rows into the analytics table (COPY into a temp stage, then upsert).
+    `window`, when given, is the one the caller read from the replica (see tasks/sync._load)."""
     started = time.monotonic()
     stats = PhaseStats(method="copy+merge", mode="incremental", watermark_before=state.describe())
     rep_sql = mysql_qualified(replica_db, table.name)
@@ -403,8 +387,10 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
     with engines.replica.connect() as rc, engines.analytics.connect() as pc:
         my = rc.connection.driver_connection
         mcur = my.cursor()
-        passes, new_wm = change_window(mcur, rep_sql, table.incremental_columns, state.watermarks, table.lookback,
-                                       {c.name: c.data_type for c in schema.columns})
+        if window is None:
+            window = read_window(mcur, rep_sql, table.incremental_columns, state.watermarks, table.lookback,
+                                 {c.name: c.data_type for c in schema.columns}, late_commits=False)
+        passes, new_wm = window.passes, window.save
         stale_upto, stale = _stale_spellings(mcur, replica_db, table.name, key)
         my.commit()
         group = group_rows_for(schema.avg_row_length, table.batch_size, packet_size(my))

@@ -63,6 +63,11 @@ class Keyset:
         """MAX(col) is the last key in ORDER BY order (not for ENUM/SET: MAX compares their text)."""
         return not self.members
 
+    def __post_init__(self) -> None:
+        # A change window pages on (change column, *key); when the change column IS the key (an
+        # auto-increment id) it would be listed twice, and a select list naming a column twice fails.
+        object.__setattr__(self, "columns", tuple(dict.fromkeys(self.columns)))
+
     @property
     def order_by(self) -> str:
         return ", ".join(self.quote(c) for c in self.columns)

@@ -10,7 +10,7 @@ from config.models import PipelineConfig
 from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
-from tasks import drift, state
+from tasks import drift, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.mysql_schema import (
     choose_key, read_table_schema, server_identity, show_create_table, table_exists, unique_keys,
@@ -36,6 +36,7 @@ class TablePlan:
     watermark: str | None = None
     deletes: str = "-"
     ddl: list[str] = field(default_factory=list)
+    protection: str = "-"  # what keeps late commits and DST repeats inside the next window
 
 
 @dataclass
@@ -59,6 +60,9 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
             if method == "auto":
                 method = _auto_method(settings, conn)
             states, replica_schemas = _replica_view(settings, replica_db, [t.name for t in chosen])
+            # Whether INNODB_TRX is readable decides the late-commit protection of every table.
+            trx = watermarks.open_transactions(conn.connection.driver_connection.cursor())
+            conn.rollback()
             for t in chosen:
                 gi, workers = order[t.priority]
                 p = TablePlan(t.name, t.priority, gi, workers, "full", None, t.batch_size, None, (), "")
@@ -78,6 +82,9 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                     if unindexed:
                         why += (f"; no index starts with {', '.join(unindexed)}: every run scans the whole table "
                                 f"to find changes (an index on the source makes runs cheap)")
+                if mode == "incremental":
+                    p.protection = watermarks.describe_protection(
+                        trx, {c: schema.column(c).data_type for c in t.incremental_columns})
                 st = states.get(t.name)
                 p.watermark = st.describe() if st else None
                 p.chunks = max(1, math.ceil((p.estimated_rows or 0) / t.batch_size)) if p.key else 1
@@ -174,7 +181,7 @@ def render_plan(plan: Plan) -> str:
     rows = []
     for p in plan.tables:
         rows.append([p.group_order, p.group, p.workers, p.table, p.mode, p.estimated_rows, p.batch_size, p.chunks,
-                     ",".join(p.key) or "-", p.watermark or "-", p.deletes,
+                     ",".join(p.key) or "-", p.watermark or "-", p.deletes, p.protection,
                      "; ".join(p.problems) if p.problems else p.reason])
     head = f"replica copy path: {plan.replica_method}; {len(plan.tables)} tables"
     bad = [p for p in plan.tables if p.problems]
@@ -183,5 +190,5 @@ def render_plan(plan: Plan) -> str:
     tail += f"\n{len(bad)} table(s) have problems that would fail them" if bad else ""
     return head + "\n" + format_table(
         ["#", "group", "workers", "table", "mode", "rows to move", "batch", "chunks", "key", "watermark", "deletes",
-         "why / problems"], rows
+         "protection", "why / problems"], rows
     ) + tail

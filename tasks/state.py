@@ -12,14 +12,17 @@ Watermarks are typed (`wm_datetime` for DATE/DATETIME/TIMESTAMP columns, `wm_int
 columns), never a string holding either. TIMESTAMP values are UTC (every session runs in UTC);
 the source server's time zone is stored next to them. `generation` counts full loads of the
 replica table: when analytics holds an older generation it reloads in full (e.g. after drift).
-A reset (`--full-refresh`) first copies the rows into the `*_history` table.
+A reset (`--full-refresh`) first copies the rows into the `*_history` table. `_etl_pending_window`
+holds the window a replica sync is reading until its state is saved, so a retry reuses it.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.checkpoints import decode_key, encode_key
 from tasks.identifiers import execute, mysql_ident, mysql_qualified
 from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
 from tasks.type_mapping import INTEGER_TYPES
@@ -77,6 +80,7 @@ def mysql_ensure(cur: Any) -> None:
                 "reset_at DATETIME(6) NOT NULL, KEY (table_name, reset_at)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
     for t in (MYSQL_STATE, MYSQL_HISTORY):
         ensure_exact_names(cur, t, ("table_name", "column_name"))
+    mysql_pending_ensure(cur)
 
 
 def mysql_load(cur: Any, table: str) -> TableState | None:
@@ -123,6 +127,47 @@ def mysql_reset(cur: Any, table: str) -> None:
     cur.execute(f"INSERT INTO {mysql_ident(MYSQL_HISTORY)} SELECT *, UTC_TIMESTAMP(6) FROM {mysql_ident(MYSQL_STATE)} "
                 "WHERE table_name = %s", (table,))
     cur.execute(f"DELETE FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s", (table,))
+
+
+# --- the window a run is reading (replica side) -------------------------------------------------------
+# One row per table while a replica sync is under way: the passes and the watermarks to save, read
+# from the source before the first row was copied. A retry (resume=True) reads them back instead of
+# reading a new MAX; the row is deleted in the transaction that saves the state. `kind` says which
+# path wrote it ("incremental" or "full"), so a retry that took the other path does not use it.
+
+MYSQL_PENDING = "_etl_pending_window"
+
+
+def mysql_pending_ensure(cur: Any) -> None:
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_PENDING)} (table_name {NAME_COLUMN} PRIMARY KEY, "
+                "kind VARCHAR(16) NOT NULL, window_json MEDIUMTEXT NOT NULL, created_at DATETIME(6) NOT NULL"
+                ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+    ensure_exact_names(cur, MYSQL_PENDING, ("table_name",))
+
+
+def mysql_save_pending(cur: Any, table: str, kind: str, passes: list[tuple[str, Any, Any]], save: dict[str, Any],
+                       notes: list[str]) -> None:
+    """Remember the window (caller commits, before the first row is read)."""
+    doc = {"passes": [[c, encode_key((lo, hi))] for c, lo, hi in passes],
+           "save": [[c, encode_key((v,))] for c, v in sorted(save.items())], "notes": list(notes)}
+    cur.execute(f"REPLACE INTO {mysql_ident(MYSQL_PENDING)} (table_name, kind, window_json, created_at) "
+                "VALUES (%s, %s, %s, UTC_TIMESTAMP(6))", (table, kind, json.dumps(doc)))
+
+
+def mysql_load_pending(cur: Any, table: str, kind: str
+                       ) -> tuple[list[tuple[str, Any, Any]], dict[str, Any], list[str]] | None:
+    cur.execute(f"SELECT kind, window_json FROM {mysql_ident(MYSQL_PENDING)} WHERE table_name = %s", (table,))
+    row = cur.fetchone()
+    if not row or row[0] != kind:
+        return None
+    doc = json.loads(row[1])
+    passes = [(c, *decode_key(k)) for c, k in doc["passes"]]
+    save = {c: decode_key(k)[0] for c, k in doc["save"]}
+    return passes, save, list(doc.get("notes", []))
+
+
+def mysql_clear_pending(cur: Any, table: str) -> None:
+    cur.execute(f"DELETE FROM {mysql_ident(MYSQL_PENDING)} WHERE table_name = %s", (table,))
 
 
 # --- analytics side --------------------------------------------------------------------------------

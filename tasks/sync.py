@@ -6,7 +6,9 @@ pick the path, and write the new state with the data:
 - full refresh when the table's mode is `full`, when it has no primary key or no usable change
   column, on its first run, with `--full-refresh`, or after a column was added in the source
   (the reload back-fills it). The watermarks saved are the change columns' maxima read *before*
-  the copy started, so rows changed during the copy are read again next time.
+  the copy started, so rows changed during the copy are read again next time, held back against
+  late commits and DST (tasks/watermarks.py) and persisted first, so a retry that resumes the copy
+  saves the same ones.
 - incremental otherwise (see tasks/incremental.py); widened columns are altered in place first,
   and in the analytics phase deleted rows are propagated when `deletes: detect` is due.
 Analytics reloads in full whenever the replica's generation (count of full reloads) differs from
@@ -14,7 +16,6 @@ the one it last loaded.
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import re
 
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from config.models import LookbackWindow, ResolvedTable
-from tasks import analytics_load, deletes, drift, incremental, locks, replica_copy, state
+from tasks import analytics_load, deletes, drift, incremental, locks, replica_copy, state, watermarks
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import SchemaError
@@ -122,38 +123,69 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
                     execute(c, stmt)
             notes.append(f"schema drift applied in place: {d.describe()}")
         if not d.added:
+            window = _source_window(engines, table, src_schema, source_db=source_db, replica_db=replica_db,
+                                    kind="incremental", previous=current.watermarks, resume=resume)
+
             def save(cur, watermarks) -> None:  # noqa: ANN001
                 state.mysql_save(cur, table.name, TableState(
                     generation=current.generation, watermarks=watermarks, run_count=current.run_count + 1,
                     source_time_zone=tz))
+                state.mysql_clear_pending(cur, table.name)
             stats = incremental.replicate_incremental(
                 engines, table, src_schema, key, source_db=source_db, replica_db=replica_db, method=method,
-                state=current, replica_server=rep_server, save_state=save, progress=progress)
-            stats.notes = notes + stats.notes
+                state=current, replica_server=rep_server, save_state=save, progress=progress, window=window)
+            stats.notes = notes + window.protection + stats.notes
             return stats
         notes.append("reloaded in full to back-fill the added column(s)")
 
+    # The maxima saved are read before the copy starts (rows changed during it are read again next
+    # time), held back like an incremental window's, and persisted first: a retry that resumes after
+    # the last committed chunk does not re-read the rows before it, so it must save these, not new ones.
     highs: dict = {}
+    protection: list[str] = []
     if mode == "incremental":
-        with engines.source.connect() as sc:
-            cur = sc.connection.driver_connection.cursor()
-            ts_cap, dt_cap = incremental._now_caps(cur)
-            for c in table.incremental_columns:
-                v = incremental.column_max(cur, mysql_qualified(source_db, table.name), c)
-                if isinstance(v, datetime.datetime):
-                    v = min(v, ts_cap if src_schema.column(c).data_type == "timestamp" else dt_cap)
-                if v is not None:
-                    highs[c] = v
-            sc.rollback()
+        w = _source_window(engines, table, src_schema, source_db=source_db, replica_db=replica_db, kind="full",
+                           previous={}, resume=resume)
+        highs, protection = w.save, w.protection
     new = TableState(generation=(current.generation if current else 0) + 1, watermarks=highs, source_time_zone=tz)
+
+    def after_swap(cur) -> None:  # noqa: ANN001
+        state.mysql_save(cur, table.name, new)
+        state.mysql_clear_pending(cur, table.name)
     stats = replica_copy.copy_full(
         engines, table, source_db=source_db, replica_db=replica_db, method=method, resume=resume,
-        progress=progress, after_swap=lambda cur: state.mysql_save(cur, table.name, new))
+        progress=progress, after_swap=after_swap)
     stats.mode = "full"
     stats.watermark_before = current.describe() if current else None
     stats.watermark_after = new.describe()
-    stats.notes = notes + [why] + stats.notes if mode == "full" else notes + stats.notes
+    stats.notes = notes + [why] + stats.notes if mode == "full" else notes + protection + stats.notes
     return stats
+
+
+def _source_window(engines: Engines, table: ResolvedTable, src_schema: TableSchema, *, source_db: str,
+                   replica_db: str, kind: str, previous: dict, resume: bool) -> watermarks.Window:
+    """The window of this run: on a retry the one the first attempt persisted, else read now from the
+    source (MAX, open transactions) and persisted in the replica before any row is read."""
+    with engines.replica.connect() as rc:
+        rep = rc.connection.driver_connection
+        cur = rep.cursor()
+        execute(cur, f"USE {mysql_ident(replica_db)}")
+        pending = state.mysql_load_pending(cur, table.name, kind) if resume else None
+        rep.commit()
+        if pending is not None:
+            passes, save, notes = pending
+            return watermarks.Window([watermarks.Pass(*p) for p in passes], save,
+                                     notes + ["retry: kept the window read before the first attempt"])
+        with engines.source.connect() as sc:
+            scur = sc.connection.driver_connection.cursor()
+            w = incremental.read_window(scur, mysql_qualified(source_db, table.name), table.incremental_columns,
+                                        previous, table.lookback if kind == "incremental" else None,
+                                        {c.name: c.data_type for c in src_schema.columns})
+            sc.rollback()
+        state.mysql_save_pending(cur, table.name, kind, [(p.column, p.low, p.high) for p in w.passes], w.save,
+                                 w.protection)
+        rep.commit()
+    return w
 
 
 def load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
@@ -194,12 +226,15 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
             and current.generation == rep_state.generation):
         notes = _widen_in_place(engines, table, rep_schema, pg_schema, column_case, loaded_at_column, key=key)
 
+        window = _replica_window(engines, table, rep_schema, replica_db=replica_db, previous=current.watermarks,
+                                 replica_saved=rep_state.watermarks)
+
         def save(cur, watermarks) -> None:  # noqa: ANN001
             state.pg_save(cur, pg_schema, pg_name, TableState(
                 generation=current.generation, watermarks=watermarks, run_count=current.run_count + 1))
         stats = incremental.load_incremental(
             engines, table, rep_schema, key, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case,
-            state=current, save_state=save, loaded_at_column=loaded_at_column, progress=progress)
+            state=current, save_state=save, loaded_at_column=loaded_at_column, progress=progress, window=window)
         stats.notes = notes + stats.notes
         if table.deletes == "detect" and (current.run_count + 1) % table.deletes_every == 0:
             stats.deleted = _propagate_deletes(engines, table, key, rep_schema, replica_db=replica_db,
@@ -235,6 +270,36 @@ def _null_counts(engines: Engines, replica_db: str, table: str, columns: list[st
         row = cur.fetchone()
         rc.rollback()
     return {c: int(n or 0) for c, n in zip(columns, row)}
+
+
+def _replica_window(engines: Engines, table: ResolvedTable, rep_schema: TableSchema, *, replica_db: str,
+                    previous: dict, replica_saved: dict) -> watermarks.Window:
+    """The analytics leg's window on the replica, whose watermarks never pass the replica's own.
+
+    Only this pipeline writes the replica, and each phase commits before the next reads, so no
+    late commit happens there (INNODB_TRX is not consulted). But the replica may still receive rows
+    stamped below its current MAX: the source's late commits and DST repeats, which the replica's
+    next window (starting at its saved watermark, less the lookback) brings in. Analytics saving the
+    replica's MAX would leave them behind; saving at most the replica's watermark keeps them inside
+    the next analytics window. A retry reads the window again: the re-read is complete (the analytics
+    merge does not resume mid-window) and the cap holds whatever the replica did in between."""
+    with engines.replica.connect() as rc:
+        cur = rc.connection.driver_connection.cursor()
+        w = incremental.read_window(cur, mysql_qualified(replica_db, table.name), table.incremental_columns,
+                                    previous, table.lookback, {c.name: c.data_type for c in rep_schema.columns},
+                                    late_commits=False)
+        rc.connection.driver_connection.rollback()
+    capped: dict = {}
+    for c, v in w.save.items():
+        top = replica_saved.get(c)
+        v = v if top is None or v <= top else top
+        old = previous.get(c)
+        if top is None:
+            v = old  # the replica saved no watermark for it yet: analytics does not advance either
+        if v is not None:
+            capped[c] = v if old is None or v >= old else old
+    w.save = capped
+    return w
 
 
 def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSchema, pg_schema: str,
