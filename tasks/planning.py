@@ -10,7 +10,7 @@ from config.models import PipelineConfig
 from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
-from tasks import drift, state, watermarks
+from tasks import decide, drift, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.mysql_schema import (
     choose_key, read_table_schema, server_identity, show_create_table, table_exists, unique_keys,
@@ -88,20 +88,18 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                 st = states.get(t.name)
                 p.watermark = st.describe() if st else None
                 p.chunks = max(1, math.ceil((p.estimated_rows or 0) / t.batch_size)) if p.key else 1
-                if mode == "full":
-                    p.reason = why
-                elif full_refresh:
-                    p.reason = "full refresh requested (--full-refresh); state reset, old state kept in history"
-                elif st is None or t.name not in replica_schemas:
-                    p.reason = f"first run: full refresh, then {why}"
-                else:
-                    d = drift.compare(schema, replica_schemas[t.name])
+                route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=st is not None,
+                                            replica_live=t.name in replica_schemas)
+                p.reason = route.why
+                if route.path == "incremental":
+                    d = drift.compare(schema, replica_schemas[t.name], key=p.key)
                     if d.problems:
                         p.problems.append(str(drift.refuse(t.name, d)))
                     elif d.any:
                         p.ddl = drift.replica_alter_sql(t.name, d, schema, show_create_table(conn, source_db, t.name))
-                    p.mode = "incremental" if not d.added else "full"
-                    p.reason = why if not d.added else "column added in the source: full reload back-fills it"
+                    route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=True,
+                                                replica_live=True, drift_added=bool(d.added))
+                    p.mode, p.reason = route.path, route.why
                     if p.mode == "incremental":
                         p.estimated_rows = _estimate_changed(conn, source_db, t.name, st)
                         p.chunks = max(1, math.ceil(p.estimated_rows / t.batch_size))

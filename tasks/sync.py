@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from config.models import LookbackWindow, ResolvedTable
-from tasks import analytics_load, deletes, drift, incremental, locks, replica_copy, state, watermarks
+from tasks import analytics_load, decide, deletes, drift, incremental, locks, replica_copy, state, watermarks
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import SchemaError
@@ -106,7 +106,9 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
         rep_schema = read_table_schema(rc, replica_db, table.name) if live else None
 
     notes: list[str] = []
-    if mode == "incremental" and current is not None and live and not full_refresh:
+    route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=current is not None,
+                                replica_live=live)
+    if route.path == "incremental":
         d = drift.compare(src_schema, rep_schema, key=key)
         if d.problems:
             raise drift.refuse(table.name, d)
@@ -122,7 +124,9 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
                 for stmt in drift.replica_alter_sql(table.name, d, src_schema, ddl):
                     execute(c, stmt)
             notes.append(f"schema drift applied in place: {d.describe()}")
-        if not d.added:
+        route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=True, replica_live=True,
+                                    drift_added=bool(d.added))
+        if route.path == "incremental":
             window = _source_window(engines, table, src_schema, source_db=source_db, replica_db=replica_db,
                                     kind="incremental", previous=current.watermarks, resume=resume)
 
@@ -222,8 +226,9 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
         live = bool(pcur.fetchone()[0])
         pg.commit()
 
-    if (mode == "incremental" and not full_refresh and live and current is not None and rep_state is not None
-            and current.generation == rep_state.generation):
+    if decide.analytics_path(mode=mode, full_refresh=full_refresh, live=live,
+                             state_generation=current.generation if current else None,
+                             replica_generation=rep_state.generation if rep_state else None) == "incremental":
         notes = _widen_in_place(engines, table, rep_schema, pg_schema, column_case, loaded_at_column, key=key)
 
         window = _replica_window(engines, table, rep_schema, replica_db=replica_db, previous=current.watermarks,
