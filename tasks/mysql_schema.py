@@ -288,6 +288,7 @@ def split_create_table(ddl: str, new_name: str, *, keep_unique: tuple[str, ...] 
 _PERIOD_LINE = re.compile(r"^\s*PERIOD FOR SYSTEM_TIME\b", re.I)
 # SQL outside quotes, and quoted strings/names, as alternating pieces of a table-options tail.
 _QUOTED = re.compile(r"('(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`)", re.S)
+_DIRECTORY = re.compile(r"\s*\b(?:DATA|INDEX)\s+DIRECTORY\s*=\s*$", re.I)
 _PARTITION = re.compile(r"\s*(?:/\*!\d*\s*)?PARTITION\s+BY\b", re.I)
 
 
@@ -303,12 +304,20 @@ def _table_options(tail: str, *, versioned_columns: bool) -> str:
       SELECT returns); versioned, each merge would pile history of the copy itself. A table that
       declares its period columns (`PERIOD FOR SYSTEM_TIME`) keeps it: those columns need it.
     - `AUTO_INCREMENT=n` is never carried: the copy gets its own counter from the rows it receives.
+    - `DATA DIRECTORY='...'` / `INDEX DIRECTORY='...'` are dropped: a path on the source's host,
+      which the replica's server may not have (every copy would fail); the copy lives in its own datadir.
     Quoted text (a COMMENT holding `PARTITION BY` or `AUTO_INCREMENT=5`) is left as it is.
     """
     pieces = _QUOTED.split(tail)  # even indexes: SQL, odd: quoted
     out: list[str] = []
+    skip_quoted = False
     for i, piece in enumerate(pieces):
+        if i % 2 == 1 and skip_quoted:
+            skip_quoted = False
+            continue
         if i % 2 == 0:
+            piece, n = _DIRECTORY.subn("", piece)
+            skip_quoted = bool(n)
             cut = _PARTITION.search(piece)
             if cut:
                 out.append(piece[:cut.start()])

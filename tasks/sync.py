@@ -27,7 +27,7 @@ from config.models import LookbackWindow, ResolvedTable
 from tasks import analytics_load, decide, deletes, drift, incremental, locks, replica_copy, state, watermarks
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
-from tasks.errors import SchemaError
+from tasks.errors import SchemaError, is_retriable
 from tasks.keyset import Keyset
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
 from tasks.mysql_schema import (
@@ -344,8 +344,10 @@ def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSch
                 if notnull and col.nullable and col.source.name not in key:
                     execute(cur, f"{alter} DROP NOT NULL")
                     notes.append(f"analytics column {col.name} is NULL-able now, as in the source")
-            except Exception as e:  # noqa: BLE001
+            except psycopg2.Error as e:
                 pg.rollback()
+                if is_retriable(e):  # a lock timeout or a lost connection is retried, not a schema problem
+                    raise
                 raise SchemaError(
                     f"table {pg_schema}.{pg_name}: cannot change column {col.name!r} to {col.pg_type} "
                     f"{'NULL' if col.nullable else 'NOT NULL'} in place ({str(e).splitlines()[0]}); drop the "

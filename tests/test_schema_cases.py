@@ -253,3 +253,28 @@ def test_source_column_named_like_the_load_time_column(etl_env) -> None:
     cols = _pg_columns(etl_env, "visit")
     assert cols["_etl_loaded_at"] == ("timestamp without time zone", "YES")  # the source's column
     assert cols["_etl_row_loaded_at"] == ("timestamp with time zone", "NO")
+
+
+def test_widening_a_column_a_view_reads_says_what_to_do_then_converges(etl_env) -> None:
+    # PostgreSQL cannot retype a column a view reads (varchar(20) -> text included): one line naming
+    # the table and column and what to do, not a raw driver error; without the view the run converges.
+    etl_env.source_sql(f"""
+        CREATE TABLE note (id INT PRIMARY KEY, body VARCHAR(20), {_CHANGED});
+        INSERT INTO note (id, body) SELECT seq, CONCAT('b', seq) FROM seq_1_to_10;
+    """)
+    _incremental(etl_env, "note")
+    _run(etl_env)
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("CREATE VIEW raw.note_bodies AS SELECT body FROM raw.note")
+    etl_env.source_sql("ALTER TABLE note MODIFY body TEXT; UPDATE note SET body = REPEAT('x', 500) WHERE id = 3;")
+    with pytest.raises(SchemaError) as e:
+        _run(etl_env)
+    assert str(e.value).startswith("table raw.note: cannot change column 'body' to text NULL in place (cannot alter "
+                                   "type of a column used by a view or rule); drop the views that use it"), str(e.value)
+    with pg.cursor() as cur:
+        cur.execute("DROP VIEW raw.note_bodies")
+    pg.close()
+    _run(etl_env)
+    assert_all_copies_equal(etl_env)
+    assert _pg_columns(etl_env, "note")["body"] == ("text", "YES")

@@ -130,3 +130,10 @@ def test_unexpected_output_is_a_schema_error() -> None:
         split_create_table("CREATE VIEW `v` AS SELECT 1", "n")
     with pytest.raises(SchemaError, match="no end of the column list"):
         split_create_table("CREATE TABLE `t` (\n  `a` int", "n")
+
+
+def test_data_and_index_directories_of_the_source_host_are_dropped() -> None:
+    ddl = ("CREATE TABLE `dd` (\n  `id` int(11) NOT NULL,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB DEFAULT "
+           "CHARSET=utf8mb4 DATA DIRECTORY='/srv/mysql/' INDEX DIRECTORY='/srv/idx/' COMMENT='DATA DIRECTORY=''x'''")
+    assert split_create_table(ddl, "n").create.endswith(") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 "
+                                                        "COMMENT='DATA DIRECTORY=''x'''")
