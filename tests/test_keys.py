@@ -88,6 +88,8 @@ def _pg_keys(env, sql: str) -> list[tuple]:
 @pytest.mark.parametrize("method", METHODS)
 def test_respelled_text_keys_stay_one_row_everywhere(etl_env, monkeypatch, method) -> None:
     monkeypatch.setenv("ETL_REPLICA_METHOD", method)
+    # The replica database's own default must not decide any column's collation.
+    _src(etl_env, f"CREATE DATABASE `{etl_env.replica_db}` CHARACTER SET latin1 COLLATE latin1_german1_ci")
     etl_env.source_sql("""
         CREATE TABLE account (
           code VARCHAR(20) NOT NULL PRIMARY KEY,
