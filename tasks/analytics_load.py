@@ -394,12 +394,17 @@ def _copy_part(engines: Engines, query: LineQuery, copy_sql: str, cols: list[PgC
         while not shared.cancel.is_set():
             chunk = ChunkResult()
             reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
+            source = BlockFile(iter(reader))
             try:
-                copy_expert(cur, copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
-            except psycopg2.DataError as e:
+                copy_expert(cur, copy_sql, source, size=BLOCK_BYTES)
+            except psycopg2.Error as e:
                 pg.rollback()
                 rc.invalidate()
-                raise _wrap_copy_error(e, table, cols) from e
+                if source.error is not None:  # the MySQL side failed (e.g. a row it cannot print)
+                    raise source.error from None
+                if isinstance(e, psycopg2.DataError):
+                    raise _wrap_copy_error(e, table, cols) from e
+                raise
             except BaseException:
                 pg.rollback()
                 rc.invalidate()

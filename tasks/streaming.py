@@ -383,11 +383,18 @@ class BlockFile:
 
     def __init__(self, blocks: Iterator[bytes]):
         self._it = iter(blocks)
+        # psycopg2 turns an exception raised in read() into QueryCanceled("error in .read() call");
+        # the caller re-raises this one instead (a DataError naming the row stays a DataError).
+        self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:  # noqa: ARG002 - psycopg2 accepts any length
-        for block in self._it:
-            if block:
-                return block
+        try:
+            for block in self._it:
+                if block:
+                    return block
+        except BaseException as e:
+            self.error = e
+            raise
         return b""
 
     def readline(self, size: int = -1) -> bytes:  # pragma: no cover - COPY uses read()

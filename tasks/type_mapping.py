@@ -256,11 +256,11 @@ def _nullable(q: str, expr: str, col: Column) -> str:
 
 # A JSON document that jsonb refuses although it is valid JSON (MariaDB accepts it): the escape
 # \u0000 (PostgreSQL text cannot hold NUL) or a lone UTF-16 surrogate escape (a high one not
-# followed by a low one, or a low one without its high one; jsonb insists on correct pairs). An
-# escaped backslash before `u` ("\\u0000", which jsonb accepts) may match too: the column then
-# becomes `json`, which is exact as well.
-_HI, _LO = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-JSONB_REFUSED_REGEX = rf"\\u0000|{_HI}(?!{_LO})|(?<!{_HI}){_LO}"
+# followed by a low one, or a low one without its high one; jsonb insists on correct pairs).
+# An escape counts only after an even run of backslashes ("\\u0000" is a backslash and "u0000").
+_ESC = r"(?<!\\)(?:\\\\)*\\u"
+_HI, _LO = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"[dD][c-fC-F][0-9a-fA-F]{2}"
+JSONB_REFUSED_REGEX = rf"{_ESC}0000|{_ESC}[dD][89abAB][0-9a-fA-F]{{2}}(?!\\u{_LO})|(?<!{_HI}){_ESC}{_LO}"
 
 
 @dataclass(frozen=True)
