@@ -174,9 +174,9 @@ def unprintable_row(table_sql: str, key: tuple | None, dbapi_conn: Any | None) -
         pass
     where = f"the row with key {key!r}" if key is not None else "a row"
     return DataError(
-        f"{readable(table_sql)}: {where} cannot be printed by MySQL: its formatted line (blobs in hex, "
-        f"escaped text) is larger than max_allowed_packet{packet}; raise max_allowed_packet on the MySQL "
-        f"server to more than twice the row's largest value, or exclude the table"
+        f"{readable(table_sql)}: {where} cannot be printed by MySQL (its formatted line, blobs in hex, is "
+        f"larger than max_allowed_packet{packet}, or a value has no printed form); raise max_allowed_packet "
+        f"on the MySQL server to more than twice the row's largest value, or exclude the table"
     )
 
 
