@@ -15,7 +15,8 @@ from tests.dbcompare import assert_mysql_equal
 from tests.test_end_to_end import assert_all_copies_equal
 
 
-def _run(env, method: str, tables: list[str], *, batch_size: int = 500) -> dict:
+def _run(env, method: str, tables: list[str], *, batch_size: int = 500, full_refresh: bool = True,
+         table_config: str = "{}") -> dict:
     """Replicate and load each table like one `etl run` (no Prefect); returns {table: (rep, ana)}."""
     from sqlalchemy.engine import make_url
 
@@ -26,7 +27,7 @@ def _run(env, method: str, tables: list[str], *, batch_size: int = 500) -> dict:
     from tasks.connections import open_engines
 
     env.write_config("defaults:\n  batch_size: %d\ntables:\n" % batch_size
-                     + "".join(f"  {t}: {{}}\n" for t in tables))
+                     + "".join(f"  {t}: {table_config}\n" for t in tables))
     settings = Settings()
     cfg = load_pipeline_config(settings.config)
     urls = urls_from_settings(settings)
@@ -35,9 +36,9 @@ def _run(env, method: str, tables: list[str], *, batch_size: int = 500) -> dict:
     with open_engines(urls, workers=1, max_source_connections=4) as engines:
         for table in cfg.resolved_tables(None):
             rep = sync.replicate(engines, table, source_db=source_db, replica_db=replica_db, method=method,
-                                 full_refresh=True, resume=False)
+                                 full_refresh=full_refresh, resume=False)
             ana = sync.load(engines, table, replica_db=replica_db, pg_schema=settings.analytics_schema,
-                            column_case=cfg.analytics.column_case, full_refresh=True, resume=False,
+                            column_case=cfg.analytics.column_case, full_refresh=full_refresh, resume=False,
                             loaded_at_column=cfg.analytics.loaded_at_column)
             out[table.name] = (rep, ana)
     return out
@@ -77,6 +78,37 @@ def test_value_mysql_cannot_print_fails_the_table_naming_the_row(etl_env, method
     with pg.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)", (f"{etl_env.pg_schema}.docs",))
         assert cur.fetchone()[0] is None  # nothing half-written, no NULL document
+
+
+@pytest.mark.parametrize("method", ["server", "stream"])
+def test_incremental_merge_never_loads_null_for_a_value_mysql_cannot_print(etl_env, method) -> None:
+    """The same on the incremental paths: the stream merge into the replica (stream) and the
+    PostgreSQL merge (server: the replica takes the row whole, the analytics merge must print it)."""
+    from tasks.errors import DataError
+
+    size = _packet(etl_env) // 2 + (1 << 20)
+    etl_env.source_sql(
+        "CREATE TABLE docs (id INT PRIMARY KEY, changed DATETIME NOT NULL, doc LONGBLOB NULL);"
+        "INSERT INTO docs VALUES (1, '2024-01-01 00:00:00', 0x01), (2, '2024-01-01 00:00:00', 0x02);"
+    )
+    incremental = "{mode: incremental, incremental_columns: [changed]}"
+    runs = _run(etl_env, method, ["docs"], full_refresh=False, table_config=incremental)
+    assert runs["docs"][1].rows == 2
+    src = etl_env.mysql(etl_env.source_db)
+    with src.cursor() as cur:
+        cur.execute(f"UPDATE docs SET doc = REPEAT(0xAB, {size}), changed = '2024-02-01 00:00:00' WHERE id = 2")
+    with pytest.raises(DataError) as err:
+        _run(etl_env, method, ["docs"], full_refresh=False, table_config=incremental)
+    msg = str(err.value)
+    assert "max_allowed_packet" in msg and ", 2)" in msg and "\n" not in msg, msg
+    rep = etl_env.mysql(etl_env.replica_db)
+    with rep.cursor() as cur:
+        cur.execute("SELECT doc IS NULL, LENGTH(doc) FROM docs WHERE id = 2")
+        assert cur.fetchone() == (0, size if method == "server" else 1)
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT doc FROM {etl_env.pg_schema}.docs WHERE id = 2")
+        assert bytes(cur.fetchone()[0]) == b"\x02"  # yesterday's value, never NULL
 
 
 # -------------------------------------------------------------------------------- item 15
