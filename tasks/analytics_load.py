@@ -33,7 +33,10 @@ from tasks.mysql_schema import TableSchema, choose_key, max_allowed_packet, read
 from tasks.streaming import (
     BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks,
 )
-from tasks.type_mapping import INTEGER_TYPES, PgColumn, copy_line_select, pg_columns, pg_create_table_sql
+from tasks.type_mapping import (
+    INTEGER_TYPES, JSONB_REFUSED_REGEX, PgColumn, copy_line_select, invalid_date_count_expr, pg_columns,
+    pg_create_table_sql,
+)
 
 log = logging.getLogger("etl.analytics")
 
@@ -49,6 +52,7 @@ class PhaseStats:
     seconds: float = 0.0
     chunks: int = 0
     nul_chars_removed: int = 0
+    invalid_dates: int = 0  # DATE/DATETIME values outside the calendar, loaded as NULL
     resumed_at_rows: int = 0
     method: str = ""
     mode: str = "full"
@@ -108,6 +112,10 @@ def _wrap_copy_error(e: psycopg2.Error, table: str, cols: list[PgColumn]) -> Exc
     first = (e.pgerror or str(e)).strip().splitlines()[0]
     context = (e.diag.context or "").strip().splitlines()[0] if e.diag and e.diag.context else ""
     hint = ""
+    if "unsupported Unicode escape sequence" in first or "\\u0000 cannot be converted" in first \
+            or (e.pgcode == "22P05"):
+        hint = ("; a JSON document holds \\u0000 or a lone surrogate escape, which jsonb cannot store: reload the "
+                "table with a full refresh (the column is then created as json)")
     for c in cols:
         if c.as_boolean and f"column {c.name}:" in context:
             hint = f"; column {c.source.name!r} holds a value other than 0/1: remove it from boolean_columns or fix the data"
@@ -161,6 +169,7 @@ class _Shared:
             self.stats.bytes += chunk.bytes
             self.stats.chunks += 1
             self.stats.nul_chars_removed += chunk.nul_chars_removed
+            self.stats.invalid_dates += chunk.flagged
             return self.stats.rows, self.stats.chunks
 
 
@@ -231,7 +240,14 @@ def _load_full(
         parts = split_parts(rc, table_sql, schema, key, streams, schema.estimated_rows)
         group = group_rows_for(schema.avg_row_length, table.batch_size, max_allowed_packet(rc))
         int_key = len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES
-    cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)
+        json_text = jsonb_refused_columns(rc, table_sql, schema)
+    cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns,
+                      json_text_columns=json_text)
+    for c in sorted(json_text):
+        stats.notes.append(f"column {c} loaded as json, not jsonb: a document holds \\u0000 or a lone surrogate "
+                           f"escape, which jsonb cannot store")
+        log.warning("%s: %s", table.name, stats.notes[-1])
+    date_count = invalid_date_count_expr(list(schema.columns))
     by_source = {c.source.name: c for c in cols}
     copy_sql = f"COPY {q_shadow} ({', '.join(pg_ident(c.name) for c in cols)}) FROM STDIN"
     line_expr = copy_line_select(cols)
@@ -271,7 +287,7 @@ def _load_full(
             query = LineQuery(table_sql=table_sql, line_expr=line_expr,
                               keyset=Keyset.for_table(schema, key, mysql_ident) if key else None,
                               batch_size=table.batch_size, where=part.where, where_params=part.params,
-                              group_rows=group, integer_key=int_key)
+                              group_rows=group, integer_key=int_key, count_expr=date_count)
             _copy_part(engines, query, copy_sql, cols, table.name, pg_schema, pg_name, shadow, part.no, after,
                        rows_done, shared, keyed=bool(key))
 
@@ -305,8 +321,38 @@ def _load_full(
         execute(cur, f"ANALYZE {pg_qualified(pg_schema, pg_name)}")
         pg.autocommit = False
     report_nul_chars(engines, table_sql, table.name, cols, stats)
+    report_invalid_dates(table.name, stats)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def jsonb_refused_columns(conn: Any, table_sql: str, schema: TableSchema) -> set[str]:
+    """JSON columns holding at least one document jsonb refuses (see type_mapping.JSONB_REFUSED_REGEX).
+
+    One scan per JSON column, stopping at the first match; tables without JSON
+    columns cost nothing. Such a column is loaded as `json`, so one document never blocks a table.
+    """
+    out: set[str] = set()
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        for c in schema.columns:
+            if c.is_json:
+                q = mysql_ident(c.name)
+                cur.execute(f"SELECT 1 FROM {table_sql} WHERE {q} REGEXP %s LIMIT 1", (JSONB_REFUSED_REGEX,))
+                if cur.fetchone():
+                    out.add(c.name)
+    finally:
+        cur.close()
+    return out
+
+
+def report_invalid_dates(table: str, stats: PhaseStats) -> None:
+    """Dates outside the calendar (2024-02-30) are loaded as NULL like zero dates; say how many."""
+    if stats.invalid_dates:
+        note = (f"{stats.invalid_dates} DATE/DATETIME values outside the calendar (e.g. 2024-02-30) loaded as NULL; "
+                f"the replica keeps them as they are")
+        stats.notes.append(note)
+        log.warning("%s: %s", table, note)
 
 
 def report_nul_chars(engines: Engines, table_sql: str, table: str, cols: list[PgColumn], stats: PhaseStats) -> None:
@@ -348,12 +394,17 @@ def _copy_part(engines: Engines, query: LineQuery, copy_sql: str, cols: list[PgC
         while not shared.cancel.is_set():
             chunk = ChunkResult()
             reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
+            source = BlockFile(iter(reader))
             try:
-                copy_expert(cur, copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
-            except psycopg2.DataError as e:
+                copy_expert(cur, copy_sql, source, size=BLOCK_BYTES)
+            except psycopg2.Error as e:
                 pg.rollback()
                 rc.invalidate()
-                raise _wrap_copy_error(e, table, cols) from e
+                if source.error is not None:  # the MySQL side failed (e.g. a row it cannot print)
+                    raise source.error from None
+                if isinstance(e, psycopg2.DataError):
+                    raise _wrap_copy_error(e, table, cols) from e
+                raise
             except BaseException:
                 pg.rollback()
                 rc.invalidate()

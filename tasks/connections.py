@@ -31,9 +31,10 @@ from tasks.errors import ConfigError, redact
 from tasks.identifiers import mysql_ident
 
 # Session settings for every MySQL connection we open. A known sql_mode makes our SQL mean the same
-# on every server: backslash escapes on (the COPY-text expressions rely on them), zero dates and
-# id 0 accepted when writing the replica (the replica must hold what the source holds).
-MYSQL_SQL_MODE = "NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO"
+# on every server: backslash escapes on (the COPY-text expressions rely on them), zero dates,
+# dates outside the calendar (2024-02-30, kept by old servers) and id 0 accepted when writing the
+# replica (the replica must hold what the source holds; LOAD DATA would store 0000-00-00 instead).
+MYSQL_SQL_MODE = "NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO,ALLOW_INVALID_DATES"
 # Streaming a big result to a slower consumer (PostgreSQL) can pause reads for a while.
 MYSQL_NET_TIMEOUT = 3600
 # Rows travel in GROUP_CONCAT blocks (tasks/streaming.py); the block size is bounded by

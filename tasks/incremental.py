@@ -419,11 +419,16 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
                 while True:
                     chunk = ChunkResult()
                     reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
+                    source = BlockFile(iter(reader))
                     try:
-                        copy_expert(cur, copy_sql, BlockFile(iter(reader)), size=BLOCK_BYTES)
-                    except psycopg2.DataError as e:
+                        copy_expert(cur, copy_sql, source, size=BLOCK_BYTES)
+                    except psycopg2.Error as e:
                         pg.rollback()
-                        raise _wrap_copy_error(e, table.name, cols) from e
+                        if source.error is not None:  # the MySQL side failed (e.g. a row it cannot print)
+                            raise source.error from None
+                        if isinstance(e, psycopg2.DataError):
+                            raise _wrap_copy_error(e, table.name, cols) from e
+                        raise
                     finally:
                         reader.close()
                     if chunk.rows:

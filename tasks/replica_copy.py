@@ -36,7 +36,7 @@ from tasks.mysql_schema import (
     table_exists, unique_keys,
 )
 from tasks.streaming import ChunkResult, LineQuery, group_rows_for, read_chunk_blocks
-from tasks.type_mapping import INTEGER_TYPES, load_data_column
+from tasks.type_mapping import INTEGER_TYPES, is_generated, join_fields, load_data_column
 
 log = logging.getLogger("etl.replica")
 
@@ -178,7 +178,7 @@ def _copy_into_shadow_and_swap(engines: Engines, table: ResolvedTable, schema: T
 def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
                       source_db: str, replica_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
                       progress: ProgressFn | None) -> None:
-    cols = ", ".join(mysql_ident(c) for c in schema.column_names)
+    cols = ", ".join(mysql_ident(c) for c in writable_columns(schema))
     src = mysql_qualified(source_db, table.name)
     dst = mysql_qualified(replica_db, shadow)
     # READ COMMITTED: INSERT ... SELECT then reads the source without locking its rows.
@@ -222,9 +222,15 @@ class LoadDataPlan:
     enum_columns: frozenset[str]
 
 
+def writable_columns(schema: TableSchema) -> list[str]:
+    """The columns a copy writes: all but generated ones (the replica computes those; invisible
+    columns are written like any other, they are only left out of SELECT *)."""
+    return [c.name for c in schema.columns if not is_generated(c)]
+
+
 def load_data_plan(schema: TableSchema, target_table: str) -> LoadDataPlan:
-    ld = [load_data_column(c, i) for i, c in enumerate(schema.columns)]
-    line = "CONCAT_WS('\\t', " + ", ".join(c.select_expr for c in ld) + ")" if len(ld) > 1 else ld[0].select_expr
+    ld = [load_data_column(c, i) for i, c in enumerate(schema.columns) if not is_generated(c)]
+    line = join_fields([c.select_expr for c in ld])
     targets = ", ".join(c.target for c in ld)
     sets = [c.set_clause for c in ld if c.set_clause]
     set_sql = (" SET " + ", ".join(sets)) if sets else ""

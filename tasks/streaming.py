@@ -17,6 +17,7 @@ import pymysql.cursors
 from tasks.errors import DataError
 from tasks.identifiers import readable
 from tasks.keyset import Keyset
+from tasks.type_mapping import TEXT_ESCAPES
 
 FETCH_ROWS = 2000  # rows per fetchmany from the server-side cursor
 BLOCK_BYTES = 1 << 20  # bytes per block handed to the writer
@@ -41,6 +42,7 @@ class ChunkResult:
     bytes: int = 0
     last_key: tuple | None = None
     nul_chars_removed: int = 0
+    flagged: int = 0  # sum of LineQuery.count_expr over the rows read (e.g. invalid dates loaded as NULL)
 
 
 @dataclass
@@ -55,6 +57,10 @@ class LineQuery:
     where_params: Sequence[Any] = ()
     group_rows: int = 0  # >0: read GROUP_CONCAT blocks of this many rows (see read_chunk_blocks)
     integer_key: bool = False  # single integer key: blocks are key ranges (no LIMIT, no temporary table)
+    count_expr: str | None = None  # per-row SQL number summed into ChunkResult.flagged
+
+    def count_sql(self) -> str:
+        return f"({self.count_expr})" if self.count_expr else "0"
 
     def conditions(self, after: tuple | None) -> tuple[list[str], list[Any]]:
         conds: list[str] = []
@@ -72,9 +78,11 @@ class LineQuery:
         conds, params = self.conditions(after)
         if self.keyset is None:
             where = f" WHERE {' AND '.join(conds)}" if conds else ""
-            return f"SELECT CAST({self.line_expr} AS BINARY) FROM {self.table_sql}{where}", params
+            return (f"SELECT CAST({self.line_expr} AS BINARY), {self.count_sql()} FROM {self.table_sql}{where}",
+                    params)
         sql = (
-            f"SELECT {self.keyset.select_list}, CAST({self.line_expr} AS BINARY) FROM {self.table_sql} "
+            f"SELECT {self.keyset.select_list}, CAST({self.line_expr} AS BINARY), {self.count_sql()} "
+            f"FROM {self.table_sql} "
             f"WHERE {' AND '.join(conds)} ORDER BY {self.keyset.order_by} LIMIT {int(self.batch_size)}"
         )
         return sql, params
@@ -113,10 +121,10 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
         while remaining > 0:
             n = min(group, remaining)
             conds, params = query.conditions(after)
-            inner = (f"SELECT {ks.select_list}, {query.line_expr} AS {_LINE} FROM {query.table_sql} "
-                     f"WHERE {' AND '.join(conds)} ORDER BY {ks.order_by} LIMIT {int(n)}")
+            inner = (f"SELECT {ks.select_list}, {query.line_expr} AS {_LINE}, {query.count_sql()} AS {_FLAG} "
+                     f"FROM {query.table_sql} WHERE {' AND '.join(conds)} ORDER BY {ks.order_by} LIMIT {int(n)}")
             head = f"MAX({ks.select_list}), " if single else ""
-            cur.execute(f"SELECT {head}COUNT(*), CAST(GROUP_CONCAT({_LINE} SEPARATOR '\\n') AS BINARY) "
+            cur.execute(f"SELECT {head}SUM({_FLAG}), COUNT(*), CAST(GROUP_CONCAT({_LINE} SEPARATOR '\\n') AS BINARY) "
                         f"FROM ({inner}) AS `_etl_group`", params)
             row = cur.fetchone()
             count, blob = int(row[-2]), row[-1]
@@ -124,10 +132,9 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
                 return
             if not _complete(blob, count):
                 if n == 1:
-                    raise DataError(
-                        f"{readable(query.table_sql)}: the row after key {after!r} is larger than the server's "
-                        f"max_allowed_packet once formatted; raise max_allowed_packet on the MySQL server"
-                    )
+                    cur.execute(f"SELECT {ks.select_list} FROM {query.table_sql} WHERE {' AND '.join(conds)} "
+                                f"ORDER BY {ks.order_by} LIMIT 1", params)
+                    raise unprintable_row(query.table_sql, tuple(cur.fetchone()), dbapi_conn)
                 group = max(1, n // 2)
                 continue
             if single:
@@ -137,6 +144,7 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
                             f"ORDER BY {ks.order_by} LIMIT 1 OFFSET {count - 1}", params)
                 last = tuple(cur.fetchone())
             block = _take_block(blob, count, result, strip_nul)
+            result.flagged += int(row[-3] or 0)
             result.last_key = last
             after = last
             remaining -= count
@@ -147,13 +155,53 @@ def _read_grouped(dbapi_conn: Any, query: LineQuery, after: tuple | None, result
         cur.close()
 
 
+_FLAG = "`_etl_flag`"
+
+
+def unprintable_row(table_sql: str, key: tuple | None, dbapi_conn: Any | None) -> DataError:
+    """The one-line error for a row MySQL could not print: which row, and what to raise.
+
+    A value whose printed form (hex doubles a blob, escaping grows text) or whose whole line passes
+    max_allowed_packet comes back as NULL with warning 1301. It is never loaded as NULL.
+    """
+    packet = ""
+    try:
+        if dbapi_conn is not None:  # None: an unbuffered result is still open on the connection
+            with dbapi_conn.cursor() as c:
+                c.execute("SELECT @@max_allowed_packet")
+                packet = f" ({int(c.fetchone()[0]):,} bytes)"
+    except Exception:  # noqa: BLE001 - the error below matters, not the figure
+        pass
+    where = f"the row with key {key!r}" if key is not None else "a row"
+    return DataError(
+        f"{readable(table_sql)}: {where} cannot be printed by MySQL (its formatted line, blobs in hex, is "
+        f"larger than max_allowed_packet{packet}, or a value has no printed form); raise max_allowed_packet "
+        f"on the MySQL server to more than twice the row's largest value, or exclude the table"
+    )
+
+
+def decode_text_bytes(block: bytes, *, strip_nul: bool) -> bytes:
+    """Turn the text placeholders (type_mapping.TEXT_ESCAPES) into the target's escapes.
+
+    bytes.replace is linear in the block size, unlike MariaDB's REPLACE with a longer
+    replacement. LOAD DATA also needs NUL escaped (strip_nul=False is the LOAD DATA path); the
+    PostgreSQL path removes NULs and counts them itself.
+    """
+    for code, esc in TEXT_ESCAPES.items():
+        if code in block:
+            block = block.replace(code, esc)
+    if not strip_nul and b"\x00" in block:
+        block = block.replace(b"\x00", b"\\0")
+    return block
+
+
 def _complete(blob: bytes | None, count: int) -> bool:
     """A block holds every row only if it has one line per row (lines never contain a raw newline)."""
     return blob is not None and blob.count(b"\n") == count - 1
 
 
 def _take_block(blob: bytes, count: int, result: ChunkResult, strip_nul: bool) -> bytes:
-    block = blob + b"\n"
+    block = decode_text_bytes(blob + b"\n", strip_nul=strip_nul)
     if strip_nul and b"\x00" in block:
         k = block.count(b"\x00")
         block = block.replace(b"\x00", b"")
@@ -194,9 +242,10 @@ def _read_key_ranges(dbapi_conn: Any, query: LineQuery, after: tuple | None, res
         while remaining > 0:
             width = max(1, min(span, remaining))
             hi = lo + width
-            cur.execute(f"SELECT COUNT(*), CAST(GROUP_CONCAT({query.line_expr} SEPARATOR '\\n') AS BINARY) "
+            cur.execute(f"SELECT SUM({query.count_sql()}), COUNT(*), "
+                        f"CAST(GROUP_CONCAT({query.line_expr} SEPARATOR '\\n') AS BINARY) "
                         f"FROM {query.table_sql} WHERE {base} AND {k} > %s AND {k} <= %s", [*base_params, lo, hi])
-            count, blob = cur.fetchone()
+            flagged, count, blob = cur.fetchone()
             count = int(count)
             if count == 0:
                 cur.execute(f"SELECT MIN({k}) FROM {query.table_sql} WHERE {base} AND {k} > %s", [*base_params, hi])
@@ -207,13 +256,11 @@ def _read_key_ranges(dbapi_conn: Any, query: LineQuery, after: tuple | None, res
                 continue
             if not _complete(blob, count):
                 if width == 1:
-                    raise DataError(
-                        f"{readable(query.table_sql)}: the row with key {hi} is larger than the server's "
-                        f"max_allowed_packet once formatted; raise max_allowed_packet on the MySQL server"
-                    )
+                    raise unprintable_row(query.table_sql, (hi,), dbapi_conn)
                 span = max(1, width // 2)
                 continue
             block = _take_block(blob, count, result, strip_nul)
+            result.flagged += int(flagged or 0)
             result.last_key = (hi,)
             remaining -= count
             lo = hi
@@ -247,11 +294,9 @@ def _read_rows(dbapi_conn: Any, query: LineQuery, after: tuple | None, result: C
             lines = [r[nkey] for r in rows] if nkey else [r[0] for r in rows]
             if None in lines:
                 bad = rows[lines.index(None)][:nkey]
-                raise DataError(
-                    f"{readable(query.table_sql)}: a row{' with key ' + repr(tuple(bad)) if nkey else ''} is larger than "
-                    f"the server's max_allowed_packet once formatted; raise max_allowed_packet on the MySQL server"
-                )
-            block = b"\n".join(lines) + b"\n"
+                raise unprintable_row(query.table_sql, tuple(bad) if nkey else None, None)
+            result.flagged += sum(int(r[-1] or 0) for r in rows)
+            block = decode_text_bytes(b"\n".join(lines) + b"\n", strip_nul=strip_nul)
             if strip_nul and b"\x00" in block:
                 n = block.count(b"\x00")
                 block = block.replace(b"\x00", b"")
@@ -338,11 +383,18 @@ class BlockFile:
 
     def __init__(self, blocks: Iterator[bytes]):
         self._it = iter(blocks)
+        # psycopg2 turns an exception raised in read() into QueryCanceled("error in .read() call");
+        # the caller re-raises this one instead (a DataError naming the row stays a DataError).
+        self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:  # noqa: ARG002 - psycopg2 accepts any length
-        for block in self._it:
-            if block:
-                return block
+        try:
+            for block in self._it:
+                if block:
+                    return block
+        except BaseException as e:
+            self.error = e
+            raise
         return b""
 
     def readline(self, size: int = -1) -> bytes:  # pragma: no cover - COPY uses read()

@@ -17,11 +17,11 @@ string per row instead of N typed values. The expressions are chosen once per co
 | bit(n)                        | bit(n)            |                                                    |
 | year                          | smallint          |                                                    |
 | time                          | interval          | -838:59:59 .. 838:59:59 do not fit `time`          |
-| date / datetime(n)            | date / timestamp(n) | zero dates become NULL; column nullable          |
+| date / datetime(n)            | date / timestamp(n) | zero and invalid (02-30) dates become NULL       |
 | timestamp(n)                  | timestamptz(n)    | read in UTC                                        |
 | char(n) / varchar(n)          | varchar(n)        | MySQL returns CHAR without trailing spaces         |
 | *text, enum, set              | text              | set as 'a,b'                                       |
-| json (MySQL) / MariaDB json   | jsonb             |                                                    |
+| json (MySQL) / MariaDB json   | jsonb             | json when a document holds \u0000 or a surrogate escape |
 | binary, varbinary, *blob      | bytea             |                                                    |
 | geometry types                | text (WKT)        |                                                    |
 """
@@ -104,10 +104,21 @@ def pg_nullable(col: Column) -> bool:
     return col.nullable or col.data_type in _TEMPORAL_ZERO
 
 
-def _escape_copy_text(expr: str) -> str:
-    # COPY text format: backslash, tab, newline and carriage return are escaped with a backslash.
-    return (f"REPLACE(REPLACE(REPLACE(REPLACE({expr},'\\\\','\\\\\\\\'),"
-            f"'\\t','\\\\t'),'\\n','\\\\n'),'\\r','\\\\r')")
+# Text travels with its four special bytes swapped, one for one, for bytes that valid UTF-8 never
+# holds (0xFC..0xFF); the reader (tasks/streaming.py `decode_text_bytes`) turns them into the
+# target's two-byte escapes with bytes.replace. Why not REPLACE(text, LF, backslash-n) in SQL:
+# MariaDB's REPLACE moves the rest of the string for every replacement whose length differs, so a
+# 1 MB note with 20,000 line breaks cost ~18 s of server CPU (REGEXP_REPLACE is slower still); an
+# equal-length REPLACE on a binary string works in place and is linear (16 MB in 0.08 s, see
+# `make bench` stage `escaping`). The line's other fields are ASCII (numbers, dates, hex), so
+# these bytes can only come from text. COPY text and LOAD DATA use the same four escapes.
+TEXT_ESCAPES = {b"\xfc": b"\\\\", b"\xfd": b"\\r", b"\xfe": b"\\t", b"\xff": b"\\n"}
+
+
+def _placeholders(expr: str) -> str:
+    """`expr` (utf8mb4) as bytes with backslash, tab, newline and CR swapped for the TEXT_ESCAPES bytes."""
+    return (f"REPLACE(REPLACE(REPLACE(REPLACE(CAST({expr} AS BINARY),'\\\\',0xFC),"
+            f"'\\t',0xFE),'\\n',0xFF),'\\r',0xFD)")
 
 
 def _needs_escape(col: Column) -> bool:
@@ -117,19 +128,40 @@ def _needs_escape(col: Column) -> bool:
 
 
 def _utf8(q: str) -> str:
-    # One character set for every text piece of the line: CONCAT_WS over columns with different
+    # One character set for every text piece of the line: CONCAT over columns with different
     # collations would otherwise fail with "Illegal mix of collations", and latin1 text is re-encoded.
     return f"CONVERT({q} USING utf8mb4)"
 
 
 def _zero_date_guard(q: str, col: Column) -> str:
-    # MySQL zero dates ('0000-00-00'), dates with a zero month or day, and year 0 (which
-    # PostgreSQL does not have) become NULL. Anything from 0001-01-01 on is a real date.
-    return f"IF({q} < '0001-01-01' OR MONTH({q}) = 0 OR DAYOFMONTH({q}) = 0, NULL, {q})"
+    # MySQL zero dates ('0000-00-00'), dates with a zero month or day, year 0 (which PostgreSQL
+    # does not have) and dates that are not in the calendar (2024-02-30, kept by servers running
+    # ALLOW_INVALID_DATES) become NULL. Anything else from 0001-01-01 on is a real date.
+    cond = f"{q} < '0001-01-01' OR MONTH({q}) = 0 OR DAYOFMONTH({q}) = 0"
+    if col.data_type != "timestamp":  # a TIMESTAMP cannot hold a date outside the calendar
+        cond += f" OR DAYOFMONTH({q}) > DAYOFMONTH(LAST_DAY({q}))"
+    return f"IF({cond}, NULL, {q})"
+
+
+def invalid_date_count_expr(cols: list[Column]) -> str | None:
+    """SQL counting a row's DATE/DATETIME values outside the calendar (they load as NULL), or None."""
+    parts = []
+    for col in cols:
+        if col.data_type in ("date", "datetime"):
+            q = mysql_ident(col.name)
+            parts.append(f"IFNULL({q} >= '0001-01-01' AND MONTH({q}) > 0 AND DAYOFMONTH({q}) > "
+                         f"DAYOFMONTH(LAST_DAY({q})), 0)")
+    return " + ".join(parts) if parts else None
 
 
 def copy_text_expr(col: Column, *, as_boolean: bool = False) -> str:
-    """SQL printing `col` as one PostgreSQL COPY text field ('\\N' for NULL)."""
+    """SQL printing `col` as one PostgreSQL COPY text field ('\\N' for NULL).
+
+    The field is NULL only when MySQL could not print a value that is there (HEX, CONVERT or
+    ST_AsText return NULL with a warning when the result passes max_allowed_packet): the line
+    built by `copy_line_select` is then NULL and the reader stops with the row's key, so no value
+    is ever replaced by NULL (see `_null_field`).
+    """
     q = mysql_ident(col.name)
     t = col.data_type
     if t == "bit":
@@ -138,14 +170,16 @@ def copy_text_expr(col: Column, *, as_boolean: bool = False) -> str:
         e = _zero_date_guard(q, col)
         if t == "timestamp":
             e = f"CONCAT({e}, '+00')"  # sessions run with time_zone '+00:00'
+        # The guard's NULL is deliberate (a zero or invalid date); a date always prints.
+        return f"IFNULL({e},'\\\\N')"
     elif col.is_json:
-        e = _escape_copy_text(_utf8(q))
+        e = _placeholders(_utf8(q))
     elif t in _BINARY_TYPES:
         e = f"CONCAT('\\\\\\\\x', HEX({q}))"
     elif t in _GEOMETRY:
         e = f"ST_AsText({q})"
     elif t in _TEXT_TYPES or t in ("uuid", "inet4", "inet6"):
-        e = _escape_copy_text(_utf8(q)) if _needs_escape(col) else _utf8(q)
+        e = _placeholders(_utf8(q)) if _needs_escape(col) else _utf8(q)
     elif t == "float":
         # MySQL prints FLOAT with 6 significant digits (16777216 shows as 16777200); the double
         # conversion prints the stored value exactly, and PostgreSQL rounds it back to the same float4.
@@ -153,8 +187,13 @@ def copy_text_expr(col: Column, *, as_boolean: bool = False) -> str:
     else:
         # Integers, decimal, double (shortest exact form), year and time print as PostgreSQL reads them.
         e = q
-    may_be_null = col.nullable or t in _TEMPORAL_ZERO
-    return f"IFNULL({e},'\\\\N')" if may_be_null else e
+    return _null_field(q, e, col)
+
+
+def _null_field(q: str, expr: str, col: Column) -> str:
+    # '\N' only for a real NULL in the column. IFNULL(expr, '\N') would also turn a value MySQL
+    # failed to print (NULL + warning 1301) into NULL: here the field stays NULL, so the line does.
+    return f"IF({q} IS NULL,'\\\\N',{expr})" if col.nullable else expr
 
 
 @dataclass(frozen=True)
@@ -166,42 +205,62 @@ class LoadDataColumn:
     set_clause: str | None  # `col = f(@var)` when the value needs converting on the way in
 
 
+# Text in these character sets goes through utf8mb4 and back unchanged; any other one (latin1's
+# undefined bytes, cp1251's 0x98, ucs2/utf16/utf32) travels as its own bytes in hex.
+_UTF8_SAFE = {"utf8mb4", "utf8mb3", "utf8", "ascii"}
+
+
+def is_generated(col: Column) -> bool:
+    """VIRTUAL/STORED generated columns: the replica computes them, nothing may write them."""
+    return "generated" in col.extra
+
+
 def load_data_column(col: Column, index: int) -> LoadDataColumn:
     """MySQL LOAD DATA format: tab-separated, backslash-escaped, \\N for NULL.
 
     Binary values travel as hex and BIT as a number, so no byte is reinterpreted by a charset;
-    everything else is printed by the source and parsed back by the replica in the same session
-    settings (utf8mb4, UTC, zero dates allowed).
+    text in a utf8 family charset travels as utf8mb4 (escaped via TEXT_ESCAPES), text in any other
+    charset as hex of its own bytes; everything else is printed by the source and parsed back by
+    the replica in the same session settings (utf8mb4, UTC, zero and invalid dates allowed).
     """
     q = mysql_ident(col.name)
     t = col.data_type
     var = f"@v{index}"
     if t in _BINARY_TYPES:
         sel = f"HEX({q})"
-        return LoadDataColumn(_nullable(sel, col), var, f"{q} = UNHEX({var})")
+        return LoadDataColumn(_nullable(q, sel, col), var, f"{q} = UNHEX({var})")
     if t == "bit":
         sel = f"({q} + 0)"
-        return LoadDataColumn(_nullable(sel, col), var, f"{q} = CAST({var} AS UNSIGNED)")
+        return LoadDataColumn(_nullable(q, sel, col), var, f"{q} = CAST({var} AS UNSIGNED)")
     if t in _GEOMETRY:
-        sel = f"HEX(ST_AsBinary({q}))"
-        return LoadDataColumn(_nullable(sel, col), var, f"{q} = ST_GeomFromWKB(UNHEX({var}))")
+        # WKB plus the SRID: ST_AsBinary alone drops the SRID, and CHECKSUM TABLE sees it.
+        sel = f"CONCAT(ST_SRID({q}), ':', HEX(ST_AsBinary({q})))"
+        return LoadDataColumn(_nullable(q, sel, col), var,
+                              f"{q} = ST_GeomFromWKB(UNHEX(SUBSTRING_INDEX({var}, ':', -1)), "
+                              f"SUBSTRING_INDEX({var}, ':', 1))")
     if t in _TEXT_TYPES or col.is_json:
-        sel = _escape_load_text(_utf8(q))
-        return LoadDataColumn(_nullable(sel, col), q, None)
+        if (col.charset or "utf8mb4").lower() not in _UTF8_SAFE:
+            return LoadDataColumn(_nullable(q, f"HEX({q})", col), var, f"{q} = UNHEX({var})")
+        sel = _placeholders(_utf8(q))
+        return LoadDataColumn(_nullable(q, sel, col), q, None)
     if t == "float":
         # See copy_text_expr: the double form carries the stored FLOAT bits exactly.
-        return LoadDataColumn(_nullable(f"CAST({q} AS DOUBLE)", col), q, None)
-    return LoadDataColumn(_nullable(q, col), q, None)
+        return LoadDataColumn(_nullable(q, f"CAST({q} AS DOUBLE)", col), q, None)
+    return LoadDataColumn(_nullable(q, q, col), q, None)
 
 
-def _escape_load_text(expr: str) -> str:
-    # LOAD DATA (ESCAPED BY '\\'): backslash, tab, newline, CR and NUL are escaped.
-    return (f"REPLACE(REPLACE(REPLACE(REPLACE(REPLACE({expr},'\\\\','\\\\\\\\'),"
-            f"'\\t','\\\\t'),'\\n','\\\\n'),'\\r','\\\\r'),CHAR(0 USING utf8mb4),'\\\\0')")
+def _nullable(q: str, expr: str, col: Column) -> str:
+    # As _null_field: '\N' for a real NULL only; a value MySQL could not print leaves the line NULL.
+    return f"IF({q} IS NULL,'\\\\N',{expr})" if col.nullable else expr
 
 
-def _nullable(expr: str, col: Column) -> str:
-    return f"IFNULL({expr},'\\\\N')" if col.nullable else expr
+# A JSON document that jsonb refuses although it is valid JSON (MariaDB accepts it): the escape
+# \u0000 (PostgreSQL text cannot hold NUL) or a lone UTF-16 surrogate escape (a high one not
+# followed by a low one, or a low one without its high one; jsonb insists on correct pairs).
+# An escape counts only after an even run of backslashes ("\\u0000" is a backslash and "u0000").
+_ESC = r"(?<!\\)(?:\\\\)*\\u"
+_HI, _LO = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"[dD][c-fC-F][0-9a-fA-F]{2}"
+JSONB_REFUSED_REGEX = rf"{_ESC}0000|{_ESC}[dD][89abAB][0-9a-fA-F]{{2}}(?!\\u{_LO})|(?<!{_HI}){_ESC}{_LO}"
 
 
 @dataclass(frozen=True)
@@ -214,11 +273,14 @@ class PgColumn:
 
 
 def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[str, ...] = (),
-               loaded_at_column: str | None = None) -> list[PgColumn]:
+               loaded_at_column: str | None = None,
+               json_text_columns: frozenset[str] | set[str] = frozenset()) -> list[PgColumn]:
     """The PostgreSQL columns of a MySQL table; raises SchemaError on name clashes or bad booleans.
 
     `loaded_at_column`: the load-time column analytics adds to the table; a source column that
     becomes the same PostgreSQL name would make CREATE TABLE fail (DuplicateColumn), so it is refused.
+    `json_text_columns`: JSON columns holding a document jsonb refuses (see `JSONB_REFUSED_REGEX`);
+    they become `json`, which keeps the document's text exactly.
     """
     known = set(schema.column_names)
     for b in boolean_columns:
@@ -249,7 +311,8 @@ def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[
                 f"column the ETL adds for the load time; set analytics.loaded_at_column to another name"
             )
         as_bool = col.name in boolean_columns
-        out.append(PgColumn(col, name, pg_type(col, as_boolean=as_bool), pg_nullable(col), as_bool))
+        t = "json" if col.is_json and col.name in json_text_columns else pg_type(col, as_boolean=as_bool)
+        out.append(PgColumn(col, name, t, pg_nullable(col), as_bool))
     return out
 
 
@@ -261,9 +324,17 @@ def pg_create_table_sql(qualified: str, cols: list[PgColumn], *, loaded_at_colum
     return f"CREATE TABLE {qualified} (\n  " + ",\n  ".join(parts) + "\n)"
 
 
-def copy_line_select(cols: list[PgColumn]) -> str:
-    """The SELECT list expression that prints a whole row as one COPY text line."""
-    exprs = [copy_text_expr(c.source, as_boolean=c.as_boolean) for c in cols]
+def join_fields(exprs: list[str]) -> str:
+    """One line from field expressions, tab-separated, NULL when any field is NULL.
+
+    CONCAT, not CONCAT_WS: CONCAT_WS skips a NULL argument, so a value MySQL failed to print would
+    silently vanish from the line; with CONCAT the whole line is NULL and the reader names the row.
+    """
     if len(exprs) == 1:
         return exprs[0]
-    return "CONCAT_WS('\\t', " + ", ".join(exprs) + ")"
+    return "CONCAT(" + ", '\\t', ".join(exprs) + ")"
+
+
+def copy_line_select(cols: list[PgColumn]) -> str:
+    """The SELECT list expression that prints a whole row as one COPY text line."""
+    return join_fields([copy_text_expr(c.source, as_boolean=c.as_boolean) for c in cols])

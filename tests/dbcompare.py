@@ -464,6 +464,25 @@ def _f32(x: float) -> float:
 
 _TEXTISH_PG = {"text", "character varying", "character", "name", "citext", "USER-DEFINED"}
 _MY_TEMPORAL = {"date", "datetime", "timestamp"}
+_MY_GEOMETRY = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
+                "geometrycollection"}
+
+
+def jsonb_refuses(text: str) -> bool:
+    """Whether PostgreSQL jsonb cannot hold this (valid) JSON document: a string or key holding
+    NUL (from \\u0000) or a lone UTF-16 surrogate (Python's json keeps those as lone code points)."""
+    def bad(v) -> bool:
+        if isinstance(v, str):
+            return "\x00" in v or any(0xD800 <= ord(ch) <= 0xDFFF for ch in v)
+        if isinstance(v, dict):
+            return any(bad(k) or bad(x) for k, x in v.items())
+        if isinstance(v, list):
+            return any(bad(x) for x in v)
+        return False
+    try:
+        return bad(json.loads(text))
+    except ValueError:
+        return False
 
 
 def _canon_pg(v: Any, pc: PgColumn) -> Any:
@@ -473,7 +492,9 @@ def _canon_pg(v: Any, pc: PgColumn) -> Any:
     t = pc.data_type
     if isinstance(v, memoryview):
         return bytes(v)
-    if t in ("json", "jsonb"):
+    if t == "json":  # json keeps the document's text exactly: compare the text
+        return v
+    if t == "jsonb":
         return JsonValue(v)
     if t == "real":
         return _f32(v)
@@ -520,7 +541,9 @@ def _expected_value(v: Any, mc: MyColumn, pc: PgColumn, exact_float: Any = None)
         return _bits(v, mc.bit_width if my == "bit" else (pc.char_max_len or 1))
     if pg == "timestamp with time zone" and isinstance(v, _dt.datetime):
         return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-    if pg in ("json", "jsonb"):
+    if pg == "json":
+        return v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else v
+    if pg == "jsonb":
         return JsonValue(v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else v)
     if pg == "bytea":
         return bytes(v) if isinstance(v, (bytes, bytearray)) else str(v).encode("utf-8")
@@ -732,7 +755,9 @@ def assert_pg_matches_mysql(my_conn, my_db: str, pg_conn, pg_schema: str, table:
         pk = _mysql_primary_key(mcur, my_db, table)
         # FLOAT columns are read twice: as printed by MySQL and as the exact stored value
         float_idx = [i for i, c in enumerate(mcols) if c.data_type == "float"]
-        exprs = [_qmy(c.name) for c in mcols] + [f"CAST({_qmy(mcols[i].name)} AS DOUBLE)" for i in float_idx]
+        # Geometry reaches PostgreSQL as WKT text (the SRID is the replica's business, CHECKSUM TABLE).
+        exprs = [f"ST_AsText({_qmy(c.name)})" if c.data_type in _MY_GEOMETRY else _qmy(c.name) for c in mcols]
+        exprs += [f"CAST({_qmy(mcols[i].name)} AS DOUBLE)" for i in float_idx]
         my_rows = _mysql_select(mcur, my_db, table, exprs, pk)
 
     bool_names = {b.lower() for b in boolean_columns}
@@ -765,7 +790,14 @@ def assert_pg_matches_mysql(my_conn, my_db: str, pg_conn, pg_schema: str, table:
 
     report = _Report(title)
     if check_types:
-        for mc, pc in zip(mcols, pcols):
+        for i, (mc, pc) in enumerate(zip(mcols, pcols)):
+            if mc.is_json and pc.data_type == "json":
+                # Only a column holding a document jsonb refuses may be json (it keeps the text exactly).
+                docs = [r[i] for r in my_rows if r[i] is not None]
+                if not any(jsonb_refuses(d.decode() if isinstance(d, bytes) else d) for d in docs):
+                    report.header.append(f"type of column {mc.name!r}: json although no document needs it; "
+                                         f"must be jsonb")
+                continue
             problem = _check_pg_type(mc, pc, mc.name.lower() in bool_names)
             if problem:
                 report.header.append(f"type of column {mc.name!r}: {problem}")
