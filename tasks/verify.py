@@ -326,9 +326,18 @@ def verify_table(engines: Engines, table, *, source_db: str, replica_db: str, pg
             if s == r[:2] and (r[0], r[2]) == a:
                 continue
             lo, hi = seg if tx.ranged else (None, None)
-            d = RangeDiff(lo, hi, s, r, a, bucket=None if tx.ranged else seg)
-            d.keys = _drill(scur, rcur, pcur, tx, src_t, rep_t, pg_t, w_my, w_pg) if tx.key else []
+            d = RangeDiff(lo, hi, s, r, a, keys=[], bucket=None if tx.ranged else seg)
+            if tx.key and tx.ranged:
+                d.keys = [k[1:] for k in _drill(scur, rcur, pcur, tx, src_t, rep_t, pg_t, w_my, w_pg, "0", "0")]
             differing.append(d)
+        if tx.key and not tx.ranged and differing:
+            # Buckets are not index ranges: one pass over the table drills all differing buckets.
+            ids = ", ".join(str(d.bucket) for d in differing)
+            found = _drill(scur, rcur, pcur, tx, src_t, rep_t, pg_t, f"{b_my} IN ({ids})", f"{b_pg} IN ({ids})",
+                           b_my, b_pg)
+            by_bucket = {d.bucket: d for d in differing}
+            for tag, *k in found:
+                by_bucket[int(tag)].keys.append(tuple(k))
         totals = [sum(x[0] for x in seg.values()) for seg in (seg_s, seg_r, seg_a)]
         sc.rollback()
         rc.rollback()
@@ -344,11 +353,12 @@ def _bucket_exprs(tx: TableTexts, buckets: int) -> tuple[str, str]:
     return my, pg
 
 
-def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg) -> list[tuple]:  # noqa: ANN001
-    """Every key in the range whose row is missing or different somewhere: key -> hash maps of the
-    range from each database (a range holds about `page` rows)."""
-    kmy, kpg = ", ".join(tx.my_key), ", ".join(tx.pg_key)
-    n = len(tx.key)
+def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg, tag_my, tag_pg) -> list[tuple]:  # noqa: ANN001
+    """(tag, *key) of every row in the range that is missing or different somewhere, from key -> hash
+    maps of the range read from each database (a range or bucket holds about `page` rows). The tag
+    (the bucket's number) tells which bucket a key belongs to."""
+    kmy, kpg = ", ".join([f"CONCAT({tag_my})", *tx.my_key]), ", ".join([f"({tag_pg})::text", *tx.pg_key])
+    n = len(tx.key) + 1
 
     def keyed(rows, at: int) -> dict:  # noqa: ANN001
         return {tuple("NULL" if v is None else str(v) for v in row[:n]): row[at] for row in rows}
@@ -358,8 +368,9 @@ def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg) -> 
                            f"WHERE {w_my}").fetchall()
     a_rows = execute(pcur, f"SELECT {kpg}, md5({tx.pg_row}) FROM {pg_t} WHERE {w_pg}").fetchall()
     s, r_exact, r_pg, a = keyed(s_rows, n), keyed(r_rows, n), keyed(r_rows, n + 1), keyed(a_rows, n)
-    return sorted(k for k in set(s) | set(r_exact) | set(a)
-                  if s.get(k) != r_exact.get(k) or r_pg.get(k) != a.get(k))
+    found = sorted(k for k in set(s) | set(r_exact) | set(a)
+                   if s.get(k) != r_exact.get(k) or r_pg.get(k) != a.get(k))
+    return found
 
 
 VERIFY_DDL = """CREATE TABLE IF NOT EXISTS etl.verify_results (
