@@ -138,7 +138,8 @@ def _print_last_run(settings: Settings, blocks=None, *, run_id: str | None = Non
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Compare source, replica and analytics; with --repair re-copy only the ranges that differ."""
+    """Compare every column of every row of source, replica and analytics; with --repair re-copy only the
+    key ranges (integer keys) or keys (other keys) that differ."""
     import datetime as dt
 
     from sqlalchemy.engine import make_url
@@ -173,8 +174,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     print(f"{r.table}: row counts differ outside any checked range; run `etl run --tables {r.table}`")
                     continue
                 if repair_ranges(engines, by_name[r.table], r, method=method, **common) == 0:
-                    print(f"{r.table}: key is not a single integer; repair it with "
-                          f"`etl run --full-refresh --tables {r.table}`")
+                    print(f"{r.table}: rows cannot be re-copied one by one (no key, or a key of a type that "
+                          f"cannot be matched back); repair it with `etl run --full-refresh --tables {r.table}`")
                     continue
                 results[i] = verify_table(engines, by_name[r.table], **common)
         with engines.analytics.connect() as pc:

@@ -51,18 +51,191 @@ def count_check(engines: Engines, table: str, *, source_db: str | None, replica_
     return CountCheck(table, rep, ana, src)
 
 
-# --- etl verify: counts and per-key-range checksums across the three databases ------------------
+# --- etl verify: every column of every row, in SQL, across the three databases ------------------
+#
+# Each value is printed as a canonical text, by MySQL and by PostgreSQL alike for equal values, so
+# that a row hashes the same on both engines. A field is `<characters>:<text>` and NULL is `~`: no
+# value can be mistaken for its neighbour or for NULL, and '' is not NULL. A row's hash is the MD5
+# of its fields in column order; a range's checksum is the row count and the sum of the first 60
+# bits of its rows' hashes (order free, computed by the server: nothing per row reaches Python).
+#
+# Two MySQL texts exist. Source vs replica (same engine) compares the stored values exactly: zero
+# dates, NUL characters and JSON text as stored. Replica vs analytics compares what PostgreSQL must
+# hold: zero dates as NULL, NUL removed, FLOAT as the float4 it is.
 
+_TEXT = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"})
+_BINARY = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
+_GEOMETRY = frozenset({"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+                       "multipolygon", "geometrycollection", "geomcollection"})
+_HASH_HEX = 15  # 60 bits: positive as a signed bigint on both engines, exact in SUM
+
+
+@dataclass(frozen=True)
+class ColumnText:
+    """SQL printing one column's value as canonical text (NULL stays NULL)."""
+
+    my_exact: str  # MySQL, the stored value exactly (source vs replica)
+    my: str  # MySQL, the value as PostgreSQL holds it (replica vs analytics)
+    pg: str  # PostgreSQL
+
+
+def _my_float(t: str) -> str:
+    """MySQL's shortest round-trip print of a double (`1.5e17`, `0.00001`) as `<digits>e<exponent>`.
+
+    MySQL and PostgreSQL print the same digits but pick plain or exponent form at different
+    magnitudes (`0.00001` vs `1e-05`), so both sides rewrite the print to one form.
+    """
+    a = f"TRIM(LEADING '-' FROM {t})"
+    m = f"SUBSTRING_INDEX({a}, 'e', 1)"
+    e = f"IF(LOCATE('e', {a}) > 0, CAST(SUBSTRING_INDEX({a}, 'e', -1) AS SIGNED), 0)"
+    ip = f"SUBSTRING_INDEX({m}, '.', 1)"
+    fp = f"IF(LOCATE('.', {m}) > 0, SUBSTRING_INDEX({m}, '.', -1), '')"
+    d = f"CONCAT({ip}, {fp})"
+    dz = f"TRIM(LEADING '0' FROM {d})"
+    exp = f"({e} + CHAR_LENGTH({ip}) - 1 - (CHAR_LENGTH({d}) - CHAR_LENGTH({dz})))"
+    digits = f"TRIM(TRAILING '0' FROM {dz})"
+    return f"IF({digits} = '', '0', CONCAT(IF(LEFT({t}, 1) = '-', '-', ''), {digits}, 'e', {exp}))"
+
+
+def _pg_float(t: str) -> str:
+    """PostgreSQL's float8 print (`1.5e+17`, `1e-05`) as `<digits>e<exponent>`; see `_my_float`."""
+    a = f"ltrim({t}, '-')"
+    m = f"split_part({a}, 'e', 1)"
+    e = f"(CASE WHEN strpos({a}, 'e') > 0 THEN split_part({a}, 'e', 2)::int ELSE 0 END)"
+    ip = f"split_part({m}, '.', 1)"
+    fp = f"split_part({m}, '.', 2)"
+    d = f"({ip} || {fp})"
+    dz = f"ltrim({d}, '0')"
+    exp = f"({e} + length({ip}) - 1 - (length({d}) - length({dz})))"
+    digits = f"rtrim({dz}, '0')"
+    return (f"CASE WHEN {t} IS NULL THEN NULL WHEN {digits} = '' THEN '0' ELSE "
+            f"(CASE WHEN left({t}, 1) = '-' THEN '-' ELSE '' END) || {digits} || 'e' || {exp} END")
+
+
+def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: ANN001
+    """The canonical text of one column on each side; `pg_name` is its PostgreSQL name."""
+    from tasks.identifiers import mysql_ident, pg_ident
+
+    q, p = mysql_ident(col.name), pg_ident(pg_name)
+    t = col.data_type
+    if as_boolean:
+        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::int::text")
+    if t in INTEGER_TYPES or t == "year":
+        # `+ 0` drops ZEROFILL padding and YEAR's `0000`, as the load's number does.
+        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::text")
+    if t == "bit":
+        e = f"LPAD(BIN({q} + 0), {col.bit_width}, '0')"
+        return ColumnText(e, e, f"{p}::text")
+    if t == "float":
+        # The float4 as stored: MySQL widens it to double, PostgreSQL widens real to float8.
+        return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CONCAT(CAST({q} AS DOUBLE))"),
+                          _pg_float(f"{p}::float8::text"))
+    if t in ("double", "real", "double precision"):
+        return ColumnText(f"CONCAT({q})", _my_float(f"CONCAT({q})"), _pg_float(f"{p}::text"))
+    if t == "time":
+        # Microseconds: TIME spans -838:59:59..838:59:59, PostgreSQL holds it as an interval.
+        us = f"CONCAT(ROUND(TIME_TO_SEC({q}) * 1000000))"
+        return ColumnText(f"CONCAT({q})", us, f"(extract(epoch FROM {p}) * 1000000)::numeric(30,0)::text")
+    if t in ("date", "datetime", "timestamp"):
+        # Zero dates, a zero month or day, and year 0 are NULL in PostgreSQL (as the load sends them).
+        zero = f"{q} < '0001-01-01' OR MONTH({q}) = 0 OR DAYOFMONTH({q}) = 0"
+        if t == "date":
+            my, pg = f"DATE_FORMAT({q}, '%%Y-%%m-%%d')", f"to_char({p}, 'YYYY-MM-DD')"
+        else:
+            my = f"DATE_FORMAT({q}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
+            src = f"({p} AT TIME ZONE 'UTC')" if t == "timestamp" else p
+            pg = f"to_char({src}, 'YYYY-MM-DD HH24:MI:SS.US')"
+        return ColumnText(f"CONCAT({q})", f"IF({zero}, NULL, {my})", pg)
+    if col.is_json:
+        # jsonb keeps neither key order, duplicate keys, whitespace nor escapes, and MySQL cannot
+        # parse text into jsonb's form: replica vs analytics compares the JSON type and an array's
+        # length only (README, Verify). Source vs replica compares the text exactly.
+        jt = f"JSON_TYPE({q})"
+        my = (f"CONCAT(IF({jt} IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL'), 'number', LOWER({jt})), "
+              f"IF({jt} = 'ARRAY', CONCAT(':', JSON_LENGTH({q})), ''))")
+        pg = (f"jsonb_typeof({p}) || CASE WHEN jsonb_typeof({p}) = 'array' "
+              f"THEN ':' || jsonb_array_length({p}) ELSE '' END")
+        return ColumnText(f"CONVERT({q} USING utf8mb4)", my, pg)
+    if t in _TEXT or t in ("uuid", "inet4", "inet6"):
+        # PostgreSQL cannot store NUL; the load removes it.
+        u = f"CONVERT({q} USING utf8mb4)"
+        return ColumnText(u, f"REPLACE({u}, CHAR(0 USING utf8mb4), '')", f"{p}::text")
+    if t in _BINARY:
+        return ColumnText(f"LOWER(HEX({q}))", f"LOWER(HEX({q}))", f"encode({p}, 'hex')")
+    if t in _GEOMETRY:
+        return ColumnText(f"LOWER(HEX({q}))", f"ST_AsText({q})", f"{p}::text")
+    return ColumnText(f"CONCAT({q})", f"CONCAT({q})", f"{p}::text")
+
+
+def _my_field(v: str) -> str:
+    u = f"CONVERT({v} USING utf8mb4)"
+    return f"IFNULL(CONCAT(CHAR_LENGTH({u}), ':', {u}), '~')"
+
+
+def _pg_field(v: str) -> str:
+    return f"COALESCE(length({v}) || ':' || {v}, '~')"
+
+
+def _my_fields(texts: list[str]) -> str:
+    return "CONCAT(" + ", ".join(_my_field(t) for t in texts) + ")" if texts else "''"
+
+
+def _pg_fields(texts: list[str]) -> str:
+    return " || ".join(_pg_field(t) for t in texts) if texts else "''"
+
+
+def _my_sum(row: str) -> str:
+    return f"CAST(CONV(LEFT(MD5({row}), {_HASH_HEX}), 16, 10) AS UNSIGNED)"
+
+
+def _pg_sum(row: str) -> str:
+    return f"('x' || left(md5({row}), {_HASH_HEX}))::bit({_HASH_HEX * 4})::bigint"
+
+
+@dataclass(frozen=True)
+class TableTexts:
+    """The SQL verify and repair need for one table, built once from its replica schema."""
+
+    key: tuple[str, ...]
+    key_columns: list  # PgColumn of each key column
+    ranged: bool  # leading key column is an integer: ranges cut on it are the same rows everywhere
+    my_key: list[str]  # canonical text of each key column, MySQL
+    pg_key: list[str]
+    my_exact_row: str  # the row's canonical text, MySQL, stored values exactly
+    my_row: str  # the row's canonical text, MySQL, as PostgreSQL holds it
+    pg_row: str
+
+
+def table_texts(engines: Engines, table, *, replica_db: str, column_case: str) -> TableTexts:  # noqa: ANN001
+    from tasks.mysql_schema import choose_key, read_table_schema, unique_keys
+    from tasks.type_mapping import pg_columns
+
+    with engines.replica.connect() as rc:
+        schema = read_table_schema(rc, replica_db, table.name)
+        key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
+        rc.rollback()
+    cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns)
+    texts = {c.source.name: column_text(c.source, as_boolean=c.as_boolean, pg_name=c.name) for c in cols}
+    order = [c.source.name for c in cols]
+    by_name = {c.source.name: c for c in cols}
+    return TableTexts(
+        key=key, key_columns=[by_name[k] for k in key],
+        ranged=bool(key) and schema.column(key[0]).data_type in INTEGER_TYPES,
+        my_key=[texts[k].my for k in key], pg_key=[texts[k].pg for k in key],
+        my_exact_row=_my_fields([texts[n].my_exact for n in order]),
+        my_row=_my_fields([texts[n].my for n in order]),
+        pg_row=_pg_fields([texts[n].pg for n in order]))
 
 
 @dataclass
 class RangeDiff:
-    low: object
+    low: object  # integer-key range (low, high]; None = open end
     high: object
-    source: tuple[int, int]
-    replica: tuple[int, int]
-    analytics: tuple[int, int]
-    keys: list = None  # keys whose key/change-column hash differs somewhere (drilled into)
+    source: tuple
+    replica: tuple
+    analytics: tuple
+    keys: list = None  # every key (tuple of canonical texts) whose row differs somewhere in the range
+    bucket: int | None = None  # set instead of low/high for a table without a leading integer key
 
 
 @dataclass
@@ -79,117 +252,125 @@ class VerifyResult:
         return not self.differing and self.source_rows == self.replica_rows == self.analytics_rows
 
 
-def _my_expr(col, q: str) -> str:
-    # Format form (tasks/identifiers.py): the DATE_FORMAT patterns spell `%` as `%%`.
-    t = col.data_type
-    if t in ("datetime", "timestamp"):
-        return (f"IF({q} IS NULL OR {q} < '0001-01-01' OR MONTH({q}) = 0, '\\\\N', "
-                f"DATE_FORMAT({q}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f'))")
-    if t == "date":
-        return f"IF({q} IS NULL OR {q} < '0001-01-01' OR MONTH({q}) = 0, '\\\\N', DATE_FORMAT({q}, '%%Y-%%m-%%d'))"
-    return f"IFNULL(CAST({q} AS CHAR), '\\\\N')"
-
-
-def _pg_expr(col, q: str) -> str:
-    t = col.data_type
-    if t == "timestamp":
-        return f"COALESCE(to_char({q} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), '\\N')"
-    if t == "datetime":
-        return f"COALESCE(to_char({q}, 'YYYY-MM-DD HH24:MI:SS.US'), '\\N')"
-    if t == "date":
-        return f"COALESCE(to_char({q}, 'YYYY-MM-DD'), '\\N')"
-    return f"COALESCE({q}::text, '\\N')"
-
-
 def verify_table(engines: Engines, table, *, source_db: str, replica_db: str, pg_schema: str, column_case: str,
-                 page: int = 100_000, drill_limit: int = 20) -> VerifyResult:
-    """Compare source, replica and analytics: counts, then checksums of key and change columns per key range.
+                 page: int = 100_000) -> VerifyResult:
+    """Compare source, replica and analytics over every column of every row, range by range.
 
-    Ranges are cut on the replica's integer key; for other keys the whole table is one range (MySQL
-    and PostgreSQL order strings differently, so a range cut on one side is not the same set on the
-    other). Only ranges whose checksums differ are drilled into, key by key.
+    A table whose (leading) key column is an integer is cut into ranges of about `page` rows on the
+    replica. Any other table is cut into buckets by a hash of its key's canonical text, which puts
+    a key in the same bucket on every engine (a string range would not: MySQL and PostgreSQL order
+    strings differently); one GROUP BY per engine reads all buckets. Only differing ranges or
+    buckets are drilled into, key by key; a table without a key is one range, checked but not drilled.
     """
     from tasks.identifiers import mysql_ident, pg_column_name, pg_ident
-    from tasks.mysql_schema import choose_key, read_table_schema, unique_keys
 
-    with engines.replica.connect() as rc:
-        schema = read_table_schema(rc, replica_db, table.name)
-        key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
-    cols = [schema.column(c) for c in (*key, *[c for c in table.incremental_columns if c not in key])]
-    # A table without a key or change column is checked by its row count alone.
-    my_row = "MD5(CONCAT_WS('|', " + ", ".join(
-        [_my_expr(c, mysql_ident(c.name)) for c in cols] or ["''"]) + "))"
-    pg_row = "md5(concat_ws('|', " + ", ".join(
-        [_pg_expr(c, pg_ident(pg_column_name(c.name, column_case))) for c in cols] or ["''"]) + "))"
-
-    def my_agg(t: str, w: str) -> str:
-        return f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT({my_row}, 8), 16, 10) AS UNSIGNED)), 0) FROM {t} WHERE {w}"
-
-    def pg_agg(t: str, w: str) -> str:
-        return f"SELECT count(*), COALESCE(sum(('x' || left({pg_row}, 8))::bit(32)::bigint), 0) FROM {t} WHERE {w}"
-
+    tx = table_texts(engines, table, replica_db=replica_db, column_case=column_case)
     src_t, rep_t = mysql_qualified(source_db, table.name), mysql_qualified(replica_db, table.name)
     pg_t = pg_qualified(pg_schema, pg_table_name(table.name))
-    ranged = len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES
-    bounds: list = [None]
+    same = tx.my_exact_row == tx.my_row  # no column where the two MySQL texts differ: hash once
+    rep_sums = (f"COALESCE(SUM({_my_sum(tx.my_exact_row)}), 0)" if same else
+                f"COALESCE(SUM({_my_sum(tx.my_exact_row)}), 0), COALESCE(SUM({_my_sum(tx.my_row)}), 0)")
+
+    def rep_tuple(row: tuple) -> tuple:
+        n, *sums = (int(x) for x in row)
+        return (n, sums[0], sums[0]) if same else (n, *sums)
+
     with engines.source.connect() as sc, engines.replica.connect() as rc, engines.analytics.connect() as pc:
         scur = sc.connection.driver_connection.cursor()
         rcur = rc.connection.driver_connection.cursor()
         pcur = pc.connection.driver_connection.cursor()
-        if ranged:
-            k = mysql_ident(key[0])
-            low = None
+        seg_s, seg_r, seg_a, where = {}, {}, {}, {}
+        if tx.ranged:
+            k, kp = mysql_ident(tx.key[0]), pg_ident(pg_column_name(tx.key[0], column_case))
+            bounds: list = [None]
             while True:
-                rcur.execute(f"SELECT {k} FROM {rep_t} WHERE %s IS NULL OR {k} > %s ORDER BY {k} LIMIT 1 OFFSET {page - 1}",
-                             (low, low))
+                execute(rcur, f"SELECT {k} FROM {rep_t} WHERE %s IS NULL OR {k} > %s ORDER BY {k} "
+                              f"LIMIT 1 OFFSET {page - 1}", (bounds[-1], bounds[-1]))
                 row = rcur.fetchone()
                 if not row:
                     break
-                low = row[0]
-                bounds.append(low)
-        bounds.append(None)
+                bounds.append(int(row[0]))
+            bounds.append(None)
+            for lo, hi in zip(bounds, bounds[1:]):
+                my = [f"{k} > {lo}"] * (lo is not None) + [f"{k} <= {hi}"] * (hi is not None)
+                pg = [f"{kp} > {lo}"] * (lo is not None) + [f"{kp} <= {hi}"] * (hi is not None)
+                w_my, w_pg = " AND ".join(my) or "1=1", " AND ".join(pg) or "true"
+                where[(lo, hi)] = (w_my, w_pg)
+                seg_s[(lo, hi)] = tuple(int(x) for x in execute(
+                    scur, f"SELECT COUNT(*), COALESCE(SUM({_my_sum(tx.my_exact_row)}), 0) FROM {src_t} WHERE {w_my}")
+                    .fetchone())
+                seg_r[(lo, hi)] = rep_tuple(execute(rcur, f"SELECT COUNT(*), {rep_sums} FROM {rep_t} WHERE {w_my}")
+                                            .fetchone())
+                seg_a[(lo, hi)] = tuple(int(x) for x in execute(
+                    pcur, f"SELECT count(*), COALESCE(sum({_pg_sum(tx.pg_row)}), 0) FROM {pg_t} WHERE {w_pg}")
+                    .fetchone())
+        else:
+            n = int(execute(rcur, f"SELECT COUNT(*) FROM {rep_t}").fetchone()[0])
+            buckets = max(1, -(-n // page)) if tx.key else 1
+            b_my, b_pg = _bucket_exprs(tx, buckets)
+            for cur, sql, out, conv in (
+                    (scur, f"SELECT {b_my}, COUNT(*), COALESCE(SUM({_my_sum(tx.my_exact_row)}), 0) FROM {src_t} "
+                           f"GROUP BY 1", seg_s, lambda r: tuple(int(x) for x in r)),
+                    (rcur, f"SELECT {b_my}, COUNT(*), {rep_sums} FROM {rep_t} GROUP BY 1", seg_r, rep_tuple),
+                    (pcur, f"SELECT {b_pg}, count(*), COALESCE(sum({_pg_sum(tx.pg_row)}), 0) FROM {pg_t} "
+                           f"GROUP BY 1", seg_a, lambda r: tuple(int(x) for x in r))):
+                for row in execute(cur, sql).fetchall():
+                    out[int(row[0])] = conv(row[1:])
+            for b in range(buckets):
+                where[b] = (f"{b_my} = {b}", f"{b_pg} = {b}")
+        empty_s, empty_r, empty_a = (0, 0), (0, 0, 0), (0, 0)
         differing = []
-        totals = [0, 0, 0]
-        for lo, hi in zip(bounds, bounds[1:]):
-            if ranged:
-                kq, kp = mysql_ident(key[0]), pg_ident(pg_column_name(key[0], column_case))
-                conds_my = [f"{kq} > {int(lo)}"] if lo is not None else []
-                conds_pg = [f"{kp} > {int(lo)}"] if lo is not None else []
-                if hi is not None:
-                    conds_my.append(f"{kq} <= {int(hi)}")
-                    conds_pg.append(f"{kp} <= {int(hi)}")
-                w_my, w_pg = " AND ".join(conds_my) or "1=1", " AND ".join(conds_pg) or "true"
-            else:
-                w_my, w_pg = "1=1", "true"
-            s = tuple(int(x) for x in execute(scur, my_agg(src_t, w_my)).fetchone())
-            r = tuple(int(x) for x in execute(rcur, my_agg(rep_t, w_my)).fetchone())
-            a = tuple(int(x) for x in execute(pcur, pg_agg(pg_t, w_pg)).fetchone())
-            for i, v in enumerate((s, r, a)):
-                totals[i] += v[0]
-            if not (s == r == a):
-                d = RangeDiff(lo, hi, s, r, a)
-                d.keys = _drill(scur, rcur, pcur, my_row, pg_row, key, column_case, src_t, rep_t, pg_t, w_my, w_pg,
-                                drill_limit) if key else []
-                differing.append(d)
+        for seg, (w_my, w_pg) in where.items():
+            s, r, a = seg_s.get(seg, empty_s), seg_r.get(seg, empty_r), seg_a.get(seg, empty_a)
+            # Source vs replica: count and exact hash; replica vs analytics: count and PostgreSQL-side hash.
+            if s == r[:2] and (r[0], r[2]) == a:
+                continue
+            lo, hi = seg if tx.ranged else (None, None)
+            d = RangeDiff(lo, hi, s, r, a, keys=[], bucket=None if tx.ranged else seg)
+            if tx.key and tx.ranged:
+                d.keys = [k[1:] for k in _drill(scur, rcur, pcur, tx, src_t, rep_t, pg_t, w_my, w_pg, "0", "0")]
+            differing.append(d)
+        if tx.key and not tx.ranged and differing:
+            # Buckets are not index ranges: one pass over the table drills all differing buckets.
+            ids = ", ".join(str(d.bucket) for d in differing)
+            found = _drill(scur, rcur, pcur, tx, src_t, rep_t, pg_t, f"{b_my} IN ({ids})", f"{b_pg} IN ({ids})",
+                           b_my, b_pg)
+            by_bucket = {d.bucket: d for d in differing}
+            for tag, *k in found:
+                by_bucket[int(tag)].keys.append(tuple(k))
+        totals = [sum(x[0] for x in seg.values()) for seg in (seg_s, seg_r, seg_a)]
         sc.rollback()
         rc.rollback()
         pc.rollback()
-    return VerifyResult(table.name, totals[0], totals[1], totals[2], len(bounds) - 1, differing)
+    return VerifyResult(table.name, *totals, len(where), differing)
 
 
-def _drill(scur, rcur, pcur, my_row, pg_row, key, column_case, src_t, rep_t, pg_t, w_my, w_pg, limit):  # noqa: ANN001, ANN202
-    from tasks.identifiers import mysql_ident, pg_column_name, pg_ident
+def _bucket_exprs(tx: TableTexts, buckets: int) -> tuple[str, str]:
+    if buckets == 1:
+        return "0", "0"
+    my = f"CAST(CONV(LEFT(MD5({_my_fields(tx.my_key)}), 8), 16, 10) AS UNSIGNED) MOD {buckets}"
+    pg = f"mod(('x' || left(md5({_pg_fields(tx.pg_key)}), 8))::bit(32)::bigint, {buckets})"
+    return my, pg
 
-    kmy = ", ".join(mysql_ident(k) for k in key)
-    kpg = ", ".join(pg_ident(pg_column_name(k, column_case)) for k in key)
-    execute(scur, f"SELECT {kmy}, {my_row} FROM {src_t} WHERE {w_my}")
-    s = {tuple(str(v) for v in r[:-1]): r[-1] for r in scur.fetchall()}
-    execute(rcur, f"SELECT {kmy}, {my_row} FROM {rep_t} WHERE {w_my}")
-    r = {tuple(str(v) for v in r[:-1]): r[-1] for r in rcur.fetchall()}
-    execute(pcur, f"SELECT {kpg}, {pg_row} FROM {pg_t} WHERE {w_pg}")
-    a = {tuple(str(v) for v in row[:-1]): row[-1] for row in pcur.fetchall()}
-    bad = sorted(k for k in set(s) | set(r) | set(a) if not (s.get(k) == r.get(k) == a.get(k)))
-    return bad[:limit]
+
+def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg, tag_my, tag_pg) -> list[tuple]:  # noqa: ANN001
+    """(tag, *key) of every row in the range that is missing or different somewhere, from key -> hash
+    maps of the range read from each database (a range or bucket holds about `page` rows). The tag
+    (the bucket's number) tells which bucket a key belongs to."""
+    kmy, kpg = ", ".join([f"CONCAT({tag_my})", *tx.my_key]), ", ".join([f"({tag_pg})::text", *tx.pg_key])
+    n = len(tx.key) + 1
+
+    def keyed(rows, at: int) -> dict:  # noqa: ANN001
+        return {tuple("NULL" if v is None else str(v) for v in row[:n]): row[at] for row in rows}
+
+    s_rows = execute(scur, f"SELECT {kmy}, MD5({tx.my_exact_row}) FROM {src_t} WHERE {w_my}").fetchall()
+    r_rows = execute(rcur, f"SELECT {kmy}, MD5({tx.my_exact_row}), MD5({tx.my_row}) FROM {rep_t} "
+                           f"WHERE {w_my}").fetchall()
+    a_rows = execute(pcur, f"SELECT {kpg}, md5({tx.pg_row}) FROM {pg_t} WHERE {w_pg}").fetchall()
+    s, r_exact, r_pg, a = keyed(s_rows, n), keyed(r_rows, n), keyed(r_rows, n + 1), keyed(a_rows, n)
+    found = sorted(k for k in set(s) | set(r_exact) | set(a)
+                   if s.get(k) != r_exact.get(k) or r_pg.get(k) != a.get(k))
+    return found
 
 
 VERIFY_DDL = """CREATE TABLE IF NOT EXISTS etl.verify_results (
