@@ -514,14 +514,15 @@ class _NoTraceback(logging.Formatter):
 
 
 def _quiet_console_tracebacks() -> None:
-    import prefect.logging  # noqa: F401 - configures Prefect's handlers, which are wrapped below
+    import prefect.main  # noqa: F401 - applies Prefect's logging config now, so its handlers exist to wrap
 
-    # Prefect's loggers and ours (PREFECT_LOGGING_EXTRA_LOGGERS gives `etl` Prefect's handlers); not the
-    # root logger's handlers, which belong to whoever embeds `main` (pytest, a scheduler).
+    # Prefect's loggers, ours (PREFECT_LOGGING_EXTRA_LOGGERS), and the root logger's console handlers;
+    # not pytest's capture handlers (a test embedding `main` still sees whole records).
     names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in ("prefect", "etl")]
-    for lg in [logging.getLogger(n) for n in names]:
+    for lg in [logging.getLogger(), *(logging.getLogger(n) for n in names)]:
         for h in lg.handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h.formatter, _NoTraceback):
+            if (isinstance(h, logging.StreamHandler) and not isinstance(h.formatter, _NoTraceback)
+                    and not type(h).__module__.startswith("_pytest")):
                 h.setFormatter(_NoTraceback(h.formatter))
 
 
