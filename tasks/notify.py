@@ -226,7 +226,7 @@ def _on_run_end(flow: Any, flow_run: Any, state: Any) -> None:
             refused = "BlackoutRefused" in (getattr(state, "message", None) or "")
     if refused:
         event = "refused"
-    if event is None and not settings.notify_webhook:
+    if event is None:
         return
     run: dict | None = None
     secrets: tuple[str, ...] = ()
@@ -295,14 +295,20 @@ def ensure_prefect_notifications(webhook: str, *, late_minutes: float) -> list[s
             name=BLOCK_NAME, url=webhook, method="POST",
             json_data={"event": "prefect-automation", "subject": "{{subject}}", "text": "{{subject}}\n{{body}}"})
     block_id = block.save(BLOCK_NAME, overwrite=True)
-    watched = [{"prefect.resource.role": "flow", "prefect.resource.name": list(WATCHED_FLOWS)}]
+    # Runs of the deployments only: a subflow (the pipeline inside a repair run) has no deployment, so a
+    # failed repair run is one message, not two. Failed: not the table runs of dispatch=deployment
+    # either (their parent fails and names them); Crashed and Late: those too (a dead worker).
+    deployment = {"prefect.resource.role": "deployment"}
+    watched = [{"prefect.resource.role": "flow", "prefect.resource.name": list(WATCHED_FLOWS)}, deployment]
+    parents = [{"prefect.resource.role": "flow", "prefect.resource.name": ["etl-pipeline", "etl-repair"]},
+               deployment]
     body = ("{{ flow.name }} run {{ flow_run.name }} is {{ flow_run.state.name }}"
             "{% if flow_run.state.message %}: {{ flow_run.state.message }}{% endif %}\n"
             "{{ flow_run|ui_url }}\nid {{ flow_run.id }}; deployment {{ deployment.name }}")
     late_after = timedelta(minutes=late_minutes)
     specs = {
         "failed": (EventTrigger(expect={"prefect.flow-run.Failed"}, match={"prefect.resource.id": "prefect.flow-run.*"},
-                                match_related=watched, posture=Posture.Reactive, threshold=1),
+                                match_related=parents, posture=Posture.Reactive, threshold=1),
                    "ETL run failed: {{ flow_run.name }}"),
         "crashed": (EventTrigger(expect={"prefect.flow-run.Crashed"}, match={"prefect.resource.id": "prefect.flow-run.*"},
                                  match_related=watched, posture=Posture.Reactive, threshold=1),

@@ -90,3 +90,22 @@ def test_run_no_worker_takes_is_reported_late(prefect_stack, automations) -> Non
     msg = _wait_for(automations, lambda p: "late-probe-run" in p.get("text", ""), timeout=90)
     assert msg is not None, (prefect_stack.flow_run(fr["id"])["state"], automations.received)
     assert "Late" in msg["text"] and "not started" in msg["subject"]
+
+
+def test_failed_repair_run_is_one_message_not_one_per_subflow(deployed_env, prefect_stack, automations) -> None:
+    """The repair run fails (its table is not in the source); its inner pipeline subflow fails too, but
+    only runs of a deployment are reported: one message."""
+    env = deployed_env
+    env.source_sql(TABLES)
+    env.write_config(CONFIG + "  ghost: {priority: critical, primary_key: [id]}\n")
+    before = len(automations.received)
+    out = prefect_stack.prefect("deployment", "run", "etl-repair/repair", "--param", 'tables=["ghost"]')
+    run_id = flow_run_id_from(out.stdout)
+    run = prefect_stack.wait_for_flow_run(run_id, timeout=120)
+    assert run["state"]["type"] == "FAILED", prefect_stack.diagnose(run_id)
+    msg = _wait_for(automations, lambda p: run["name"] in p.get("text", "") and "failed" in p["subject"], timeout=60)
+    assert msg is not None, automations.received
+    time.sleep(8)  # the subflow's Failed event came with the parent's; a second message would be here
+    failed = [m["json"] for m in automations.received[before:] if "failed" in m["json"]["subject"]]
+    assert len(failed) == 1, failed
+    assert "ghost" in msg["text"]
