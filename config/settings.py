@@ -45,11 +45,25 @@ class Settings(BaseSettings):
     max_source_queries: int = Field(
         default=4, ge=1, description="Cap on concurrent queries against the source database."
     )
+    notify_webhook: SecretStr | None = Field(
+        default=None,
+        description="URL that receives a JSON POST when a run fails, crashes or is refused (fields plus a "
+        "readable `text`; a Slack incoming webhook shows the text). Unset: no notification. A secret: the URL "
+        "often carries a token.",
+    )
+    notify_recovered: bool = Field(
+        default=False, description="Also post a `recovered` message when a run succeeds after a failed one."
+    )
+    notify_late_minutes: float = Field(
+        default=15, ge=0,
+        description="`make deploy`: a pipeline run still Late (no worker took it) this many minutes after it "
+        "turned Late is reported by the Prefect automation; 0 reports it as soon as it is Late.",
+    )
 
     def url(self, role: Role) -> str:
         value = getattr(self, f"{role}_url")
         if value is None:
-            raise ConfigError(f"ETL_{role.upper()}_URL is not set; set it or pass a {role} block name")
+            raise ConfigError(f"ETL_{role.upper()}_URL is not set; set it, or pass `--blocks` to read the {role} connector block")
         return value.get_secret_value()
 
     def describe(self, role: Role) -> str:

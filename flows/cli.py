@@ -4,13 +4,15 @@
     etl plan [--tables a,b]                what a run would do per table (reads metadata only)
     etl run [--tables a,b] [--full-refresh] [--blocks] [--ignore-blackout] [--dispatch local|deployment]
             [--metrics-keep-days N]
-    etl status [--runs N] [--table T] [--json]
+    etl status [--runs N] [--table T] [--json] [--strict] [--blocks]
     etl connections [--runs N] [--json]   connections per run and database, and pool-sizing advice
     etl dbt-sources [--output PATH]       a dbt sources.yml for the analytics schema as it is now
     etl blocks register                    save the three connector blocks from ETL_*_URL
+    etl notifications setup|test           Prefect notification block + automations; a test message
 
-Exit status: 0 ok, 1 a table or the run failed, 2 bad config or settings, 3 refused by the blackout
-window (ETL_BLACKOUT; nothing was touched).
+Exit status: 0 ok, 1 a table or the run failed (for `status`: the latest run failed; for `plan`: a
+table would fail), 2 bad config or settings, 3 refused by the blackout window (ETL_BLACKOUT; nothing
+was touched). An expected failure ends with one line on stderr; `--debug` adds the traceback.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from config.settings import Settings  # noqa: E402
-from tasks.errors import EtlError, redact  # noqa: E402
+from tasks.errors import ConfigError, EtlError, LoadError, redact  # noqa: E402
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -74,6 +76,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_pipeline_config(args.config or settings.config)
     plan = build_plan(settings, cfg, tables=_split(args.tables), full_refresh=args.full_refresh)
     print(render_plan(plan))
+    bad = [p.table for p in plan.tables if p.problems]
+    if bad:
+        print(f"etl plan: {len(bad)} table(s) would fail: {', '.join(bad)} (see `why / problems` above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -189,11 +196,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tasks.connections import create_engine
+    """The last runs; a monitor's exit status: 1 when the latest run did not succeed (failed, crashed,
+    abandoned), with --strict also when it is still running or no run is recorded."""
     from tasks.reports import last_runs, render_run, runs_as_json
 
-    settings = Settings()
-    engine = create_engine("analytics", settings.url("analytics"), pool_size=1)
+    engine = _analytics_engine(Settings(), _blocks(args))
     try:
         runs = last_runs(engine, runs=args.runs, table=args.table)
     finally:
@@ -203,14 +210,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif not runs:
         print("no runs recorded yet (etl schema is empty)")
     else:
-        print("\n\n".join(render_run(r) for r in runs))
-    return 0
+        print("\n\n".join(render_run(r, full_errors=bool(args.table)) for r in runs))
+    if not runs:
+        return 1 if args.strict else 0
+    latest = runs[0]
+    if latest["status"] == "ok" or (latest["status"] == "running" and not args.strict):
+        return 0
+    if not args.json:
+        print(f"etl status: the latest run {latest.get('prefect_run_name') or latest['run_id']} is "
+              f"{latest['status']}", file=sys.stderr)
+    return 1
 
 
-def _analytics_engine(settings: Settings):  # noqa: ANN202
+def _blocks(args: argparse.Namespace):  # noqa: ANN202
+    from blocks.connectors import BlockNames
+
+    if not getattr(args, "blocks", False):
+        return None
+    return BlockNames(source=args.source_block, replica=args.replica_block, analytics=args.analytics_block)
+
+
+def _analytics_url(settings: Settings, blocks=None) -> str:  # noqa: ANN001
+    if blocks is not None:
+        from blocks.connectors import urls_from_blocks
+
+        return urls_from_blocks(blocks).analytics
+    return settings.url("analytics")
+
+
+def _analytics_engine(settings: Settings, blocks=None):  # noqa: ANN001, ANN202
     from tasks.connections import create_engine
 
-    return create_engine("analytics", settings.url("analytics"), pool_size=1)
+    return create_engine("analytics", _analytics_url(settings, blocks), pool_size=1)
 
 
 def cmd_connections(args: argparse.Namespace) -> int:
@@ -300,24 +331,83 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notifications(args: argparse.Namespace) -> int:
+    """setup: the Prefect notification block and automations (a server: PREFECT_API_URL); test: one
+    sample message to ETL_NOTIFY_WEBHOOK, to check the receiver before a night depends on it."""
+    from tasks import notify
+
+    settings = Settings()
+    if settings.notify_webhook is None:
+        raise ConfigError("ETL_NOTIFY_WEBHOOK is not set; set it to the URL that should receive run notifications")
+    webhook = settings.notify_webhook.get_secret_value()
+    if args.action == "test":
+        payload = notify.build_message("test", run=None, run_id="test", run_name="etl notifications test",
+                                       flow="etl")
+        if not notify.post(webhook, payload):
+            print("etl notifications: the test message was not delivered (see the warning above)", file=sys.stderr)
+            return 1
+        print("test message delivered")
+        return 0
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("etl notifications setup needs a Prefect server: set PREFECT_API_URL "
+                          "(make deploy passes it); the temporary local API has no automations")
+    for name in notify.ensure_prefect_notifications(webhook, late_minutes=settings.notify_late_minutes):
+        print(f"saved automation {name} -> notification block {notify.BLOCK_NAME}")
+    return 0
+
+
+ENVIRONMENT = """environment:
+  ETL_SOURCE_URL        SQLAlchemy URL of the production MySQL/MariaDB source (read-only use)
+  ETL_REPLICA_URL       URL of the replica MySQL database we own (created when missing)
+  ETL_ANALYTICS_URL     URL of the analytics PostgreSQL database
+  ETL_ANALYTICS_SCHEMA  schema receiving the tables (default raw)
+  ETL_CONFIG            table config (default config/tables.yml)
+  ETL_REPLICA_METHOD    auto | server | stream (default auto)
+  ETL_MAX_SOURCE_QUERIES  concurrent queries against the source (default 4)
+  ETL_BLACKOUT, ETL_BLACKOUT_TZ, ETL_BLACKOUT_MANUAL  business-hours guard, e.g. "Mon-Fri 07:00-19:00"
+  ETL_NOTIFY_WEBHOOK    URL receiving a JSON POST when a run fails, crashes or is refused
+  ETL_NOTIFY_RECOVERED  true: also post when a run succeeds after a failed one
+  ETL_NOTIFY_LATE_MINUTES  make deploy: report a run still Late after this many minutes (default 15)
+  PREFECT_API_URL       a Prefect server (else each command starts a temporary local API)
+
+examples:
+  etl discover --output config/tables.yml
+  etl plan --tables patient,claim
+  etl run --tables patient --full-refresh
+  etl status --strict || echo "last night's run did not succeed"
+  etl verify --tables patient --repair
+
+exit status: 0 ok, 1 failed, 2 bad config or settings, 3 refused by the blackout window.
+`etl COMMAND --help` shows each command's options and an example."""
+
+
+def _sub(sub, name: str, func, helptext: str, example: str):  # noqa: ANN001, ANN202
+    s = sub.add_parser(name, help=helptext, description=helptext, epilog=f"example:\n  {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.set_defaults(func=func)
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="etl", description="MySQL -> replica MySQL -> PostgreSQL analytics ETL")
+    p = argparse.ArgumentParser(prog="etl", description="MySQL -> replica MySQL -> PostgreSQL analytics ETL",
+                                epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure (and debug logging)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("discover", help="write a table config for every source base table")
+    d = _sub(sub, "discover", cmd_discover, "write a table config for every source base table",
+             "etl discover --output config/tables.yml")
     d.add_argument("--output", help="where to write (default: ETL_CONFIG or config/tables.yml; '-' = stdout)")
-    d.set_defaults(func=cmd_discover)
 
-    for name, func, helptext in (("plan", cmd_plan, "show what a run would do, touching no data"),
-                                 ("run", cmd_run, "run the pipeline flow")):
-        s = sub.add_parser(name, help=helptext)
+    for name, func, helptext, example in (
+            ("plan", cmd_plan, "show what a run would do, touching no data (exit 1: a table would fail)",
+             "etl plan --tables patient,claim"),
+            ("run", cmd_run, "run the pipeline flow", "etl run --tables patient --full-refresh")):
+        s = _sub(sub, name, func, helptext, example)
         s.add_argument("--tables", help="comma-separated table names (default: all enabled)")
         s.add_argument("--full-refresh", action="store_true", help="reload the chosen tables from scratch")
         s.add_argument("--config", help="table config path (default: ETL_CONFIG or config/tables.yml)")
-        s.set_defaults(func=func)
         if name == "run":
-            s.add_argument("--blocks", action="store_true", help="read credentials from the connector blocks")
             s.add_argument("--ignore-blackout", action="store_true",
                            help="start even inside the ETL_BLACKOUT window (manual runs only)")
             s.add_argument("--dispatch", choices=["local", "deployment"], default="local",
@@ -326,61 +416,147 @@ def build_parser() -> argparse.ArgumentParser:
                            help="delete run history older than this at the end of the run (0 keeps all)")
             _block_args(s)
 
-    v = sub.add_parser("verify", help="compare source, replica and analytics (counts, key-range checksums)")
+    v = _sub(sub, "verify", cmd_verify, "compare source, replica and analytics (counts, key-range checksums)",
+             "etl verify --tables patient --repair")
     v.add_argument("--tables", help="comma-separated table names (default: all enabled)")
     v.add_argument("--config", help="table config path (default: ETL_CONFIG or config/tables.yml)")
     v.add_argument("--repair", action="store_true", help="re-copy only the key ranges that differ")
-    v.set_defaults(func=cmd_verify)
 
-    st = sub.add_parser("status", help="show the last runs from the etl schema")
-    st.add_argument("--runs", type=int, default=3)
-    st.add_argument("--table")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_status)
+    st = _sub(sub, "status", cmd_status,
+              "show the last runs from the etl schema (exit 1: the latest run did not succeed)",
+              "etl status --table patient   # that table in the last runs, errors in full")
+    st.add_argument("--runs", type=int, default=3, help="how many runs, newest first (default 3)")
+    st.add_argument("--table", help="only this table's rows, with its errors in full")
+    st.add_argument("--json", action="store_true", help="the runs and their table rows as JSON")
+    st.add_argument("--strict", action="store_true",
+                    help="exit 1 also when the latest run is still running or no run is recorded")
+    _block_args(st)
 
-    cn = sub.add_parser("connections", help="connections per run and database, with pool-sizing advice")
-    cn.add_argument("--runs", type=int, default=3)
-    cn.add_argument("--json", action="store_true")
+    cn = _sub(sub, "connections", cmd_connections, "connections per run and database, with pool-sizing advice",
+              "etl connections --runs 1 --strict")
+    cn.add_argument("--runs", type=int, default=3, help="how many runs, newest first (default 3)")
+    cn.add_argument("--json", action="store_true", help="the counters and advice as JSON")
     cn.add_argument("--strict", action="store_true", help="exit 1 when a run left a connection open")
-    cn.set_defaults(func=cmd_connections)
 
-    ds = sub.add_parser("dbt-sources", help="write a dbt sources.yml for the analytics schema")
+    ds = _sub(sub, "dbt-sources", cmd_dbt_sources, "write a dbt sources.yml for the analytics schema",
+              "etl dbt-sources --output models/sources.yml --name opendental")
     ds.add_argument("--output", default="sources.yml", help="where to write (default: sources.yml; '-' = stdout)")
     ds.add_argument("--name", help="dbt source name (default: the schema name)")
     ds.add_argument("--schema", help="analytics schema (default: ETL_ANALYTICS_SCHEMA)")
     ds.add_argument("--config", help="table config, for analytics.loaded_at_column (default: ETL_CONFIG)")
-    ds.add_argument("--warn-after-hours", type=int, default=26)
-    ds.add_argument("--error-after-hours", type=int, default=50)
+    ds.add_argument("--warn-after-hours", type=int, default=26, help="freshness warn_after in hours (default 26)")
+    ds.add_argument("--error-after-hours", type=int, default=50, help="freshness error_after in hours (default 50)")
     ds.add_argument("--style", choices=["config", "legacy"], default="config",
                     help="config: loaded_at_field/freshness under config: (dbt >= 1.10); legacy: as table keys")
-    ds.set_defaults(func=cmd_dbt_sources)
 
-    b = sub.add_parser("blocks", help="manage the SqlAlchemyConnector blocks")
-    b.add_argument("action", choices=["register"])
-    _block_args(b)
-    b.set_defaults(func=cmd_blocks)
+    b = _sub(sub, "blocks", cmd_blocks, "manage the SqlAlchemyConnector blocks",
+             "etl blocks register --analytics-block etl-analytics")
+    b.add_argument("action", choices=["register"], help="register: save the three blocks from ETL_*_URL")
+    _block_args(b, flag=False)
+
+    nt = _sub(sub, "notifications", cmd_notifications,
+              "run notifications: Prefect automations (setup) or a test message (test) to ETL_NOTIFY_WEBHOOK",
+              "ETL_NOTIFY_WEBHOOK=https://hooks.slack.com/services/... etl notifications test")
+    nt.add_argument("action", choices=["setup", "test"],
+                    help="setup: notification block + automations on Failed/Crashed/Late runs (needs PREFECT_API_URL); "
+                         "test: post a sample message")
     return p
 
 
-def _block_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source-block", default="etl-source")
-    p.add_argument("--replica-block", default="etl-replica")
-    p.add_argument("--analytics-block", default="etl-analytics")
+def _block_args(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
+    if flag:
+        p.add_argument("--blocks", action="store_true",
+                       help="read credentials from the connector blocks instead of ETL_*_URL")
+    p.add_argument("--source-block", default="etl-source", help="source block name (default etl-source)")
+    p.add_argument("--replica-block", default="etl-replica", help="replica block name (default etl-replica)")
+    p.add_argument("--analytics-block", default="etl-analytics", help="analytics block name (default etl-analytics)")
+
+
+# The databases a command reads, checked first so an unreachable one (or a wrong password) is one
+# line naming it instead of a driver traceback from wherever the command first connects.
+NEEDS = {"discover": ("source",), "plan": ("source", "replica"), "verify": ("source", "replica", "analytics"),
+         "status": ("analytics",), "connections": ("analytics",), "dbt-sources": ("analytics",)}
+
+
+def _check_databases(args: argparse.Namespace) -> None:
+    from tasks.connections import check_reachable
+
+    roles = NEEDS.get(args.command, ())
+    if not roles:
+        return
+    blocks = _blocks(args)
+    if blocks is not None:
+        from blocks.connectors import urls_from_blocks
+
+        urls = urls_from_blocks(blocks)
+        targets = [(r, getattr(urls, r), getattr(urls, f"{r}_connect_args")) for r in roles]
+    else:
+        settings = Settings()
+        targets = [(r, settings.url(r), None) for r in roles]
+    for role, url, connect_args in targets:
+        check_reachable(role, url, connect_args)
+
+
+class _NoTraceback(logging.Formatter):
+    """Formats a record without its traceback (Prefect logs a failed task's or flow's traceback on the
+    console; without --debug the console shows the one-line message and the API log keeps the rest)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _quiet_console_tracebacks() -> None:
+    import prefect.main  # noqa: F401 - applies Prefect's logging config now, so its handlers exist to wrap
+
+    # Prefect's loggers, ours (PREFECT_LOGGING_EXTRA_LOGGERS), and the root logger's console handlers;
+    # not pytest's capture handlers (a test embedding `main` still sees whole records).
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in ("prefect", "etl")]
+    for lg in [logging.getLogger(), *(logging.getLogger(n) for n in names)]:
+        for h in lg.handlers:
+            if (isinstance(h, logging.StreamHandler) and not isinstance(h.formatter, _NoTraceback)
+                    and not type(h).__module__.startswith("_pytest")):
+                h.setFormatter(_NoTraceback(h.formatter))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if args.verbose or args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "alembic", "docket", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.debug:
+        _quiet_console_tracebacks()
     try:
+        _check_databases(args)
         return args.func(args)
-    except EtlError as e:
-        print(f"etl {args.command}: {redact(str(e))}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - every failure ends as one line; --debug shows where
+        if args.debug:
+            raise
+        print(f"etl {args.command}: {_one_line(e)}", file=sys.stderr)
+        if isinstance(e, LoadError):
+            return 1
+        return 2 if isinstance(e, EtlError) else 1
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's own first line (a driver error: the server's reason, not SQLAlchemy's SQL dump and
+    link), redacted; errors we do not expect carry a hint to --debug."""
+    if isinstance(e, EtlError):
+        return redact(" ".join(str(e).split()))
+    root = getattr(e, "orig", None) or e
+    text = (str(root).strip().splitlines() or [""])[0]
+    return redact(f"{type(root).__name__}: {text}" if text else type(root).__name__) + " (--debug shows the traceback)"
 
 
 if __name__ == "__main__":

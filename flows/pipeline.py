@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from blocks.connectors import BlockNames, urls_from_blocks, urls_from_settings
 from config.models import PipelineConfig, ResolvedTable, load_pipeline_config
 from config.settings import Settings
-from tasks import sync
+from tasks import notify, sync
 from tasks.connections import (
     Engines, EngineUrls, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
 )
@@ -415,7 +415,10 @@ def _finish(urls, run_id: str, outcomes: list[TableOutcome], failed: list[str], 
     publish_run_report(markdown, run_id=run_id, failed=len(failed))
 
 
-@flow(name="etl-pipeline", validate_parameters=True)
+# The hooks tell the operator (ETL_NOTIFY_WEBHOOK) and record a run that failed before it wrote its
+# pipeline row (tasks/notify.py); they never change the run's result.
+@flow(name="etl-pipeline", validate_parameters=True, on_failure=[notify.on_run_end],
+      on_crashed=[notify.on_run_end], on_completion=[notify.on_run_end])
 def etl_pipeline(
     tables: list[str] | None = None,
     full_refresh: bool = False,

@@ -4,7 +4,8 @@
 #   make server   Prefect server + UI on PostgreSQL, in the background   build/prefect-server.{pid,log}
 #   make blocks   block types + the three connector blocks from ETL_*_URL
 #   make deploy   the work pool (created if missing), the global concurrency limit `etl-source`,
-#                 and every deployment in prefect.yaml
+#                 every deployment in prefect.yaml, and with ETL_NOTIFY_WEBHOOK set the notification
+#                 block `etl-notify` + automations on Failed, Crashed and Late (ETL_NOTIFY_LATE_MINUTES) runs
 #   make worker   a worker polling the pool, in the background            build/prefect-worker.{pid,log}
 #   make stop     stop the worker and the server started above, by PID (whole process group)
 #
@@ -70,6 +71,9 @@ deploy: setup
 	else $(PREFECT) global-concurrency-limit create etl-source --limit $(ETL_SOURCE_SLOTS); fi
 	ETL_WORK_POOL='$(ETL_WORK_POOL)' ETL_IMAGE='$(ETL_IMAGE)' ETL_CODE_DIR='$(ETL_CODE_DIR)' \
 	  $(PREFECT) --no-prompt deploy --all
+	@# Failed, Crashed and Late runs reported by the server (a dead worker runs no flow code that could tell).
+	@if [ -n "$$ETL_NOTIFY_WEBHOOK" ]; then $(PREFECT_ENV) $(BIN)/etl notifications setup; \
+	else echo "ETL_NOTIFY_WEBHOOK is not set: no notification automations (set it and run make deploy again)"; fi
 
 worker: setup
 	@mkdir -p $(PREFECT_RUN_DIR)

@@ -79,6 +79,12 @@ DDL = [
     f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS worker text",
     f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS connection_usage jsonb",
     f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS worker text",
+    # Added later: the Prefect run an operator looks for (for a repair run the `etl-repair` run, not
+    # the inner pipeline subflow whose id is run_id), its UI link when a server is configured, and why
+    # a run failed before any table started (config, connections).
+    f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS prefect_run_name text",
+    f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS prefect_run_url text",
+    f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS error text",
     f"CREATE INDEX IF NOT EXISTS table_runs_started ON {SCHEMA}.table_runs (started_at)",
     f"CREATE INDEX IF NOT EXISTS pipeline_runs_started ON {SCHEMA}.pipeline_runs (started_at)",
 ]
@@ -106,6 +112,33 @@ def worker_identity() -> str:
     name tells which worker took a table and the pid which flow-run process ran it.
     """
     return f"{os.environ.get('PREFECT__WORKER_NAME') or 'local'}@{socket.gethostname()}:{os.getpid()}"
+
+
+def prefect_identity(flow_run: Any = None) -> tuple[str | None, str | None]:
+    """(name, UI link) of the Prefect run an operator knows this run by: the outermost flow run (a
+    repair deployment run wraps the pipeline as a subflow). `flow_run` (an API flow run) or the current
+    run; (None, None) outside Prefect."""
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.runtime import flow_run as current
+
+        from tasks.notify import ui_url
+
+        run_id = str(flow_run.id) if flow_run is not None else current.id
+        if not run_id:
+            return None, None
+        with get_client(sync_client=True) as client:
+            run = flow_run if flow_run is not None else client.read_flow_run(run_id)
+            # Up through parent task runs to the root flow run (a handful of API reads at most).
+            for _ in range(10):
+                if not run.parent_task_run_id:
+                    break
+                parent = client.read_task_run(run.parent_task_run_id)
+                run = client.read_flow_run(parent.flow_run_id)
+        return run.name, ui_url(str(run.id))
+    except Exception:  # noqa: BLE001 - a name for humans; the run id still identifies the run
+        log.debug("no Prefect run name", exc_info=True)
+        return None, None
 
 
 @dataclass
@@ -136,13 +169,26 @@ class MetricsWriter:
     def clean(self, text: str | None) -> str | None:
         return None if text is None else redact(text, self.secrets)[:4000]
 
-    def pipeline_started(self, *, tables_total: int, full_refresh: bool, replica_method: str) -> None:
+    def pipeline_started(self, *, tables_total: int, full_refresh: bool, replica_method: str,
+                         prefect_run_name: str | None = None, prefect_run_url: str | None = None) -> None:
         self.mark_abandoned()
+        if prefect_run_name is None and prefect_run_url is None:
+            prefect_run_name, prefect_run_url = prefect_identity()
         self._exec(
-            f"INSERT INTO {SCHEMA}.pipeline_runs (run_id, status, tables_total, full_refresh, replica_method, worker) "
-            "VALUES (%s, 'running', %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET status = 'running', "
-            "started_at = now(), ended_at = NULL, worker = EXCLUDED.worker",
-            (self.run_id, tables_total, full_refresh, replica_method, worker_identity()),
+            f"INSERT INTO {SCHEMA}.pipeline_runs (run_id, status, tables_total, full_refresh, replica_method, worker, "
+            "prefect_run_name, prefect_run_url) VALUES (%s, 'running', %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id) DO UPDATE SET status = 'running', started_at = now(), ended_at = NULL, "
+            "worker = EXCLUDED.worker, prefect_run_name = EXCLUDED.prefect_run_name, "
+            "prefect_run_url = EXCLUDED.prefect_run_url",
+            (self.run_id, tables_total, full_refresh, replica_method, worker_identity(), prefect_run_name,
+             prefect_run_url),
+        )
+
+    def pipeline_failed(self, error: str, *, status: str = "failed") -> None:
+        """Close a run that stopped outside the tables (before any started, or in the bookkeeping)."""
+        self._exec(
+            f"UPDATE {SCHEMA}.pipeline_runs SET ended_at = now(), status = %s, error = %s WHERE run_id = %s",
+            (status, self.clean(error), self.run_id),
         )
 
     def mark_abandoned(self) -> int:

@@ -10,6 +10,11 @@ from sqlalchemy.engine import Engine
 
 from tasks.metrics import SCHEMA
 
+# Columns of etl.pipeline_runs added after the first release (read when they exist).
+RUN_EXTRA = ("prefect_run_name", "prefect_run_url", "error")
+# `etl status` without --table: errors cut to fit a line; with --table they are shown whole.
+ERROR_CHARS = 120
+
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain-text table with right-aligned numbers."""
@@ -49,10 +54,11 @@ def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None) -> lis
         with raw.cursor() as cur:
             if not _has_history(cur):
                 return []
+            run_extra = "".join(f", {c}" for c in _optional_columns(cur, "pipeline_runs", RUN_EXTRA))
             cur.execute(
                 f"SELECT run_id, started_at, ended_at, status, tables_total, tables_ok, tables_failed, "
-                f"rows_replica, rows_analytics, full_refresh, replica_method, failed_tables, connection_usage "
-                f"FROM {SCHEMA}.pipeline_runs ORDER BY started_at DESC LIMIT %s",
+                f"rows_replica, rows_analytics, full_refresh, replica_method, failed_tables, connection_usage"
+                f"{run_extra} FROM {SCHEMA}.pipeline_runs ORDER BY started_at DESC LIMIT %s",
                 (runs,),
             )
             cols = [d[0] for d in cur.description]
@@ -73,22 +79,55 @@ def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None) -> lis
     return out
 
 
-def render_run(run: dict) -> str:
+def render_run(run: dict, *, full_errors: bool = False) -> str:
+    """One run: a head line (status, Prefect run name and link, totals), the run's own error when it
+    failed outside the tables, and a row per table. `full_errors`: table errors whole, not cut."""
     secs = (run["ended_at"] - run["started_at"]).total_seconds() if run.get("ended_at") else None
     head = (f"run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
             f"{f'  {secs:.1f}s' if secs is not None else '  (still running or interrupted)'}  "
             f"tables ok {run['tables_ok']}/{run['tables_total']}  rows {run['rows_analytics']:,}")
+    lines = [head]
+    if run.get("prefect_run_name") or run.get("prefect_run_url"):
+        link = run.get("prefect_run_url")
+        lines.append(f"prefect run {run.get('prefect_run_name') or '?'}" + (f"  {link}" if link else ""))
+    if run.get("error"):
+        lines.append(f"error: {run['error']}")
+    if not run["tables"]:
+        return "\n".join(lines + (["(no table started)"] if run["status"] != "running" else []))
     rows = []
     # The worker column only when the tables were spread over several processes (dispatch=deployment).
     show_worker = len({t.get("worker") for t in run["tables"]}) > 1
+    details = []
     for t in run["tables"]:
+        error = " ".join((t["error"] or "").split())
+        cell = error if t["status"] != "ok" else (t["notes"] or "")[:60]
+        if t["status"] != "ok" and len(error) > ERROR_CHARS:
+            if full_errors:
+                details.append(f"{t['table_name']}: {error}")
+                cell = "(below)"
+            else:
+                cell = error[: ERROR_CHARS - 1] + "…"
         rows.append([t["table_name"], t["priority"], t["status"], t["analytics_rows"], t["replica_seconds"],
                      t["analytics_seconds"], t["rows_per_second"],
-                     *([t.get("worker")] if show_worker else []),
-                     (t["error"] or "")[:120] if t["status"] != "ok" else (t["notes"] or "")[:60]])
+                     *([t.get("worker")] if show_worker else []), cell])
     headers = ["table", "group", "status", "rows", "replica s", "load s", "rows/s",
                *(["worker"] if show_worker else []), "error / notes"]
-    return head + "\n" + format_table(headers, rows)
+    return "\n".join(lines) + "\n" + format_table(headers, rows) + "".join(f"\n{d}" for d in details)
+
+
+def previous_status(engine: Engine, run_id: str) -> str | None:
+    """Status of the newest pipeline run that started before `run_id` (None: there is none)."""
+    with engine.connect() as c:
+        raw = c.connection.driver_connection
+        with raw.cursor() as cur:
+            if not _has_history(cur):
+                return None
+            cur.execute(f"SELECT status FROM {SCHEMA}.pipeline_runs WHERE run_id <> %s AND started_at < "
+                        f"(SELECT started_at FROM {SCHEMA}.pipeline_runs WHERE run_id = %s) "
+                        f"ORDER BY started_at DESC LIMIT 1", (run_id, run_id))
+            row = cur.fetchone()
+        raw.rollback()
+    return row[0] if row else None
 
 
 def runs_as_json(runs: list[dict]) -> str:
@@ -111,9 +150,10 @@ def run_report(engine: Engine, run_id: str) -> dict | None:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.pipeline_runs",))
             if not cur.fetchone()[0]:
                 return None
+            run_extra = "".join(f", {c}" for c in _optional_columns(cur, "pipeline_runs", RUN_EXTRA))
             cur.execute(
                 f"SELECT run_id, started_at, ended_at, status, tables_total, tables_ok, tables_failed, "
-                f"rows_replica, rows_analytics, full_refresh, replica_method, failed_tables "
+                f"rows_replica, rows_analytics, full_refresh, replica_method, failed_tables{run_extra} "
                 f"FROM {SCHEMA}.pipeline_runs WHERE run_id = %s", (run_id,))
             row = cur.fetchone()
             if row is None:

@@ -1,0 +1,155 @@
+"""The `etl` command as an operator meets it: an expected failure is one line (no traceback), exit
+codes a script can rely on, `etl status` as a monitor, and help that names every option."""
+from __future__ import annotations
+
+import argparse
+import socket
+
+import pytest
+
+from flows.cli import build_parser, main
+from tasks.metrics import MetricsWriter
+from tests.conftest import MYSQL, PG
+
+SOURCE = "CREATE TABLE patient (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO patient VALUES (1, 'a'), (2, 'b');"
+CONFIG = """
+priorities:
+  - {name: critical, workers: 1}
+tables:
+  patient: {priority: critical, primary_key: [id]}
+"""
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, prefix: str) -> str:
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1, out.err
+    assert lines[0].startswith(prefix), lines[0]
+    assert "Traceback" not in out.out + out.err
+    return lines[0]
+
+
+def test_wrong_password_is_one_line_naming_the_database(etl_env, monkeypatch, capsys) -> None:
+    etl_env.source_sql(SOURCE)
+    etl_env.write_config(CONFIG)
+    monkeypatch.setenv("ETL_SOURCE_URL", f"mysql+pymysql://{MYSQL['user']}:n0tTh3pw@{MYSQL['host']}:{MYSQL['port']}/"
+                                         f"{etl_env.source_db}")
+    for command in ("discover", "plan", "verify"):
+        assert main([command]) == 1
+        line = _one_line_error(capsys, f"etl {command}: cannot reach the source database at mysql "
+                                       f"{MYSQL['host']}:{MYSQL['port']}/{etl_env.source_db}: ")
+        assert "Access denied" in line and "n0tTh3pw" not in line
+
+
+def test_unreachable_analytics_is_one_line_for_status_and_connections(etl_env, monkeypatch, capsys) -> None:
+    port = _closed_port()
+    monkeypatch.setenv("ETL_ANALYTICS_URL", f"postgresql+psycopg2://{PG['user']}@127.0.0.1:{port}/{etl_env.pg_db}")
+    for command in ("status", "connections"):
+        assert main([command]) == 1
+        _one_line_error(capsys, f"etl {command}: cannot reach the analytics database at postgresql 127.0.0.1:{port}/")
+
+
+def test_bad_config_is_one_line_exit_2(etl_env, capsys) -> None:
+    etl_env.source_sql(SOURCE)
+    etl_env.write_config(CONFIG.replace("primary_key: [id]", "primary_kye: [id]"))
+    for command in ("plan", "run"):
+        assert main([command]) == 2
+        line = _one_line_error(capsys, f"etl {command}: ")
+        assert "primary_kye" in line
+
+
+def test_plan_exits_1_when_a_table_would_fail(etl_env, capsys) -> None:
+    etl_env.source_sql(SOURCE)
+    etl_env.write_config(CONFIG + "  ghost: {priority: critical, primary_key: [id]}\n")
+    assert main(["plan"]) == 1
+    out = capsys.readouterr()
+    assert "ghost" in out.out
+    assert out.err.strip().splitlines() == ["etl plan: 1 table(s) would fail: ghost (see `why / problems` above)"]
+    assert main(["plan", "--tables", "patient"]) == 0
+
+
+def test_run_with_a_wrong_password_ends_in_one_line_without_traceback(etl_env, prefect_harness, monkeypatch,
+                                                                      capfd) -> None:
+    etl_env.source_sql(SOURCE)
+    etl_env.write_config(CONFIG)
+    monkeypatch.setenv("ETL_REPLICA_URL", f"mysql+pymysql://{MYSQL['user']}:n0tTh3pw@{MYSQL['host']}:"
+                                          f"{MYSQL['port']}/{etl_env.replica_db}")
+    assert main(["run"]) == 1
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "Traceback" not in text and "n0tTh3pw" not in text
+    last = out.err.strip().splitlines()[-1]
+    assert last.startswith(f"etl run: cannot reach the replica database at mysql {MYSQL['host']}:{MYSQL['port']}/"), last
+    # The run failed before any table started, and `etl status` shows it (not the run before it).
+    assert main(["status"]) == 1
+    status = capfd.readouterr()
+    assert "FAILED" in status.out and "error: LoadError: cannot reach the replica database" in status.out
+    assert "(no table started)" in status.out and "prefect run " in status.out
+
+
+def _record_run(env, run_id: str, *, status: str, error: str | None = None) -> None:  # noqa: ANN001
+    from tasks.connections import create_engine
+
+    engine = create_engine("analytics", env.analytics_url, pool_size=1)
+    try:
+        w = MetricsWriter(engine, run_id)
+        w.ensure_schema()
+        w.pipeline_started(tables_total=1, full_refresh=False, replica_method="server",
+                           prefect_run_name=f"name-{run_id}", prefect_run_url=f"http://ui/runs/flow-run/{run_id}")
+        w.table_started("patient", priority="critical", mode="full")
+        w.table_finished("patient", {"status": "failed" if error else "ok", "error": error})
+        if status != "running":
+            w.pipeline_finished(status=status, tables_ok=0 if error else 1, failed=["patient"] if error else [],
+                                rows_replica=0, rows_analytics=0, connection_usage=None)
+    finally:
+        engine.dispose()
+
+
+def test_status_is_a_monitor(etl_env, capsys) -> None:
+    assert main(["status"]) == 0 and main(["status", "--strict"]) == 1  # nothing recorded yet
+    capsys.readouterr()
+    long_error = "SchemaError: " + " ".join(f"column c{i} changed type" for i in range(40)) + " END"
+    _record_run(etl_env, "r1", status="failed", error=long_error)
+    assert main(["status"]) == 1
+    out = capsys.readouterr()
+    assert "prefect run name-r1  http://ui/runs/flow-run/r1" in out.out
+    assert long_error not in out.out and long_error[:100] in out.out
+    assert out.err.strip() == "etl status: the latest run name-r1 is failed"
+    assert main(["status", "--table", "patient"]) == 1
+    assert f"patient: {long_error}" in capsys.readouterr().out  # whole, on a line of its own
+
+    _record_run(etl_env, "r2", status="ok")
+    assert main(["status"]) == 0 and main(["status", "--strict"]) == 0
+    _record_run(etl_env, "r3", status="running")
+    assert main(["status"]) == 0
+    assert main(["status", "--strict"]) == 1
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_help_names_the_environment_and_every_option(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for var in ("ETL_SOURCE_URL", "ETL_REPLICA_URL", "ETL_ANALYTICS_URL", "ETL_CONFIG", "ETL_NOTIFY_WEBHOOK",
+                "ETL_BLACKOUT", "PREFECT_API_URL"):
+        assert var in text
+    assert "examples:" in text
+    parser = build_parser()
+    for name, sub in _subparsers(parser).items():
+        assert sub.epilog and sub.epilog.startswith("example:\n  ") and "etl" in sub.epilog, name
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+    for action in parser._actions:
+        assert action.help or isinstance(action, argparse._SubParsersAction), action.dest
+    assert "--analytics-block" in _subparsers(parser)["status"].format_help()
