@@ -46,6 +46,10 @@ class TablesFailed(EtlError):
     """Raised by the parent flow when at least one table failed; the message names them all."""
 
 
+class DbtFailed(EtlError):
+    """Raised by the parent flow when every table loaded but dbt failed (fatal: dbt is not retried)."""
+
+
 # MySQL server error numbers that mean "try again".
 _MYSQL_RETRIABLE = {
     1205,  # ER_LOCK_WAIT_TIMEOUT
