@@ -119,8 +119,8 @@ def _config(env, project: Path, profiles: Path, on_failure: str) -> None:
     env.write_config(CONFIG.format(project=project, profiles=profiles, on_failure=on_failure))
 
 
-def test_dbt_runs_after_a_successful_load_and_freshness_is_the_last_sync(etl_env, prefect_harness,
-                                                                        dbt_project) -> None:
+def test_dbt_runs_after_a_successful_load_and_freshness_is_the_last_sync(etl_env, prefect_harness, dbt_project,
+                                                                        capsys) -> None:
     from tasks import faults
 
     project, profiles = dbt_project
@@ -133,6 +133,10 @@ def test_dbt_runs_after_a_successful_load_and_freshness_is_the_last_sync(etl_env
     assert row["status"] == "skipped" and "--no-dbt" in row["reason"]
     assert "dbt skipped" in _report(row["run_id"])
     assert etl_env.etl("dbt-sources", "--output", str(project / "models" / "sources.yml")) == 0
+    capsys.readouterr()
+    assert etl_env.etl("plan") == 0
+    assert (f"dbt: will run `dbt build` in {project} after the load, only when every table loads "
+            f"(on_table_failure: skip)") in capsys.readouterr().out
 
     # 2. Every table loads: dbt build in the same Prefect run.
     assert etl_env.etl("run") == 0
