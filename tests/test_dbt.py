@@ -206,6 +206,44 @@ def test_dbt_runs_after_a_successful_load_and_freshness_is_the_last_sync(etl_env
     assert "Not run, downstream of failed tables: appointment" in md and "**dbt OK**" in md
 
 
+def test_a_failing_dbt_test_is_a_failed_result_naming_the_node(etl_env, prefect_harness, dbt_project) -> None:
+    """dbt itself fails (a duplicate key under a unique test): failed, counted, named, recorded, reported."""
+    from config.models import DbtOptions
+    from tasks.artifacts import render_dbt_section
+    from tasks.connections import create_engine
+    from tasks.dbt_run import decide, record, run_dbt
+    from tasks.dbt_sources import build_sources, read_pg_tables, render_yaml
+
+    project, profiles = dbt_project
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        # Tables made by hand: what is under test is dbt's result, not the load.
+        cur.execute("CREATE SCHEMA raw; CREATE TABLE raw.patient (patnum int, lname text, balance numeric);"
+                    "INSERT INTO raw.patient VALUES (1, 'Smith', 1), (1, 'Jones', 2);"
+                    "CREATE TABLE raw.appointment (aptnum int, patnum int, aptdate date)")
+        doc = build_sources(read_pg_tables(cur, "raw"), schema="raw")
+    pg.commit()
+    pg.close()
+    (project / "models" / "sources.yml").write_text(render_yaml(doc), encoding="utf-8")
+    opts = DbtOptions(project_dir=str(project), profiles_dir=str(profiles), select=["stg_patient"])
+
+    result = run_dbt(opts, decide(opts, enabled=True, failed_tables=[]), config_path=None, source="raw")
+    assert result.status == "failed" and result.error is None, result
+    assert (result.models_ok, result.tests_passed, result.tests_failed) == (1, 0, 1)
+    [bad] = [n for n in result.nodes if n.status != "success"]
+    assert bad.unique_id.startswith("test.etl_fixture.unique_stg_patient_patnum") and bad.status == "fail"
+    assert "Got 1 result" in bad.message
+    engine = create_engine("analytics", etl_env.analytics_url, pool_size=1)
+    try:
+        record(engine, "run-1", result)
+    finally:
+        engine.dispose()
+    assert _pg_all(etl_env, "SELECT status, models_ok, tests_failed, command FROM etl.dbt_runs") == [
+        ("failed", 1, 1, "dbt build --select stg_patient")]
+    md = render_dbt_section(result)
+    assert "**dbt FAILED**: `dbt build --select stg_patient`" in md
+    assert "| test.etl\\_fixture.unique\\_stg\\_patient\\_patnum" in md and "| fail | Got 1 result" in md
+
 # --- the plain functions (no database) -------------------------------------------------------------
 
 def _opts(text: str):
