@@ -27,6 +27,8 @@ from config.errors import ConfigError
 Mode = Literal["full", "incremental"]
 Deletes = Literal["detect", "off"]
 ColumnCase = Literal["lower", "preserve"]
+DbtCommand = Literal["build", "run", "test"]
+OnTableFailure = Literal["skip", "run_rest"]
 
 _LOOKBACK_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 
@@ -184,6 +186,40 @@ class AnalyticsOptions(_Strict):
     )
 
 
+class DbtOptions(_Strict):
+    """`dbt:`: run dbt in the same Prefect run once the tables are loaded (each dbt node a task run).
+
+    Relative paths are taken from the directory of the table config file, so the file and its dbt
+    project can move together.
+    """
+
+    project_dir: str = Field(min_length=1, description="The dbt project directory (holds dbt_project.yml).")
+    profiles_dir: str | None = Field(
+        default=None,
+        description="Directory with profiles.yml (default: DBT_PROFILES_DIR, else the project directory, else ~/.dbt).",
+    )
+    target: str | None = Field(default=None, description="Profile target (`--target`); default: the profile's own.")
+    command: DbtCommand = Field(default="build", description="`build` (models, tests, seeds, snapshots), `run` or `test`.")
+    select: list[str] | None = Field(
+        default=None, description="dbt selectors passed as `--select` (default: the whole project)."
+    )
+    on_table_failure: OnTableFailure = Field(
+        default="skip",
+        description="When a table failed: `skip` dbt altogether; `run_rest` runs it without the failed tables' "
+                    "downstream nodes (`--exclude source:<source>.<table>+`).",
+    )
+    source: str | None = Field(
+        default=None,
+        description="dbt source name of the analytics tables, as `etl dbt-sources --name` wrote it "
+                    "(default: the analytics schema name, which is also that command's default).",
+    )
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
 _BUILTIN_DEFAULTS = TableSettings(
     enabled=True, priority="normal", mode="full", batch_size=50_000, deletes="detect",
     lookback=None, boolean_columns=[], deletes_every=1, deletes_max_fraction=0.10, deletes_min_rows=1000,
@@ -205,6 +241,7 @@ class PipelineConfig(_Strict):
     analytics: AnalyticsOptions = Field(default_factory=AnalyticsOptions, description="PostgreSQL naming options.")
     defaults: TableSettings = Field(default_factory=TableSettings, description="Applied to every table.")
     tables: dict[str, TableConfig] = Field(default_factory=dict, description="Source table name -> settings.")
+    dbt: DbtOptions | None = Field(default=None, description="Run dbt after a load; absent: dbt is not run.")
 
     @model_validator(mode="after")
     def _check_references(self) -> PipelineConfig:
@@ -291,11 +328,15 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(PriorityGroup.model_fields)
     if loc[0] == "analytics":
         return list(AnalyticsOptions.model_fields)
+    if loc[0] == "dbt":
+        return list(DbtOptions.model_fields)
     return list(PipelineConfig.model_fields)
 
 
 def _format_error(path: str, err: ValidationError) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    # A misspelt key also makes the key it meant "missing": name the typo, which is the cause.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
     where = ".".join(str(p) for p in loc) or "(top level)"
     if first["type"] == "extra_forbidden":

@@ -74,7 +74,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from config.models import load_pipeline_config
 
     cfg = load_pipeline_config(args.config or settings.config)
-    plan = build_plan(settings, cfg, tables=_split(args.tables), full_refresh=args.full_refresh)
+    plan = build_plan(settings, cfg, tables=_split(args.tables), full_refresh=args.full_refresh,
+                      config_path=args.config or settings.config)
     print(render_plan(plan))
     bad = [p.table for p in plan.tables if p.problems]
     if bad:
@@ -103,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = etl_pipeline(tables=_split(args.tables), full_refresh=args.full_refresh, config_path=config_path,
                          blocks=blocks, ignore_blackout=args.ignore_blackout, dispatch=args.dispatch,
-                         metrics_keep_days=args.metrics_keep_days, return_state=True)
+                         metrics_keep_days=args.metrics_keep_days, dbt=not args.no_dbt, return_state=True)
     error: BaseException | None = None
     if not state.is_completed():
         try:
@@ -412,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="start even inside the ETL_BLACKOUT window (manual runs only)")
             s.add_argument("--dispatch", choices=["local", "deployment"], default="local",
                            help="deployment: each table runs as a run of etl-table/table on the pool's workers")
+            s.add_argument("--no-dbt", action="store_true", help="do not run the config's dbt: section after the load")
             s.add_argument("--metrics-keep-days", type=int, default=90,
                            help="delete run history older than this at the end of the run (0 keeps all)")
             _block_args(s)

@@ -37,8 +37,9 @@ from tasks import notify, sync
 from tasks.connections import (
     Engines, EngineUrls, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
 )
-from tasks.artifacts import merge_outcomes, publish_run_report, render_report
-from tasks.errors import ConfigError, LoadError, TablesFailed, redact, retry_condition
+from tasks.artifacts import merge_outcomes, publish_run_report, render_dbt_section, render_report
+from tasks.dbt_run import run_dbt_after_load
+from tasks.errors import ConfigError, DbtFailed, LoadError, TablesFailed, redact, retry_condition
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
 from tasks.progress import Progress
@@ -388,7 +389,7 @@ def _check_table_deployment() -> None:
 
 
 def _finish(urls, run_id: str, outcomes: list[TableOutcome], failed: list[str], usage: dict, *,  # noqa: ANN001
-            keep_days: int, logger: Any) -> None:
+            keep_days: int, logger: Any, dbt_result: Any = None) -> None:
     """End-of-run bookkeeping on a fresh connection: the run row, retention, the run report artifact."""
     secrets = urls.secrets()
     with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
@@ -412,6 +413,7 @@ def _finish(urls, run_id: str, outcomes: list[TableOutcome], failed: list[str], 
             logger.warning("could not read the run's table rows for the report: %s", redact(str(e), secrets))
             run = None
     markdown = render_report(run, merge_outcomes(run, outcomes), run_id=run_id, secrets=secrets)
+    markdown += "\n" + render_dbt_section(dbt_result)
     publish_run_report(markdown, run_id=run_id, failed=len(failed))
 
 
@@ -428,6 +430,7 @@ def etl_pipeline(
     metrics_keep_days: Annotated[int, Field(ge=0)] = 90,
     ignore_blackout: bool = False,
     dispatch: Literal["local", "deployment"] = "local",
+    dbt: bool = True,
 ) -> list[TableOutcome]:
     """Copy every configured table source -> replica -> analytics, priority group by priority group.
 
@@ -441,6 +444,7 @@ def etl_pipeline(
         ignore_blackout: start a manual run inside the ETL_BLACKOUT window anyway (never honoured for scheduled runs).
         dispatch: `local` runs the table subflows in this process; `deployment` runs each table as a run of
             the `etl-table/table` deployment, so every worker of the pool can take tables.
+        dbt: run the table config's `dbt:` section after the load (False: skip it this run).
     """
     logger = get_run_logger()
     # Before anything else: inside a blackout window no database is touched.
@@ -493,6 +497,9 @@ def etl_pipeline(
                     light=[t.name for t in members if t.name in light]))
 
             failed = [o.table for o in outcomes if o.status != "ok"]
+            dbt_result = run_dbt_after_load(cfg.dbt, enabled=dbt, failed_tables=failed, run_id=run_id,
+                                            engine=engines.analytics, config_path=config_path or settings.config,
+                                            pg_schema=opts.pg_schema, secrets=urls.secrets(), logger=logger)
         finally:
             unregister(run_id)
     # The engines are disposed now, so the usage counters say whether any connection outlived the run.
@@ -501,10 +508,12 @@ def etl_pipeline(
     if leaked:
         logger.warning("connections still open after the run: %s", leaked)
     # Published also when tables failed, before the run is failed below.
-    _finish(urls, run_id, outcomes, failed, usage, keep_days=metrics_keep_days, logger=logger)
+    _finish(urls, run_id, outcomes, failed, usage, keep_days=metrics_keep_days, logger=logger, dbt_result=dbt_result)
     if failed:
         details = "; ".join(f"{o.table}: {o.error}" for o in outcomes if o.status != "ok")
         raise TablesFailed(f"{len(failed)} of {len(outcomes)} tables failed: {', '.join(failed)} ({details})")
+    if dbt_result is not None and dbt_result.status == "failed":
+        raise DbtFailed(dbt_result.summary())
     return outcomes
 
 

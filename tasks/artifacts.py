@@ -136,3 +136,30 @@ def publish_run_report(markdown: str, *, run_id: str, failed: int) -> Any:
     except Exception:  # noqa: BLE001 - the report is a courtesy; the run's state says what matters
         log.warning("could not publish the run report artifact", exc_info=True)
         return None
+
+
+def render_dbt_section(result: Any) -> str:
+    """The report's dbt section (a tasks.dbt_run.DbtResult); empty when the config has no `dbt:`."""
+    if result is None:
+        return ""
+    out = ["## dbt", ""]
+    if result.status == "skipped":
+        out += [f"**dbt skipped**: {_md(result.reason, 600)}", ""]
+        return "\n".join(out)
+    out += [f"**dbt {result.status.upper()}**: `{_md(result.command, 600)}`", ""]
+    if result.excluded_tables:
+        out += [f"Not run, downstream of failed tables: {', '.join(_md_name(t) for t in result.excluded_tables)} "
+                f"(on_table_failure: run_rest)", ""]
+    if result.error:
+        out += [f"dbt could not run: {_md(result.error, 600)}", ""]
+        return "\n".join(out)
+    out += ["| models ok | models failed | models skipped | tests passed | tests failed | tests warned | seconds |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {result.models_ok} | {result.models_failed} | {result.models_skipped} | {result.tests_passed} | "
+            f"{result.tests_failed} | {result.tests_warned} | {_num(result.seconds)} |", ""]
+    bad = [n for n in result.nodes if n.status not in ("success", "pass")]
+    if bad:
+        out += ["| dbt node | status | message |", "|---|---|---|"]
+        out += [f"| {_md_name(n.unique_id)} | {_md(n.status)} | {_md(n.message, 300)} |" for n in bad]
+        out.append("")
+    return "\n".join(out)

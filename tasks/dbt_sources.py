@@ -5,13 +5,24 @@ own `_etl_*` work tables left out), primary keys from pg_constraint, and each co
 from its MySQL type in the replica's information_schema (the replica holds exactly the source's
 definitions; the production source is not queried). Primary-key columns get `not_null`, and
 `unique` when the key has one column (a composite key's uniqueness cannot be written as a column
-test without dbt_utils; the table's description says so). A table that has the load-time column
-(`analytics.loaded_at_column`, default `_etl_loaded_at`) gets `loaded_at_field` and a freshness
-block; one without it gets neither, since dbt could not check it.
+test without dbt_utils; the table's description says so).
+
+Freshness means "when did the ETL last sync this table successfully", not "when did a row last
+change": an incremental merge leaves unchanged rows alone, so `max(_etl_loaded_at)` of a quiet
+lookup table stays at its last change although every run checked it, and a table that keeps
+failing would look just like a quiet one. So each table's `loaded_at_query` reads the ETL's own
+history (`etl.table_runs`): the end of the table's latest finished sync if that sync succeeded,
+and NULL if it failed (dbt reads NULL as "infinitely long ago": the table errors at once instead
+of ageing quietly from its last success). The dbt profile's user therefore needs SELECT on
+`etl.table_runs`.
 
 Two spellings, for the dbt you run:
-- `config` (default, dbt >= 1.10): `data_tests`, and `loaded_at_field` + `freshness` under `config:`;
-- `legacy` (dbt 1.8/1.9): `data_tests`, with `loaded_at_field` and `freshness` as table properties.
+- `config` (default, dbt >= 1.10): `data_tests`, and `loaded_at_query` + `freshness` under `config:`
+  (every table, with or without the load-time column);
+- `legacy` (dbt 1.8/1.9, which has no `loaded_at_query`): `data_tests`, with `loaded_at_field` and
+  `freshness` as table properties, for tables that have the load-time column
+  (`analytics.loaded_at_column`, default `_etl_loaded_at`). That is the last *row change*, with the
+  weaknesses above.
 
 Names are written as they are in PostgreSQL. One that dbt could not write unquoted in SQL (anything
 but lower-case letters, digits and `_`, or a reserved word) gets `quote: true` (a column) or
@@ -25,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
+
+from tasks.metrics import SCHEMA as METRICS_SCHEMA
 
 Style = Literal["config", "legacy"]
 
@@ -103,6 +116,22 @@ def read_mysql_types(cur: Any, database: str) -> dict[str, dict[str, tuple[str, 
     return out
 
 
+def sync_freshness_query(table: str, *, metrics_schema: str = METRICS_SCHEMA) -> str:
+    """A `loaded_at_query` (one value): when the table's latest finished sync ended, if it succeeded.
+
+    `table` is the PostgreSQL name; etl.table_runs keeps the config's spelling, and the config
+    refuses two names that are equal once lower-cased, so `lower(...)` finds exactly this table. A
+    sync still running is not finished: the one before it counts until it ends. A table with no
+    finished sync at all (never loaded, or history older than the metrics retention) gives NULL.
+    """
+    literal = table.replace("'", "''")
+    sql = (f"select case when status = 'ok' then ended_at end from {metrics_schema}.table_runs "
+           f"where lower(table_name) = '{literal}' and status <> 'running' and ended_at is not null "
+           f"order by ended_at desc limit 1")
+    # dbt renders the query with Jinja: a brace in a table name must stay text.
+    return "{% raw %}" + sql + "{% endraw %}" if "{" in sql or "}" in sql else sql
+
+
 def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None = None,
                   loaded_at_column: str = "_etl_loaded_at",
                   mysql_types: dict[str, dict[str, tuple[str, str]]] | None = None,
@@ -124,12 +153,11 @@ def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None
         if needs_quotes(t.name, reserved):
             entry["quoting"] = {"identifier": True}
         has_loaded_at = any(c.name == loaded_at_column for c in t.columns)
-        if has_loaded_at:
-            if style == "config":
-                entry["config"] = {"loaded_at_field": loaded_at_column, "freshness": freshness}
-            else:
-                entry["loaded_at_field"] = loaded_at_column
-                entry["freshness"] = freshness
+        if style == "config":
+            entry["config"] = {"loaded_at_query": sync_freshness_query(t.name), "freshness": freshness}
+        elif has_loaded_at:
+            entry["loaded_at_field"] = loaded_at_column
+            entry["freshness"] = freshness
         cols = []
         for c in t.columns:
             if c.name == loaded_at_column:
@@ -148,7 +176,9 @@ def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None
         out_tables.append(entry)
     source = {"name": source_name or schema, "schema": schema,
               "description": f"Tables loaded by mysql-analytics-etl{f' from {origin}' if origin else ''}; "
-                             f"run history in schema etl.",
+                             f"run history in schema {METRICS_SCHEMA}."
+                             + (" Freshness: the end of each table's last sync if it succeeded (a failed "
+                                "last sync is stale at once)." if style == "config" else ""),
               "tables": out_tables}
     return {"version": 2, "sources": [source]}
 

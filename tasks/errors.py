@@ -23,6 +23,10 @@ __all__ = ["ConfigError", "DataError", "EtlError", "LoadError", "SchemaError", "
            "redact", "retry_condition"]
 
 
+class DbtFailed(EtlError):
+    """Raised by the parent flow when every table loaded but dbt failed (fatal: dbt is not retried)."""
+
+
 # MySQL server error numbers that mean "try again".
 _MYSQL_RETRIABLE = {
     1205,  # ER_LOCK_WAIT_TIMEOUT

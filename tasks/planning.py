@@ -10,7 +10,7 @@ from config.models import PipelineConfig
 from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
-from tasks import decide, drift, state, watermarks
+from tasks import dbt_run, decide, drift, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.mysql_schema import (
     choose_key, read_table_schema, server_identity, show_create_table, table_exists, unique_keys,
@@ -43,9 +43,11 @@ class TablePlan:
 class Plan:
     replica_method: str
     tables: list[TablePlan]
+    dbt: str = ""
 
 
-def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | None, full_refresh: bool) -> Plan:
+def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | None, full_refresh: bool,
+               config_path: str | None = None) -> Plan:
     """Read metadata only (information_schema, SHOW CREATE TABLE, EXPLAIN, our state rows)."""
     chosen = cfg.resolved_tables(tables)
     src_url = settings.url("source")
@@ -108,7 +110,8 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
     finally:
         src.dispose()
     out.sort(key=lambda p: p.group_order)
-    return Plan(method, out)
+    return Plan(method, out, dbt=dbt_run.describe(cfg.dbt, config_path=config_path or settings.config,
+                                                  source=(cfg.dbt.source if cfg.dbt else None) or settings.analytics_schema))
 
 
 def _replica_view(settings: Settings, replica_db: str, names: list[str]) -> tuple[dict, dict]:
@@ -186,6 +189,7 @@ def render_plan(plan: Plan) -> str:
     ddl = [f"  {p.table}: {readable(stmt)}" for p in plan.tables for stmt in p.ddl]
     tail = ("\nschema drift DDL the run would apply to the replica:\n" + "\n".join(ddl)) if ddl else ""
     tail += f"\n{len(bad)} table(s) have problems that would fail them" if bad else ""
+    tail += f"\n{plan.dbt}" if plan.dbt else ""
     return head + "\n" + format_table(
         ["#", "group", "workers", "table", "mode", "rows to move", "batch", "chunks", "key", "watermark", "deletes",
          "protection", "why / problems"], rows

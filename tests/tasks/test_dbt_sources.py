@@ -5,7 +5,7 @@ import re
 
 import yaml
 
-from tasks.dbt_sources import PgColumn, PgTable, build_sources
+from tasks.dbt_sources import PgColumn, PgTable, build_sources, sync_freshness_query
 
 SOURCE = """
 CREATE TABLE patient (PatNum BIGINT UNSIGNED PRIMARY KEY, LName VARCHAR(100) NOT NULL, Balance DECIMAL(12,2),
@@ -60,9 +60,18 @@ def test_dbt_sources_reflect_the_loaded_schema(etl_env, prefect_harness, tmp_pat
     assert cols["isactive"]["description"].startswith("MySQL `tinyint(1)`")
     assert "data_tests" not in cols["lname"]
     assert "set by the pipeline" in cols["_etl_loaded_at"]["description"]
-    assert patient["config"]["loaded_at_field"] == "_etl_loaded_at"
+    # Freshness is the table's last successful sync, read from the ETL's own history.
+    assert "loaded_at_field" not in patient["config"]
     assert patient["config"]["freshness"] == {"warn_after": {"count": 26, "period": "hour"},
                                               "error_after": {"count": 50, "period": "hour"}}
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute(patient["config"]["loaded_at_query"])
+        [(loaded_at,)] = cur.fetchall()
+        cur.execute("SELECT ended_at FROM etl.table_runs WHERE table_name = 'patient' AND status = 'ok'")
+        [(ended_at,)] = cur.fetchall()
+    pg.close()
+    assert loaded_at is not None and loaded_at == ended_at
 
     procnote = tables["procnote"]
     pcols = {c["name"]: c for c in procnote["columns"]}
@@ -70,7 +79,8 @@ def test_dbt_sources_reflect_the_loaded_schema(etl_env, prefect_harness, tmp_pat
     # A composite key: each column not_null; uniqueness of the pair is not a column test.
     assert pcols["patnum"]["data_tests"] == ["not_null"] and pcols["procnum"]["data_tests"] == ["not_null"]
     assert "Composite primary key (patnum, procnum)" in procnote["description"]
-    assert "config" not in procnote and "loaded_at_field" not in procnote  # no column, so no freshness check
+    # No load-time column: the sync history still says how fresh it is (the legacy spelling could not).
+    assert "procnote" in procnote["config"]["loaded_at_query"] and "loaded_at_field" not in procnote
 
     # The older spelling, to stdout.
     import contextlib
@@ -83,6 +93,7 @@ def test_dbt_sources_reflect_the_loaded_schema(etl_env, prefect_harness, tmp_pat
     assert legacy["sources"][0]["name"] == "opendental"
     lp = _tables(legacy)["patient"]
     assert lp["loaded_at_field"] == "_etl_loaded_at" and lp["freshness"]["error_after"]["count"] == 50
+    assert "freshness" not in _tables(legacy)["procnote"]  # legacy: no column, no freshness check
 
 
 def test_build_sources_without_mysql_types() -> None:
@@ -91,4 +102,11 @@ def test_build_sources_without_mysql_types() -> None:
     doc = build_sources([t], schema="raw", loaded_at_column="_etl_loaded_at", mysql_types=None)
     [table] = _tables(doc).values()
     assert table["columns"][0]["description"].startswith("PostgreSQL integer (MySQL type not known")
-    assert table["config"]["loaded_at_field"] == "_etl_loaded_at"
+    assert table["config"]["loaded_at_query"] == sync_freshness_query("claim")
+
+
+def test_freshness_query_names_the_table_as_data() -> None:
+    """A quote ends no string literal; a brace is kept from dbt's Jinja."""
+    assert "lower(table_name) = 'o''brien'" in sync_freshness_query("o'brien")
+    q = sync_freshness_query("a{{b}}")
+    assert q.startswith("{% raw %}") and q.endswith("{% endraw %}")
