@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -24,7 +25,10 @@ Role = Literal["source", "replica", "analytics"]
 class Settings(BaseSettings):
     """Connection settings and run options, read from `ETL_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="ETL_", extra="ignore")
+    # The env file `make demo` writes and the Makefile includes (ETL_ENV_FILE; "" reads none): one set of
+    # settings for make and `etl` in the same shell. The environment wins over the file.
+    model_config = SettingsConfigDict(env_prefix="ETL_", extra="ignore",
+                                      env_file=os.environ.get("ETL_ENV_FILE", "build/etl.env") or None)
 
     source_url: SecretStr | None = Field(
         default=None, description="SQLAlchemy URL of the production MySQL/MariaDB database (read-only use)."

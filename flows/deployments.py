@@ -1,7 +1,8 @@
 """Deployment-only wrapper flows (prefect.yaml points at these and at `flows/pipeline.py:etl_pipeline`).
 
     etl-repair            repair chosen tables: a required table list + full_refresh, nothing else
-      etl-pipeline        the ordinary parent flow, run as a subflow with those tables
+      etl-pipeline        the ordinary parent flow, run as a subflow with those tables (`<repair run>-pipeline`);
+                          its report, per-table ERROR lines and summary also land on the repair run's page
 
 Why a wrapper for the repair deployment: `etl_pipeline(tables=None)` means "every table", so a repair
 deployment pointed at it directly would reload the whole database when someone clicks Run without
@@ -46,4 +47,9 @@ def repair_tables(
         blocks: names of the SqlAlchemyConnector blocks holding the credentials.
         config_path: table config file (default: ETL_CONFIG or config/tables.yml).
     """
-    return etl_pipeline(tables=list(tables), full_refresh=full_refresh, config_path=config_path, blocks=blocks)
+    from prefect.runtime import flow_run
+
+    # The pipeline run inside is named after this one; it publishes its report and logs its per-table
+    # errors and summary on this run's page too (flows/pipeline.py: run_loggers, also_on).
+    pipeline = etl_pipeline.with_options(flow_run_name=f"{flow_run.name or 'repair'}-pipeline")
+    return pipeline(tables=list(tables), full_refresh=full_refresh, config_path=config_path, blocks=blocks)

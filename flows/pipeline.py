@@ -11,12 +11,17 @@
           etl-table-<table>           picked up by any worker of the pool (flow `table_entry`: opens its
             table-<table>             own engines, holds a slot of the global limit `etl-source` while
                                       it reads the source)
-      (end)                           run report artifact `etl-run-report`, metrics retention
+      (end)                           run report artifact `etl-run-report`, metrics retention, summary line
 
-A failing table does not stop the others; the parent run ends Failed and names every failed table.
+A failing table does not stop the others. The batch and group flow runs that hold a failed table end
+Failed (the other groups still run), and so does the parent, which names every failed table: one
+ERROR line per table in its log, then the summary as its last line. Prefect's own failure logs
+(task and flow run tracebacks) go to DEBUG, see `QuietEngineFailures`.
 """
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import math
 import time
 import uuid
@@ -25,8 +30,10 @@ from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
@@ -37,7 +44,7 @@ from tasks import notify, sync
 from tasks.connections import (
     Engines, EngineUrls, check_reachable, lookup, open_engines, open_metrics_engine, register, unregister,
 )
-from tasks.artifacts import merge_outcomes, publish_run_report, render_dbt_section, render_report
+from tasks.artifacts import merge_outcomes, publish_group_report, publish_run_report, render_dbt_section, render_report
 from tasks.dbt_run import run_dbt_after_load
 from tasks.errors import ConfigError, DbtFailed, LoadError, TablesFailed, redact, retry_condition
 from tasks.metrics import MetricsWriter
@@ -60,6 +67,77 @@ CONNECT_RETRY_DELAYS = RETRY_DELAYS
 # (`make deploy` creates it; when it does not exist, Prefect logs a warning and does not limit).
 TABLE_DEPLOYMENT = "etl-table/table"
 SOURCE_LIMIT = "etl-source"
+REPAIR_DEPLOYMENT = "etl-repair/repair"
+# Flows whose own end-of-run line ("Finished in state ...") would come after the summary line: their
+# state is the badge on the run's page, and the summary (logged just before) is the last line.
+SUMMARY_FLOWS = {"etl-pipeline", "etl-repair"}
+
+
+class QuietEngineFailures(logging.Filter):
+    """Prefect logs each failed task and flow run at ERROR with its whole traceback: one failed table
+    gave ~30 lines per run level (task, table flow, group, parent), and the line that matters was
+    lost among them. Here those records go to DEBUG (the traceback is kept, under the Logs tab's
+    DEBUG level); the runs log one ERROR line per failed table themselves. Dropped: the parent's
+    TablesFailed (its traceback only points at the `raise`) and the end-of-run line of the parent
+    flows, which would follow the summary (their state is the badge on the run's page).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.exc_info, tuple) and isinstance(record.exc_info[1], TablesFailed):
+            return False  # the parent's own failure: its lines (one per table, the summary) say it all
+        if record.exc_info and record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        elif (getattr(record, "flow_name", None) in SUMMARY_FLOWS and not getattr(record, "task_run_id", None)
+              and str(record.msg).startswith("Finished in state")):
+            return False
+        return True
+
+
+def _install_quiet_engine_failures() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, QuietEngineFailures) for f in lg.filters):
+            lg.addFilter(QuietEngineFailures())
+
+
+# At import: the worker's flow-run process and `etl run` both import this module before a run starts.
+_install_quiet_engine_failures()
+
+
+def pipeline_run_name() -> str:
+    """`nightly-2026-12-02` for a scheduled run of deployment `nightly` (the date it was scheduled for),
+    `critical-manual-2026-12-02-0915` when a deployment is run by hand, `manual-2026-12-02-091512` for
+    `etl run`, `<parent>-pipeline` when another flow (the repair) runs it: never Prefect's random name."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    fr = ctx.flow_run if ctx else None
+    parent = runtime_flow_run.parent_flow_run_id
+    deployment = runtime_deployment.name if fr is not None and fr.deployment_id else None
+    when = runtime_flow_run.scheduled_start_time or dt.datetime.now(dt.timezone.utc)
+    if deployment and fr is not None and fr.auto_scheduled:
+        tz = _schedule_timezone(fr)
+        return f"{deployment}-{when.astimezone(tz) if tz else when:%Y-%m-%d}"
+    if deployment:
+        return f"{deployment}-manual-{when:%Y-%m-%d-%H%M}"
+    if parent:
+        return "pipeline"  # the caller names it (flows/deployments.py); a bare subflow call gets this
+    return f"manual-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d-%H%M%S}"
+
+
+def _schedule_timezone(fr: Any) -> dt.tzinfo | None:
+    """The deployment schedule's timezone: a 02:00 America/New_York run is that date's nightly, not UTC's."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment(fr.deployment_id)
+        zones = {getattr(s.schedule, "timezone", None) for s in dep.schedules or []} - {None}
+        return ZoneInfo(zones.pop()) if len(zones) == 1 else None
+    except Exception:  # noqa: BLE001 - the name is a courtesy; UTC's date then
+        return None
 
 
 class RunOptions(BaseModel):
@@ -129,6 +207,12 @@ def _attempt() -> int:
         return 1
 
 
+def _rows_to_move(table: ResolvedTable, opts: RunOptions) -> int:
+    """What a progress line counts against: the table's size for a full copy; nothing for an
+    incremental window (the table's size says nothing about how much changed)."""
+    return 0 if table.mode == "incremental" and not opts.full_refresh else (table.estimated_rows or 0)
+
+
 @task(task_run_name="replicate-{table.name}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_condition)
 def replicate_table(table: ResolvedTable, opts: RunOptions) -> dict:
@@ -140,13 +224,13 @@ def replicate_table(table: ResolvedTable, opts: RunOptions) -> dict:
         stats = sync.replicate(
             engines, table, source_db=opts.source_db, replica_db=opts.replica_db, method=opts.replica_method,
             full_refresh=opts.full_refresh, resume=attempt > 1,
-            progress=Progress(table.name, "replica copy", table.estimated_rows or 0, logger),
+            progress=Progress(table.name, "replica copy", _rows_to_move(table, opts), logger),
         )
     except Exception as e:
         _metrics(opts, engines).error(table=table.name, phase="replica", exc=e, attempt=attempt)
         raise
-    logger.info("%s: %s rows to the replica in %.2fs (%s, %d chunks)", table.name, f"{stats.rows:,}",
-                stats.seconds, stats.method, stats.chunks)
+    logger.info("%s: %s row%s to the replica in %.2fs (%s, %d chunks)", table.name, f"{stats.rows:,}",
+                "" if stats.rows == 1 else "s", stats.seconds, stats.method, stats.chunks)
     return {"rows": stats.rows, "seconds": stats.seconds, "method": stats.method, "notes": stats.notes,
             "bytes": stats.bytes, "mode": stats.mode, "watermark_before": stats.watermark_before,
             "watermark_after": stats.watermark_after, "deleted": stats.deleted}
@@ -163,14 +247,14 @@ def load_table(table: ResolvedTable, opts: RunOptions) -> dict:
         stats = sync.load(
             engines, table, replica_db=opts.replica_db, pg_schema=opts.pg_schema, column_case=opts.column_case,
             full_refresh=opts.full_refresh, resume=attempt > 1,
-            progress=Progress(table.name, "analytics load", table.estimated_rows or 0, logger),
+            progress=Progress(table.name, "analytics load", _rows_to_move(table, opts), logger),
             loaded_at_column=opts.loaded_at_column,
         )
     except Exception as e:
         _metrics(opts, engines).error(table=table.name, phase="analytics", exc=e, attempt=attempt)
         raise
-    logger.info("%s: %s rows to PostgreSQL in %.2fs (%d chunks, %.0f rows/s)", table.name, f"{stats.rows:,}",
-                stats.seconds, stats.chunks, stats.rows_per_second)
+    logger.info("%s: %s row%s to PostgreSQL in %.2fs (%d chunks, %.0f rows/s)", table.name, f"{stats.rows:,}",
+                "" if stats.rows == 1 else "s", stats.seconds, stats.chunks, stats.rows_per_second)
     return {"rows": stats.rows, "seconds": stats.seconds, "notes": stats.notes, "bytes": stats.bytes,
             "mode": stats.mode, "deleted": stats.deleted}
 
@@ -202,21 +286,54 @@ SMALL_TABLE_BATCH = 25
 
 
 @flow(flow_run_name="tables-{group}-{batch_no}", log_prints=False, validate_parameters=False)
-def small_tables_flow(group: str, batch_no: int, tables: list[ResolvedTable], opts: RunOptions) -> list[TableOutcome]:
-    """Several small tables, one after another; a failing table does not stop the others."""
+def small_tables_flow(group: str, batch_no: int, tables: list[ResolvedTable],
+                      opts: RunOptions) -> list[TableOutcome] | State:
+    """Several small tables, one after another; a failing table does not stop the others, and the
+    batch's run then ends Failed (its outcomes are still the result the group reads)."""
     outcomes = []
     for t in tables:
         try:
             outcomes.append(process_table(t, opts))
         except Exception as e:  # noqa: BLE001 - recorded per table, like a failed table subflow
-            outcomes.append(TableOutcome(table=t.name, status="failed", error=redact(f"{type(e).__name__}: {e}")))
-    return outcomes
+            outcomes.append(failed_outcome(t.name, e))
+    return outcomes_state(outcomes)
 
 
 @task(task_run_name="run-{group}-batch-{batch_no}", retries=2, retry_delay_seconds=3,
       retry_condition_fn=retry_condition)
 def run_small_tables(group: str, batch_no: int, tables: list[ResolvedTable], opts: RunOptions) -> list[TableOutcome]:
-    return small_tables_flow(group, batch_no, tables, opts)
+    # The batch run is Failed when a table in it failed; its result is still every table's outcome.
+    # Anything else (the batch itself crashed) is raised, and retried when transient.
+    return outcomes_of(small_tables_flow(group, batch_no, tables, opts, return_state=True),
+                       what=f"batch {group}-{batch_no}")
+
+
+def failed_outcome(table: str, e: BaseException) -> TableOutcome:
+    return TableOutcome(table=table, status="failed", error=redact(f"{type(e).__name__}: {e}"))
+
+
+def failed_summary(outcomes: list[TableOutcome]) -> str:
+    failed = [o.table for o in outcomes if o.status != "ok"]
+    return f"{len(failed)} of {len(outcomes)} tables failed: {', '.join(failed)}"
+
+
+def outcomes_state(outcomes: list[TableOutcome]) -> list[TableOutcome] | State:
+    """A subflow's return value: its outcomes, as a Failed state (still carrying them) when a table
+    failed, so the run that holds the failed table is red on the run graph and in the runs list."""
+    if any(o.status != "ok" for o in outcomes):
+        return Failed(message=failed_summary(outcomes), data=outcomes)
+    return outcomes
+
+
+def outcomes_of(state: State, *, what: str) -> list[TableOutcome]:
+    """The outcomes a subflow's final state carries (see `outcomes_state`); raises what a crashed one raised."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, list):
+        raise LoadError(f"{what} ended {state.type.value} without table outcomes: {state.message}", table=what,
+                        phase="orchestration")
+    return result
 
 
 def process_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
@@ -298,12 +415,13 @@ def dispatch_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
 
 @flow(flow_run_name="group-{group}", validate_parameters=False)
 def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions, workers: int = 1,
-               light: list[str] | None = None) -> list[TableOutcome]:
+               light: list[str] | None = None) -> list[TableOutcome] | State:
     """Run one priority group's tables concurrently; collect every outcome, failed or not.
 
     Tables with little to do share batch flow runs (see SMALL_TABLE_ROWS): small tables, and the
     tables in `light` (their last sync was incremental, so this run moves only what changed). The
     batches are at least `workers` many and balanced by estimated rows, so they run side by side.
+    The group's run ends Failed when one of its tables failed, and still returns every outcome.
     """
     runner = dispatch_table if opts.dispatch == "deployment" else run_table
     # Largest first: a big table started last would leave the other workers idle at the end.
@@ -337,7 +455,8 @@ def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions, worker
             except Exception as e:  # noqa: BLE001 - recorded, not handled
                 message = f"{type(e).__name__}: {e}"
             outcomes.append(TableOutcome(table=t.name, status="failed", error=redact(message)))
-    return outcomes
+    publish_group_report(group, outcomes, pipeline_run_id=opts.run_id)
+    return outcomes_state(outcomes)
 
 
 def deal_batches(tables: list[ResolvedTable], *, workers: int) -> list[list[ResolvedTable]]:
@@ -388,6 +507,54 @@ def _check_table_deployment() -> None:
                           f"server; run `make deploy` (prefect.yaml) first") from None
 
 
+def run_loggers(logger: Any) -> list[Any]:
+    """This run's logger, plus one on the run that started it as a subflow (the repair run), so the
+    per-table ERROR lines and the summary are on the page of the run people opened."""
+    parent = runtime_flow_run.parent_flow_run_id
+    if not parent:
+        return [logger]
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.logging.loggers import flow_run_logger
+
+        with get_client(sync_client=True) as client:
+            parent_run = client.read_flow_run(uuid.UUID(str(parent)))
+        return [logger, flow_run_logger(flow_run=parent_run)]
+    except Exception:  # noqa: BLE001 - the lines are still in this run's log
+        return [logger]
+
+
+def repair_hint(table: str) -> str:
+    return f'repair: deployment {REPAIR_DEPLOYMENT} with tables=["{table}"]'
+
+
+def log_failed_tables(outcomes: list[TableOutcome], loggers: list[Any]) -> None:
+    """One ERROR line per failed table, with its error (one line, passwords removed) and the fix."""
+    for o in outcomes:
+        if o.status == "ok":
+            continue
+        error = " ".join(str(o.error or o.status).split())
+        if len(error) > 500:
+            error = error[:499] + "…"
+        for lg in loggers:
+            lg.error("table %s failed: %s (%s)", o.table, error, repair_hint(o.table))
+
+
+def summary_line(outcomes: list[TableOutcome], seconds: float) -> str:
+    failed = [o.table for o in outcomes if o.status != "ok"]
+    rows = sum(o.analytics_rows for o in outcomes)
+    text = (f"summary: {len(outcomes) - len(failed)} of {len(outcomes)} tables ok, {len(failed)} failed"
+            + (f" ({', '.join(failed)})" if failed else "")
+            + f"; {rows:,} row{'' if rows == 1 else 's'} to analytics; {seconds:.1f} s")
+    return text
+
+
+def log_summary(outcomes: list[TableOutcome], *, seconds: float, loggers: list[Any]) -> None:
+    text = summary_line(outcomes, seconds)
+    for lg in loggers:
+        lg.info(text)
+
+
 def _finish(urls, run_id: str, outcomes: list[TableOutcome], failed: list[str], usage: dict, *,  # noqa: ANN001
             keep_days: int, logger: Any, dbt_result: Any = None) -> None:
     """End-of-run bookkeeping on a fresh connection: the run row, retention, the run report artifact."""
@@ -414,13 +581,14 @@ def _finish(urls, run_id: str, outcomes: list[TableOutcome], failed: list[str], 
             run = None
     markdown = render_report(run, merge_outcomes(run, outcomes), run_id=run_id, secrets=secrets)
     markdown += "\n" + render_dbt_section(dbt_result)
-    publish_run_report(markdown, run_id=run_id, failed=len(failed))
+    # On this run's page, and on the page of the run that started it (the repair run), if any.
+    publish_run_report(markdown, run_id=run_id, failed=len(failed), also_on=runtime_flow_run.parent_flow_run_id)
 
 
 # The hooks tell the operator (ETL_NOTIFY_WEBHOOK) and record a run that failed before it wrote its
 # pipeline row (tasks/notify.py); they never change the run's result.
-@flow(name="etl-pipeline", validate_parameters=True, on_failure=[notify.on_run_end],
-      on_crashed=[notify.on_run_end], on_completion=[notify.on_run_end])
+@flow(name="etl-pipeline", flow_run_name=pipeline_run_name, validate_parameters=True,
+      on_failure=[notify.on_run_end], on_crashed=[notify.on_run_end], on_completion=[notify.on_run_end])
 def etl_pipeline(
     tables: list[str] | None = None,
     full_refresh: bool = False,
@@ -447,6 +615,7 @@ def etl_pipeline(
         dbt: run the table config's `dbt:` section after the load (False: skip it this run).
     """
     logger = get_run_logger()
+    started = time.monotonic()
     # Before anything else: inside a blackout window no database is touched.
     check_blackout(ignore_blackout=ignore_blackout, warn=logger.warning)
     settings = Settings()
@@ -487,14 +656,21 @@ def etl_pipeline(
                         opts.pg_schema, dispatch)
 
             outcomes: list[TableOutcome] = []
+            loggers = run_loggers(logger)
             for group in cfg.groups_in_order():
                 members = cfg.tables_in_group(group.name, chosen)
                 if not members:
                     continue
                 runner = ThreadPoolTaskRunner(max_workers=group.workers)
-                outcomes.extend(group_flow.with_options(task_runner=runner)(
+                state = group_flow.with_options(task_runner=runner)(
                     group.name, members, opts, workers=group.workers,
-                    light=[t.name for t in members if t.name in light]))
+                    light=[t.name for t in members if t.name in light], return_state=True)
+                try:
+                    done = outcomes_of(state, what=f"group {group.name}")
+                except Exception as e:  # noqa: BLE001 - the group crashed: its tables failed, the next groups run
+                    done = [failed_outcome(t.name, e) for t in members]
+                outcomes.extend(done)
+                log_failed_tables(done, loggers)
 
             failed = [o.table for o in outcomes if o.status != "ok"]
             dbt_result = run_dbt_after_load(cfg.dbt, enabled=dbt, failed_tables=failed, run_id=run_id,
@@ -509,6 +685,8 @@ def etl_pipeline(
         logger.warning("connections still open after the run: %s", leaked)
     # Published also when tables failed, before the run is failed below.
     _finish(urls, run_id, outcomes, failed, usage, keep_days=metrics_keep_days, logger=logger, dbt_result=dbt_result)
+    # The last line of the run's log (keep it last: anything logged after it hides it).
+    log_summary(outcomes, seconds=time.monotonic() - started, loggers=loggers)
     if failed:
         details = "; ".join(f"{o.table}: {o.error}" for o in outcomes if o.status != "ok")
         raise TablesFailed(f"{len(failed)} of {len(outcomes)} tables failed: {', '.join(failed)} ({details})")

@@ -1,12 +1,12 @@
 # A local Prefect server, the connector blocks, the deployments of prefect.yaml and a worker.
 # Included from the Makefile (uses its `setup` target and BIN). In order:
 #
-#   make server   Prefect server + UI on PostgreSQL, in the background   build/prefect-server.{pid,log}
+#   make server   Prefect server + UI on PostgreSQL, in the background   build/prefect-server.{pid,log,db}
 #   make blocks   block types + the three connector blocks from ETL_*_URL
 #   make deploy   the work pool (created if missing), the global concurrency limit `etl-source`,
 #                 every deployment in prefect.yaml, and with ETL_NOTIFY_WEBHOOK set the notification
 #                 block `etl-notify` + automations on Failed, Crashed and Late (ETL_NOTIFY_LATE_MINUTES) runs
-#   make worker   a worker polling the pool, in the background            build/prefect-worker.{pid,log}
+#   make worker   a worker polling the pool, in the background, with ETL_CONFIG  build/prefect-worker.{pid,log}
 #   make stop     stop the worker and the server started above, by PID (whole process group)
 #
 # or all at once: `make server blocks deploy worker`. UI: http://127.0.0.1:4200 (PREFECT_PORT).
@@ -16,9 +16,12 @@
 PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
 PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
-# The server's own database (created when missing). Not SQLite: it answers 503 "database is locked"
-# when the parallel table subflows report their states at the same time.
-PREFECT_SERVER_DB_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/prefect_server
+# The server's own database. Not SQLite: it answers 503 "database is locked" when the parallel table
+# subflows report their states at the same time. Named for this checkout (a hash of its path), created
+# with a comment saying so (tasks/server_db.py); a database that exists without that comment may be
+# another server's, and `make server` refuses it rather than start on it.
+PREFECT_SERVER_DB ?= prefect_etl_$(shell printf '%s' '$(CURDIR)' | sha1sum | cut -c1-10)
+PREFECT_SERVER_DB_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(PREFECT_SERVER_DB)
 PREFECT_SERVER_TIMEOUT ?= 120
 
 # Read by prefect.yaml at deploy time ({{ $ETL_WORK_POOL }} ...); see the comments there.
@@ -34,6 +37,10 @@ PREFECT_RUN_DIR := build
 PREFECT_ENV = PREFECT_API_URL='$(PREFECT_API_URL)' PREFECT_CLI_PROMPT=false PREFECT_SERVER_ANALYTICS_ENABLED=false
 PREFECT := $(PREFECT_ENV) $(BIN)/prefect
 
+# The worker's flow runs read the table config from ETL_CONFIG (the env file's, e.g. the demo's),
+# as an absolute path: the flow run's working directory is ETL_CODE_DIR, not where make ran.
+WORKER_CONFIG_ENV = $(if $(ETL_CONFIG),ETL_CONFIG='$(abspath $(ETL_CONFIG))') ETL_ENV_FILE='$(abspath $(ETL_ENV_FILE))'
+
 .PHONY: server blocks deploy worker stop
 
 # `setsid` makes the process the leader of a new process group, so `make stop` can end it and every
@@ -43,7 +50,9 @@ server: setup
 	@pidf=$(PREFECT_RUN_DIR)/prefect-server.pid; \
 	if [ -f $$pidf ] && kill -0 "$$(cat $$pidf)" 2>/dev/null; then \
 	  echo "prefect server already running (pid $$(cat $$pidf)), $(PREFECT_API_URL)"; exit 0; fi; \
-	$(BIN)/python -m tasks.pg_admin create-database '$(PREFECT_SERVER_DB_URL)' || exit 1; \
+	$(BIN)/python -m tasks.server_db claim '$(PREFECT_SERVER_DB_URL)' '$(CURDIR)' || exit 1; \
+	$(BIN)/python -c 'import sys; from tasks.connections import describe_url; print(describe_url(sys.argv[1]))' \
+	  '$(PREFECT_SERVER_DB_URL)' > $(PREFECT_RUN_DIR)/prefect-server.db; \
 	PREFECT_API_DATABASE_CONNECTION_URL='$(PREFECT_SERVER_DB_URL)' PREFECT_UI_API_URL='$(PREFECT_API_URL)' \
 	  $(PREFECT_ENV) setsid nohup $(BIN)/prefect server start --host $(PREFECT_HOST) --port $(PREFECT_PORT) \
 	  </dev/null >$(PREFECT_RUN_DIR)/prefect-server.log 2>&1 & \
@@ -80,13 +89,13 @@ worker: setup
 	@pidf=$(PREFECT_RUN_DIR)/prefect-worker.pid; \
 	if [ -f $$pidf ] && kill -0 "$$(cat $$pidf)" 2>/dev/null; then \
 	  echo "prefect worker already running (pid $$(cat $$pidf))"; exit 0; fi; \
-	$(PREFECT_ENV) setsid nohup $(BIN)/prefect worker start --pool '$(ETL_WORK_POOL)' --type '$(ETL_WORK_POOL_TYPE)' \
+	$(PREFECT_ENV) $(WORKER_CONFIG_ENV) setsid nohup $(BIN)/prefect worker start --pool '$(ETL_WORK_POOL)' --type '$(ETL_WORK_POOL_TYPE)' \
 	  </dev/null >$(PREFECT_RUN_DIR)/prefect-worker.log 2>&1 & \
 	pid=$$!; echo $$pid > $$pidf; sleep 3; \
 	if ! kill -0 $$pid 2>/dev/null; then \
 	  echo "prefect worker exited; last lines of $(PREFECT_RUN_DIR)/prefect-worker.log:" >&2; \
 	  tail -n 30 $(PREFECT_RUN_DIR)/prefect-worker.log >&2; rm -f $$pidf; exit 1; fi; \
-	echo "prefect worker up (pid $$pid) on pool $(ETL_WORK_POOL); log $(PREFECT_RUN_DIR)/prefect-worker.log"
+	echo "prefect worker up (pid $$pid) on pool $(ETL_WORK_POOL), table config $(if $(ETL_CONFIG),$(abspath $(ETL_CONFIG)),config/tables.yml); log $(PREFECT_RUN_DIR)/prefect-worker.log"
 
 # Worker first (its flow runs report to the server), then the server. Each was started as the leader
 # of its own process group; the group gets SIGTERM, and so does every process below it that left the

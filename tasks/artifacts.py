@@ -17,6 +17,8 @@ from tasks.errors import redact
 log = logging.getLogger("etl.artifacts")
 
 ARTIFACT_KEY = "etl-run-report"
+GROUP_ARTIFACT_KEY = "etl-group-report"
+REPAIR_DEPLOYMENT = "etl-repair/repair"
 SLOWEST = 5
 
 
@@ -31,6 +33,19 @@ def _md(text: Any, limit: int = 300) -> str:
 
 
 _MD_PUNCTUATION = "\\`*_[]<>~"
+
+
+def _md_text(text: Any, limit: int) -> str:
+    """Free text as one markdown paragraph, shown as written (markup characters escaped), bounded."""
+    s = " ".join(str(text).split())
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return "".join("\\" + ch if ch in _MD_PUNCTUATION + "|#" else ch for ch in s)
+
+
+def _code(name: Any) -> str:
+    """A table name inside `code` in the report: a backtick would end the code span."""
+    return str(name).replace("`", "'")
 
 
 def _md_name(name: Any) -> str:
@@ -92,11 +107,16 @@ def render_report(run: dict | None, tables: list[dict], *, run_id: str, secrets:
     out += [" · ".join(m for m in meta if m), ""]
 
     if failed:
-        out += ["## Failed tables", "", "| table | group | error |", "|---|---|---|"]
+        # Paragraphs, not a table: the UI does not wrap table cells, and the end of an error (what to
+        # change) was cut off.
+        out += ["## Failed tables", ""]
         for t in failed:
             err = redact(str(t.get("error") or t["status"]), secrets)
-            out.append(f"| **{_md_name(t['table_name'])}** | {_md(t.get('priority'))} | {_md(err, 600)} |")
-        out.append("")
+            group = f" (group {_md(t.get('priority'))})" if t.get("priority") else ""
+            out += [f"### {_md_name(t['table_name'])}{group}", "", _md_text(err, 2000), "",
+                    f"Repair: run deployment `{REPAIR_DEPLOYMENT}` with `tables` = "
+                    f"`[\"{_code(t['table_name'])}\"]` (UI: Deployments > repair > Run > Custom run), or "
+                    f"`prefect deployment run {REPAIR_DEPLOYMENT} --param 'tables=[\"{_code(t['table_name'])}\"]'`", ""]
 
     out += ["## Tables", "", "| table | group | status | rows | seconds | rows/s | notes / error |",
             "|---|---|---|---:|---:|---:|---|"]
@@ -104,7 +124,7 @@ def render_report(run: dict | None, tables: list[dict], *, run_id: str, secrets:
         secs = table_seconds(t)
         rows = t.get("analytics_rows")
         rps = t.get("rows_per_second") or (rows / secs if rows and secs else None)
-        text = redact(str(t.get("error") or ""), secrets) if t["status"] != "ok" else (t.get("notes") or "")
+        text = "see Failed tables above" if t["status"] != "ok" else (t.get("notes") or "")
         out.append(f"| {_md_name(t['table_name'])} | {_md(t.get('priority'))} | {_md(t['status'])} | {_num(rows)} | "
                    f"{_num(secs)} | {_num(rps)} | {_md(text, 200)} |")
     out.append("")
@@ -125,14 +145,18 @@ def render_report(run: dict | None, tables: list[dict], *, run_id: str, secrets:
     return "\n".join(out)
 
 
-def publish_run_report(markdown: str, *, run_id: str, failed: int) -> Any:
-    """Create the artifact on the current flow run; a failure to publish is logged, never raised."""
+def publish_run_report(markdown: str, *, run_id: str, failed: int, also_on: Any = None) -> Any:
+    """Create the artifact on the current flow run, and on flow run `also_on` (the run that started
+    this one as a subflow, e.g. the repair run), so the report is on the page people open.
+    A failure to publish is logged, never raised."""
+    description = f"ETL run {run_id}: " + (f"{failed} table(s) failed" if failed else "every table ok")
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        return create_markdown_artifact(
-            markdown=markdown, key=ARTIFACT_KEY,
-            description=f"ETL run {run_id}: " + (f"{failed} table(s) failed" if failed else "every table ok"))
+        created = create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=description)
+        if also_on:
+            _artifact_on(also_on, markdown=markdown, key=ARTIFACT_KEY, description=description)
+        return created
     except Exception:  # noqa: BLE001 - the report is a courtesy; the run's state says what matters
         log.warning("could not publish the run report artifact", exc_info=True)
         return None
@@ -163,3 +187,48 @@ def render_dbt_section(result: Any) -> str:
         out += [f"| {_md_name(n.unique_id)} | {_md(n.status)} | {_md(n.message, 300)} |" for n in bad]
         out.append("")
     return "\n".join(out)
+
+
+def _artifact_on(flow_run_id: Any, *, markdown: str, key: str, description: str) -> None:
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_artifact(artifact=ArtifactCreate(
+            key=key, type="markdown", data=markdown, description=description, flow_run_id=uuid.UUID(str(flow_run_id))))
+
+
+def render_group_report(group: str, outcomes: Iterable[Any], *, pipeline_url: str | None) -> str:
+    """A group run's short report: its failed tables with their errors, the counts, where the full one is."""
+    outcomes = list(outcomes)
+    failed = sorted((o for o in outcomes if o.status != "ok"), key=lambda o: o.table)
+    rows = sum(o.analytics_rows for o in outcomes)
+    out = [f"# Group {_md_text(group, 200)}: {len(outcomes) - len(failed)} of {len(outcomes)} tables ok"
+           + (f", {len(failed)} failed" if failed else ""), "",
+           f"{rows:,} rows to analytics. The full run report (every table, totals, slowest tables) is on the "
+           + (f"[pipeline run's Artifacts tab]({pipeline_url})." if pipeline_url else "pipeline run's Artifacts tab."),
+           ""]
+    for o in failed:
+        out += [f"### {_md_name(o.table)}", "", _md_text(redact(str(o.error or o.status)), 2000), "",
+                f"Repair: deployment `{REPAIR_DEPLOYMENT}` with `tables` = `[\"{_code(o.table)}\"]`", ""]
+    return "\n".join(out)
+
+
+def publish_group_report(group: str, outcomes: Iterable[Any], *, pipeline_run_id: str) -> Any:
+    """The group's short report on the group run's own page; never raises."""
+    try:
+        from prefect.artifacts import create_markdown_artifact
+        from prefect.settings import PREFECT_UI_URL
+
+        ui = PREFECT_UI_URL.value()
+        url = f"{ui.rstrip('/')}/runs/flow-run/{pipeline_run_id}?tab=Artifacts" if ui else None
+        outcomes = list(outcomes)
+        failed = sum(1 for o in outcomes if o.status != "ok")
+        return create_markdown_artifact(
+            markdown=render_group_report(group, outcomes, pipeline_url=url), key=GROUP_ARTIFACT_KEY,
+            description=f"group {group}: " + (f"{failed} table(s) failed" if failed else "every table ok"))
+    except Exception:  # noqa: BLE001 - a courtesy, like the run report
+        log.warning("could not publish the group report artifact", exc_info=True)
+        return None

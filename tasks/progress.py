@@ -1,4 +1,10 @@
-"""Progress on long tables: rows done / estimated and the rate, in the log and as a Prefect artifact."""
+"""Progress on long tables: rows done / estimated and the rate, in the log and as a Prefect artifact.
+
+Only for tables that move many rows: a line once at least LOG_MIN_ROWS rows are done and the copy has
+run LOG_EVERY_SECONDS, then every LOG_EVERY_SECONDS. A small or incremental table (its estimate is the
+table's size, not what this run moves) finishes without one: "1 / ~7,897 rows (0%)" followed by
+"1 rows" read as a stalled copy to the people on call.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,6 +14,7 @@ from uuid import UUID
 
 ARTIFACT_MIN_ROWS = 100_000  # smaller tables finish before a progress bar would help anyone
 LOG_EVERY_SECONDS = 5.0
+LOG_MIN_ROWS = 50_000  # fewer rows than this are done before anyone would look at a progress line
 
 
 @dataclass
@@ -19,7 +26,7 @@ class Progress:
     estimated_rows: int
     logger: logging.Logger | logging.LoggerAdapter
     _started: float = field(default_factory=time.monotonic)
-    _last_log: float = 0.0
+    _last_log: float | None = None
     _artifact: UUID | None = None
 
     def __post_init__(self) -> None:
@@ -35,19 +42,24 @@ class Progress:
 
     def __call__(self, rows: int) -> None:
         now = time.monotonic()
-        if now - self._last_log < LOG_EVERY_SECONDS:
+        if now - (self._last_log if self._last_log is not None else self._started) < LOG_EVERY_SECONDS:
             return
         self._last_log = now
         elapsed = max(now - self._started, 1e-6)
-        est = max(self.estimated_rows, rows)
-        pct = 100.0 * rows / est if est else 100.0
-        self.logger.info("%s %s: %s / ~%s rows (%.0f%%), %.0f rows/s",
-                         self.table, self.phase, f"{rows:,}", f"{est:,}", pct, rows / elapsed)
+        est = self.estimated_rows
+        known = bool(est) and rows <= est
+        pct = 100.0 * rows / est if known else 0.0
+        if rows >= LOG_MIN_ROWS:
+            if known:
+                self.logger.info("%s %s: %s / ~%s rows (%.0f%%), %.0f rows/s",
+                                 self.table, self.phase, f"{rows:,}", f"{est:,}", pct, rows / elapsed)
+            else:  # no estimate (an incremental window), or already past it: the count and rate say enough
+                self.logger.info("%s %s: %s rows, %.0f rows/s", self.table, self.phase, f"{rows:,}", rows / elapsed)
         if self._artifact is not None:
             try:
                 from prefect.artifacts import update_progress_artifact
 
-                update_progress_artifact(self._artifact, progress=min(pct, 99.9))
+                update_progress_artifact(self._artifact, progress=min(pct if known else 99.9, 99.9))
             except Exception:  # noqa: BLE001
                 pass
 

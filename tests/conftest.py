@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+# No test reads a developer's env file (build/etl.env, written by `make demo`): ETL_* come from the fixtures.
+os.environ["ETL_ENV_FILE"] = ""
+
 import psycopg2
 import pymysql
 import pytest

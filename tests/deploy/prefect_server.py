@@ -199,6 +199,7 @@ class PrefectStack:
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "COLUMNS": "250",  # the CLI's rich output unwrapped, so the flow run id is on one line
+            "ETL_ENV_FILE": "",  # not the checkout's build/etl.env (`make demo`): the tests pass what they mean
         }
         server_env = {
             **stack.env,

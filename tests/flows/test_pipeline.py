@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import urllib.parse
 
@@ -306,3 +307,104 @@ def test_batches_are_balanced_by_estimated_rows_and_capped() -> None:
     batches = deal_batches(tiny.resolved_tables(), workers=2)
     assert [len(b) for b in batches] == [20, 20, 20] and max(map(len, batches)) <= SMALL_TABLE_BATCH
     assert deal_batches([], workers=2) == []
+
+
+def _flow_runs_below(client, run_id) -> list:
+    """Every flow run below `run_id` (its groups, their batches and table runs), read from the API."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    out, todo = [], [run_id]
+    while todo:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=todo)), limit=200)
+        out += children
+        todo = [c.id for c in children]
+    return out
+
+
+def _logs(client, run_ids) -> list:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    out: list = []
+    while True:  # the API returns at most 200 at a time
+        page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(run_ids))),
+                                sort=LogSort.TIMESTAMP_ASC, limit=200, offset=len(out))
+        out += page
+        if len(page) < 200:
+            return out
+
+
+def _artifacts(client, run_id) -> dict:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    return {a.key: a.data for a in found if a.key}
+
+
+def test_failed_tables_show_on_the_runs_that_hold_them(etl_env, prefect_harness) -> None:
+    """A failed table in a batch (claim, injected) and one with a flow run of its own (ghost, not in
+    the source): their batch and group runs end Failed, the others Completed; the parent's log has one
+    ERROR line per failed table and no traceback above DEBUG, and ends with the summary; the parent
+    and each group run carry a report, the parent's naming the repair deployment."""
+    import logging
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    etl_env.source_sql(FOUR_TABLES)
+    # claim and payment are small: they run in the group's two batch flow runs, one each.
+    etl_env.write_config(CONFIG.replace("claim: {priority: critical,", "claim: {estimated_rows: 200, priority: critical,")
+                         .replace("payment: {priority: critical,", "payment: {estimated_rows: 400, priority: critical,"))
+    faults.inject(faults.Fault("analytics", "claim", after_chunks=1))
+    try:
+        assert etl_env.etl("run") == 1
+    finally:
+        faults.clear()
+
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # as the process would at exit: the last lines may still be in the batch
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT run_id FROM etl.pipeline_runs")
+        [(run_id,)] = cur.fetchall()
+    src = etl_env.mysql()
+    for t in ("patient", "appointment", "payment", "document"):
+        assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", t)
+    src.close(), pg.close()
+
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(uuid.UUID(str(run_id)))
+        below = _flow_runs_below(client, parent.id)
+        state = {fr.name: fr.state.type.value for fr in below}
+        parent_logs = _logs(client, [parent.id])
+        every_log = _logs(client, [parent.id, *(fr.id for fr in below)])
+        reports = {fr.name: _artifacts(client, fr.id) for fr in below if fr.name.startswith("group-")}
+        report = _artifacts(client, parent.id)["etl-run-report"]
+
+    assert parent.state.is_failed()
+    assert re.fullmatch(r"manual-\d{4}-\d\d-\d\d-\d{6}", parent.name), parent.name
+    assert (state["group-critical"], state["group-normal"], state["group-bulk"]) == ("FAILED", "FAILED", "COMPLETED")
+    assert state["table-ghost"] == "FAILED"
+    batches = {name: s for name, s in state.items() if name.startswith("tables-critical-")}
+    assert sorted(batches.values()) == ["COMPLETED", "FAILED"], state  # the one holding claim is red
+
+    errors = [entry.message for entry in parent_logs if entry.level >= logging.ERROR]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("table claim failed: ") and 'etl-repair/repair with tables=["claim"]' in errors[0]
+    assert errors[1].startswith("table ghost failed: SchemaError: table 'ghost' does not exist"), errors
+    # Tracebacks are kept, at DEBUG; nothing at INFO or above carries one, in any run of the tree.
+    assert not [e.message for e in every_log if e.level > logging.DEBUG and "Traceback" in e.message]
+    assert any("Traceback" in e.message for e in every_log if e.level == logging.DEBUG)
+    last = parent_logs[-1]
+    assert last.level == logging.INFO
+    assert re.fullmatch(r"summary: 4 of 6 tables ok, 2 failed \(claim, ghost\); 1,[0-9]{3} rows to analytics; "
+                        r"[0-9.]+ s", last.message), last.message
+
+    assert "### ghost (group normal)" in report
+    assert "`prefect deployment run etl-repair/repair --param 'tables=[\"ghost\"]'`" in report
+    assert "does not exist in MySQL database" in report
+    assert "Group critical: 3 of 4 tables ok, 1 failed" in reports["group-critical"]["etl-group-report"]
+    assert "### claim" in reports["group-critical"]["etl-group-report"]
+    assert "Group bulk: 1 of 1 tables ok" in reports["group-bulk"]["etl-group-report"]
