@@ -109,14 +109,27 @@ def mysql_incremental_tables(cur: Any, replica_db: str) -> set[str]:
 
 
 def mysql_save(cur: Any, table: str, st: TableState) -> None:
-    """Replace the table's state rows (caller commits, with the data they describe)."""
-    cur.execute(f"DELETE FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s", (table,))
+    """Replace the table's state rows (caller commits, with the data they describe).
+
+    Only statements on exact keys: a DELETE over a key range that holds no row takes a gap lock, and two
+    tables saving their first state at the same time then deadlock on each other's gap (InnoDB 1213, seen
+    when tables of one group swap together). Stale columns are deleted by their key, the rest upserted.
+    """
     # The row with an empty column name carries the generation even when there is no change column.
     rows = [("", None)] + sorted(st.watermarks.items())
+    keep = {c for c, _ in rows}
+    cur.execute(f"SELECT column_name FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s", (table,))
+    for (col,) in cur.fetchall():
+        if col not in keep:
+            cur.execute(f"DELETE FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s AND column_name = %s",
+                        (table, col))
     for col, v in rows:
         cur.execute(
             f"INSERT INTO {mysql_ident(MYSQL_STATE)} (table_name, column_name, wm_datetime, wm_int, generation, "
-            "run_count, source_time_zone, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(6))",
+            "run_count, source_time_zone, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(6)) "
+            "ON DUPLICATE KEY UPDATE wm_datetime = VALUES(wm_datetime), wm_int = VALUES(wm_int), "
+            "generation = VALUES(generation), run_count = VALUES(run_count), "
+            "source_time_zone = VALUES(source_time_zone), updated_at = VALUES(updated_at)",
             (table, col, v if isinstance(v, dt.datetime) else None, v if isinstance(v, int) else None,
              st.generation, st.run_count, st.source_time_zone),
         )
@@ -167,7 +180,11 @@ def mysql_load_pending(cur: Any, table: str, kind: str
 
 
 def mysql_clear_pending(cur: Any, table: str) -> None:
-    cur.execute(f"DELETE FROM {mysql_ident(MYSQL_PENDING)} WHERE table_name = %s", (table,))
+    # Deleted by exact key only when there is a row: see mysql_save (a DELETE that matches nothing
+    # takes a gap lock inside the caller's transaction).
+    cur.execute(f"SELECT COUNT(*) FROM {mysql_ident(MYSQL_PENDING)} WHERE table_name = %s", (table,))
+    if cur.fetchone()[0]:
+        cur.execute(f"DELETE FROM {mysql_ident(MYSQL_PENDING)} WHERE table_name = %s", (table,))
 
 
 # --- analytics side --------------------------------------------------------------------------------
