@@ -141,6 +141,7 @@ def odku_clause(columns: list[str], key: tuple[str, ...], *, row_alias: str | No
         return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{mysql_ident(c)} = {row_alias}.{mysql_ident(c)}" for c in sets)
     return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{mysql_ident(c)} = VALUES({mysql_ident(c)})" for c in sets)
 
+
 # Key column types whose spelling can change while the server still sees the same key (collation:
 # case, accents, trailing spaces under PAD SPACE).
 _TEXT_KEY_TYPES = ("char", "varchar", "tinytext", "text", "mediumtext", "longtext")
@@ -245,6 +246,7 @@ def _merge_server(cur: Any, rep: Any, scur: Any, table: ResolvedTable, schema: T
     alias = "`_etl_new`" if server.mysql8_alias_upsert else None
     update = odku_clause(schema.column_names, key, row_alias=alias)
     respell = respellable_key(schema, key)
+    key_list = ", ".join(mysql_ident(k) for k in key)
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     try:
         for p in passes:
@@ -260,8 +262,7 @@ def _merge_server(cur: Any, rep: Any, scur: Any, table: ResolvedTable, schema: T
                     where, params = f"{where} AND NOT {econd}", [*params, *eparams]
                 select = f"SELECT {cols} FROM {src_sql} WHERE {where}"
                 if respell:  # keys only: the join must not carry whole rows
-                    record_respelled(cur, table.name, key, f"SELECT {ks.select_list} FROM {src_sql} WHERE {where}",
-                                     params)
+                    record_respelled(cur, table.name, key, f"SELECT {key_list} FROM {src_sql} WHERE {where}", params)
                 if alias:
                     sql = f"INSERT INTO {dst} ({cols}) SELECT * FROM ({select}) AS {alias} {update}"
                 else:
