@@ -79,37 +79,32 @@ class ColumnText:
     pg: str  # PostgreSQL
 
 
-def _my_float(t: str) -> str:
-    """MySQL's shortest round-trip print of a double (`1.5e17`, `0.00001`) as `<digits>e<exponent>`.
+def _my_float(x: str) -> str:
+    """A double as `<53-bit mantissa>p<binary exponent>`, exact, by arithmetic only.
 
-    MySQL and PostgreSQL print the same digits but pick plain or exponent form at different
-    magnitudes (`0.00001` vs `1e-05`), so both sides rewrite the print to one form.
+    MySQL and PostgreSQL print the same shortest digits but choose plain or exponent form at
+    different magnitudes (`0.00001` vs `1e-05`), and rewriting a print costs dozens of string calls
+    per value. The binary form is exact and cheap: the exponent from LOG2 (off by at most one next
+    to a power of two, hence the correction), the mantissa scaled to an integer below 2^53, every
+    step exact (powers of two). Zero and -0 are `0`.
     """
-    a = f"TRIM(LEADING '-' FROM {t})"
-    m = f"SUBSTRING_INDEX({a}, 'e', 1)"
-    e = f"IF(LOCATE('e', {a}) > 0, CAST(SUBSTRING_INDEX({a}, 'e', -1) AS SIGNED), 0)"
-    ip = f"SUBSTRING_INDEX({m}, '.', 1)"
-    fp = f"IF(LOCATE('.', {m}) > 0, SUBSTRING_INDEX({m}, '.', -1), '')"
-    d = f"CONCAT({ip}, {fp})"
-    dz = f"TRIM(LEADING '0' FROM {d})"
-    exp = f"({e} + CHAR_LENGTH({ip}) - 1 - (CHAR_LENGTH({d}) - CHAR_LENGTH({dz})))"
-    digits = f"TRIM(TRAILING '0' FROM {dz})"
-    return f"IF({digits} = '', '0', CONCAT(IF(LEFT({t}, 1) = '-', '-', ''), {digits}, 'e', {exp}))"
+    a = f"ABS({x})"
+    e0 = f"GREATEST(LEAST(FLOOR(LOG2({a})), 1023), -1074)"  # POW(2, 1024) overflows
+    e = f"({e0} + ({a} / POW(2, {e0}) >= 2) - ({a} / POW(2, {e0}) < 1))"
+    return (f"IF({x} = 0, '0', CONCAT(IF({x} < 0, '-', ''), CAST({a} / POW(2, {e}) * 4503599627370496 AS SIGNED), "
+            f"'p', {e}))")
 
 
-def _pg_float(t: str) -> str:
-    """PostgreSQL's float8 print (`1.5e+17`, `1e-05`) as `<digits>e<exponent>`; see `_my_float`."""
-    a = f"ltrim({t}, '-')"
-    m = f"split_part({a}, 'e', 1)"
-    e = f"(CASE WHEN strpos({a}, 'e') > 0 THEN split_part({a}, 'e', 2)::int ELSE 0 END)"
-    ip = f"split_part({m}, '.', 1)"
-    fp = f"split_part({m}, '.', 2)"
-    d = f"({ip} || {fp})"
-    dz = f"ltrim({d}, '0')"
-    exp = f"({e} + length({ip}) - 1 - (length({d}) - length({dz})))"
-    digits = f"rtrim({dz}, '0')"
-    return (f"CASE WHEN {t} IS NULL THEN NULL WHEN {digits} = '' THEN '0' ELSE "
-            f"(CASE WHEN left({t}, 1) = '-' THEN '-' ELSE '' END) || {digits} || 'e' || {exp} END")
+def _pg_float(x: str) -> str:
+    """PostgreSQL's side of `_my_float` (float8 `x`); NaN and infinities, which MySQL cannot hold, as text."""
+    a = f"abs({x})"
+    e0 = f"greatest(least(floor(ln({a}) / ln(2::float8))::int, 1023), -1074)"
+    e = (f"({e0} + CASE WHEN {a} / power(2::float8, {e0}) >= 2 THEN 1 "
+         f"WHEN {a} / power(2::float8, {e0}) < 1 THEN -1 ELSE 0 END)")
+    return (f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = 0 THEN '0' "
+            f"WHEN {x} IN ('Infinity', '-Infinity', 'NaN') THEN {x}::text ELSE "
+            f"(CASE WHEN {x} < 0 THEN '-' ELSE '' END) || ({a} / power(2::float8, {e}) * 4503599627370496)::bigint::text "
+            f"|| 'p' || {e} END")
 
 
 def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: ANN001
@@ -128,10 +123,9 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
         return ColumnText(e, e, f"{p}::text")
     if t == "float":
         # The float4 as stored: MySQL widens it to double, PostgreSQL widens real to float8.
-        return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CONCAT(CAST({q} AS DOUBLE))"),
-                          _pg_float(f"{p}::float8::text"))
+        return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CAST({q} AS DOUBLE)"), _pg_float(f"{p}::float8"))
     if t in ("double", "real", "double precision"):
-        return ColumnText(f"CONCAT({q})", _my_float(f"CONCAT({q})"), _pg_float(f"{p}::text"))
+        return ColumnText(f"CONCAT({q})", _my_float(q), _pg_float(p))
     if t == "time":
         # Microseconds: TIME spans -838:59:59..838:59:59, PostgreSQL holds it as an interval.
         us = f"CONCAT(ROUND(TIME_TO_SEC({q}) * 1000000))"
