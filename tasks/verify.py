@@ -54,8 +54,9 @@ def count_check(engines: Engines, table: str, *, source_db: str | None, replica_
 # --- etl verify: every column of every row, in SQL, across the three databases ------------------
 #
 # Each value is printed as a canonical text, by MySQL and by PostgreSQL alike for equal values, so
-# that a row hashes the same on both engines. A field is `<characters>:<text>` and NULL is `~`: no
-# value can be mistaken for its neighbour or for NULL, and '' is not NULL. A row's hash is the MD5
+# that a row hashes the same on both engines. A field is `<characters>:<text>` and NULL is `~` (a
+# number's or date's text, which cannot hold `|`, is `<text>|`, NULL `~|`): no value can be
+# mistaken for its neighbour or for NULL, and '' is not NULL. A row's hash is the MD5
 # of its fields in column order; a range's checksum is the row count and the sum of the first 60
 # bits of its rows' hashes (order free, computed by the server: nothing per row reaches Python).
 #
@@ -77,6 +78,7 @@ class ColumnText:
     my_exact: str  # MySQL, the stored value exactly (source vs replica)
     my: str  # MySQL, the value as PostgreSQL holds it (replica vs analytics)
     pg: str  # PostgreSQL
+    plain: bool = False  # every text it prints is digits, letters, `.:-+ ` (never `|`, never `~`)
 
 
 def _my_float(x: str) -> str:
@@ -114,22 +116,23 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
     q, p = mysql_ident(col.name), pg_ident(pg_name)
     t = col.data_type
     if as_boolean:
-        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::int::text")
+        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::int::text", plain=True)
     if t in INTEGER_TYPES or t == "year":
         # `+ 0` drops ZEROFILL padding and YEAR's `0000`, as the load's number does.
-        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::text")
+        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::text", plain=True)
     if t == "bit":
         e = f"LPAD(BIN({q} + 0), {col.bit_width}, '0')"
-        return ColumnText(e, e, f"{p}::text")
+        return ColumnText(e, e, f"{p}::text", plain=True)
     if t == "float":
         # The float4 as stored: MySQL widens it to double, PostgreSQL widens real to float8.
-        return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CAST({q} AS DOUBLE)"), _pg_float(f"{p}::float8"))
+        return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CAST({q} AS DOUBLE)"), _pg_float(f"{p}::float8"),
+                          plain=True)
     if t in ("double", "real", "double precision"):
-        return ColumnText(f"CONCAT({q})", _my_float(q), _pg_float(p))
+        return ColumnText(f"CONCAT({q})", _my_float(q), _pg_float(p), plain=True)
     if t == "time":
         # Microseconds: TIME spans -838:59:59..838:59:59, PostgreSQL holds it as an interval.
         us = f"CONCAT(ROUND(TIME_TO_SEC({q}) * 1000000))"
-        return ColumnText(f"CONCAT({q})", us, f"(extract(epoch FROM {p}) * 1000000)::numeric(30,0)::text")
+        return ColumnText(f"CONCAT({q})", us, f"(extract(epoch FROM {p}) * 1000000)::numeric(30,0)::text", plain=True)
     if t in ("date", "datetime", "timestamp"):
         # Zero dates, a zero month or day, and year 0 are NULL in PostgreSQL (as the load sends them).
         zero = f"{q} < '0001-01-01' OR MONTH({q}) = 0 OR DAYOFMONTH({q}) = 0"
@@ -139,7 +142,7 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
             my = f"DATE_FORMAT({q}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
             src = f"({p} AT TIME ZONE 'UTC')" if t == "timestamp" else p
             pg = f"to_char({src}, 'YYYY-MM-DD HH24:MI:SS.US')"
-        return ColumnText(f"CONCAT({q})", f"IF({zero}, NULL, {my})", pg)
+        return ColumnText(f"CONCAT({q})", f"IF({zero}, NULL, {my})", pg, plain=True)
     if col.is_json:
         # jsonb keeps neither key order, duplicate keys, whitespace nor escapes, and MySQL cannot
         # parse text into jsonb's form: replica vs analytics compares the JSON type and an array's
@@ -150,32 +153,38 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
         pg = (f"jsonb_typeof({p}) || CASE WHEN jsonb_typeof({p}) = 'array' "
               f"THEN ':' || jsonb_array_length({p}) ELSE '' END")
         return ColumnText(f"CONVERT({q} USING utf8mb4)", my, pg)
+    if t in ("decimal", "numeric"):
+        return ColumnText(f"CONCAT({q})", f"CONCAT({q})", f"{p}::text", plain=True)
     if t in _TEXT or t in ("uuid", "inet4", "inet6"):
         # PostgreSQL cannot store NUL; the load removes it.
         u = f"CONVERT({q} USING utf8mb4)"
         return ColumnText(u, f"REPLACE({u}, CHAR(0 USING utf8mb4), '')", f"{p}::text")
     if t in _BINARY:
-        return ColumnText(f"LOWER(HEX({q}))", f"LOWER(HEX({q}))", f"encode({p}, 'hex')")
+        return ColumnText(f"LOWER(HEX({q}))", f"LOWER(HEX({q}))", f"encode({p}, 'hex')", plain=True)
     if t in _GEOMETRY:
         return ColumnText(f"LOWER(HEX({q}))", f"ST_AsText({q})", f"{p}::text")
     return ColumnText(f"CONCAT({q})", f"CONCAT({q})", f"{p}::text")
 
 
-def _my_field(v: str) -> str:
+def _my_field(v: str, plain: bool) -> str:
     u = f"CONVERT({v} USING utf8mb4)"
+    if plain:  # cannot hold the separator: written once, not measured (a float's text is costly)
+        return f"IFNULL(CONCAT({u}, '|'), '~|')"
     return f"IFNULL(CONCAT(CHAR_LENGTH({u}), ':', {u}), '~')"
 
 
-def _pg_field(v: str) -> str:
+def _pg_field(v: str, plain: bool) -> str:
+    if plain:
+        return f"COALESCE({v} || '|', '~|')"
     return f"COALESCE(length({v}) || ':' || {v}, '~')"
 
 
-def _my_fields(texts: list[str]) -> str:
-    return "CONCAT(" + ", ".join(_my_field(t) for t in texts) + ")" if texts else "''"
+def _my_fields(fields: list[tuple[str, bool]]) -> str:
+    return "CONCAT(" + ", ".join(_my_field(t, plain) for t, plain in fields) + ")" if fields else "''"
 
 
-def _pg_fields(texts: list[str]) -> str:
-    return " || ".join(_pg_field(t) for t in texts) if texts else "''"
+def _pg_fields(fields: list[tuple[str, bool]]) -> str:
+    return " || ".join(_pg_field(t, plain) for t, plain in fields) if fields else "''"
 
 
 def _my_sum(row: str) -> str:
@@ -195,6 +204,7 @@ class TableTexts:
     ranged: bool  # leading key column is an integer: ranges cut on it are the same rows everywhere
     my_key: list[str]  # canonical text of each key column, MySQL
     pg_key: list[str]
+    key_plain: list[bool]
     my_exact_row: str  # the row's canonical text, MySQL, stored values exactly
     my_row: str  # the row's canonical text, MySQL, as PostgreSQL holds it
     pg_row: str
@@ -216,9 +226,10 @@ def table_texts(engines: Engines, table, *, replica_db: str, column_case: str) -
         key=key, key_columns=[by_name[k] for k in key],
         ranged=bool(key) and schema.column(key[0]).data_type in INTEGER_TYPES,
         my_key=[texts[k].my for k in key], pg_key=[texts[k].pg for k in key],
-        my_exact_row=_my_fields([texts[n].my_exact for n in order]),
-        my_row=_my_fields([texts[n].my for n in order]),
-        pg_row=_pg_fields([texts[n].pg for n in order]))
+        key_plain=[texts[k].plain for k in key],
+        my_exact_row=_my_fields([(texts[n].my_exact, texts[n].plain) for n in order]),
+        my_row=_my_fields([(texts[n].my, texts[n].plain) for n in order]),
+        pg_row=_pg_fields([(texts[n].pg, texts[n].plain) for n in order]))
 
 
 @dataclass
@@ -342,8 +353,8 @@ def verify_table(engines: Engines, table, *, source_db: str, replica_db: str, pg
 def _bucket_exprs(tx: TableTexts, buckets: int) -> tuple[str, str]:
     if buckets == 1:
         return "0", "0"
-    my = f"CAST(CONV(LEFT(MD5({_my_fields(tx.my_key)}), 8), 16, 10) AS UNSIGNED) MOD {buckets}"
-    pg = f"mod(('x' || left(md5({_pg_fields(tx.pg_key)}), 8))::bit(32)::bigint, {buckets})"
+    my = f"CAST(CONV(LEFT(MD5({_my_fields(list(zip(tx.my_key, tx.key_plain)))}), 8), 16, 10) AS UNSIGNED) MOD {buckets}"
+    pg = f"mod(('x' || left(md5({_pg_fields(list(zip(tx.pg_key, tx.key_plain)))}), 8))::bit(32)::bigint, {buckets})"
     return my, pg
 
 
