@@ -2,7 +2,8 @@
 
 Row counts of the replica and the analytics table are compared exactly (both are ours and quiet
 once the table's load has finished). The source can change while we read it, so it is compared
-only when the caller asks (`etl verify` in a quiet window).
+only when the caller asks (`etl verify` in a quiet window), and then over every column of every row
+(`verify_table`).
 """
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def _pg_float(x: str) -> str:
          f"WHEN {a} / power(2::float8, {e0}) < 1 THEN -1 ELSE 0 END)")
     return (f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = 0 THEN '0' "
             f"WHEN {x} IN ('Infinity', '-Infinity', 'NaN') THEN {x}::text ELSE "
-            f"(CASE WHEN {x} < 0 THEN '-' ELSE '' END) || ({a} / power(2::float8, {e}) * 4503599627370496)::bigint::text "
+            f"(CASE WHEN {x} < 0 THEN '-' ELSE '' END) "
+            f"|| ({a} / power(2::float8, {e}) * 4503599627370496)::bigint::text "
             f"|| 'p' || {e} END")
 
 
@@ -358,7 +360,8 @@ def _bucket_exprs(tx: TableTexts, buckets: int) -> tuple[str, str]:
     return my, pg
 
 
-def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg, tag_my, tag_pg) -> list[tuple]:  # noqa: ANN001
+def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg,  # noqa: ANN001
+           tag_my, tag_pg) -> list[tuple]:  # noqa: ANN001
     """(tag, *key) of every row in the range that is missing or different somewhere, from key -> hash
     maps of the range read from each database (a range or bucket holds about `page` rows). The tag
     (the bucket's number) tells which bucket a key belongs to."""
