@@ -2,7 +2,8 @@
 
 Row counts of the replica and the analytics table are compared exactly (both are ours and quiet
 once the table's load has finished). The source can change while we read it, so it is compared
-only when the caller asks (`etl verify` in a quiet window).
+only when the caller asks (`etl verify` in a quiet window), and then over every column of every row
+(`verify_table`).
 """
 from __future__ import annotations
 
@@ -54,8 +55,9 @@ def count_check(engines: Engines, table: str, *, source_db: str | None, replica_
 # --- etl verify: every column of every row, in SQL, across the three databases ------------------
 #
 # Each value is printed as a canonical text, by MySQL and by PostgreSQL alike for equal values, so
-# that a row hashes the same on both engines. A field is `<characters>:<text>` and NULL is `~`: no
-# value can be mistaken for its neighbour or for NULL, and '' is not NULL. A row's hash is the MD5
+# that a row hashes the same on both engines. A field is `<characters>:<text>` and NULL is `~` (a
+# number's or date's text, which cannot hold `|`, is `<text>|`, NULL `~|`): no value can be
+# mistaken for its neighbour or for NULL, and '' is not NULL. A row's hash is the MD5
 # of its fields in column order; a range's checksum is the row count and the sum of the first 60
 # bits of its rows' hashes (order free, computed by the server: nothing per row reaches Python).
 #
@@ -77,39 +79,36 @@ class ColumnText:
     my_exact: str  # MySQL, the stored value exactly (source vs replica)
     my: str  # MySQL, the value as PostgreSQL holds it (replica vs analytics)
     pg: str  # PostgreSQL
+    plain: bool = False  # every text it prints is digits, letters, `.:-+ ` (never `|`, never `~`)
 
 
-def _my_float(t: str) -> str:
-    """MySQL's shortest round-trip print of a double (`1.5e17`, `0.00001`) as `<digits>e<exponent>`.
+def _my_float(x: str) -> str:
+    """A double as `<53-bit mantissa>p<binary exponent>`, exact, by arithmetic only.
 
-    MySQL and PostgreSQL print the same digits but pick plain or exponent form at different
-    magnitudes (`0.00001` vs `1e-05`), so both sides rewrite the print to one form.
+    MySQL and PostgreSQL print the same shortest digits but choose plain or exponent form at
+    different magnitudes (`0.00001` vs `1e-05`), and rewriting a print costs dozens of string calls
+    per value. The binary form is exact and cheap: the exponent from LOG2 (off by at most one next
+    to a power of two, hence the correction), the mantissa scaled to an integer below 2^53, every
+    step exact (powers of two). Zero and -0 are `0`.
     """
-    a = f"TRIM(LEADING '-' FROM {t})"
-    m = f"SUBSTRING_INDEX({a}, 'e', 1)"
-    e = f"IF(LOCATE('e', {a}) > 0, CAST(SUBSTRING_INDEX({a}, 'e', -1) AS SIGNED), 0)"
-    ip = f"SUBSTRING_INDEX({m}, '.', 1)"
-    fp = f"IF(LOCATE('.', {m}) > 0, SUBSTRING_INDEX({m}, '.', -1), '')"
-    d = f"CONCAT({ip}, {fp})"
-    dz = f"TRIM(LEADING '0' FROM {d})"
-    exp = f"({e} + CHAR_LENGTH({ip}) - 1 - (CHAR_LENGTH({d}) - CHAR_LENGTH({dz})))"
-    digits = f"TRIM(TRAILING '0' FROM {dz})"
-    return f"IF({digits} = '', '0', CONCAT(IF(LEFT({t}, 1) = '-', '-', ''), {digits}, 'e', {exp}))"
+    a = f"ABS({x})"
+    e0 = f"GREATEST(LEAST(FLOOR(LOG2({a})), 1023), -1074)"  # POW(2, 1024) overflows
+    e = f"({e0} + ({a} / POW(2, {e0}) >= 2) - ({a} / POW(2, {e0}) < 1))"
+    return (f"IF({x} = 0, '0', CONCAT(IF({x} < 0, '-', ''), CAST({a} / POW(2, {e}) * 4503599627370496 AS SIGNED), "
+            f"'p', {e}))")
 
 
-def _pg_float(t: str) -> str:
-    """PostgreSQL's float8 print (`1.5e+17`, `1e-05`) as `<digits>e<exponent>`; see `_my_float`."""
-    a = f"ltrim({t}, '-')"
-    m = f"split_part({a}, 'e', 1)"
-    e = f"(CASE WHEN strpos({a}, 'e') > 0 THEN split_part({a}, 'e', 2)::int ELSE 0 END)"
-    ip = f"split_part({m}, '.', 1)"
-    fp = f"split_part({m}, '.', 2)"
-    d = f"({ip} || {fp})"
-    dz = f"ltrim({d}, '0')"
-    exp = f"({e} + length({ip}) - 1 - (length({d}) - length({dz})))"
-    digits = f"rtrim({dz}, '0')"
-    return (f"CASE WHEN {t} IS NULL THEN NULL WHEN {digits} = '' THEN '0' ELSE "
-            f"(CASE WHEN left({t}, 1) = '-' THEN '-' ELSE '' END) || {digits} || 'e' || {exp} END")
+def _pg_float(x: str) -> str:
+    """PostgreSQL's side of `_my_float` (float8 `x`); NaN and infinities, which MySQL cannot hold, as text."""
+    a = f"abs({x})"
+    e0 = f"greatest(least(floor(ln({a}) / ln(2::float8))::int, 1023), -1074)"
+    e = (f"({e0} + CASE WHEN {a} / power(2::float8, {e0}) >= 2 THEN 1 "
+         f"WHEN {a} / power(2::float8, {e0}) < 1 THEN -1 ELSE 0 END)")
+    return (f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = 0 THEN '0' "
+            f"WHEN {x} IN ('Infinity', '-Infinity', 'NaN') THEN {x}::text ELSE "
+            f"(CASE WHEN {x} < 0 THEN '-' ELSE '' END) "
+            f"|| ({a} / power(2::float8, {e}) * 4503599627370496)::bigint::text "
+            f"|| 'p' || {e} END")
 
 
 def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: ANN001
@@ -119,23 +118,23 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
     q, p = mysql_ident(col.name), pg_ident(pg_name)
     t = col.data_type
     if as_boolean:
-        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::int::text")
+        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::int::text", plain=True)
     if t in INTEGER_TYPES or t == "year":
         # `+ 0` drops ZEROFILL padding and YEAR's `0000`, as the load's number does.
-        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::text")
+        return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::text", plain=True)
     if t == "bit":
         e = f"LPAD(BIN({q} + 0), {col.bit_width}, '0')"
-        return ColumnText(e, e, f"{p}::text")
+        return ColumnText(e, e, f"{p}::text", plain=True)
     if t == "float":
         # The float4 as stored: MySQL widens it to double, PostgreSQL widens real to float8.
-        return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CONCAT(CAST({q} AS DOUBLE))"),
-                          _pg_float(f"{p}::float8::text"))
+        return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CAST({q} AS DOUBLE)"), _pg_float(f"{p}::float8"),
+                          plain=True)
     if t in ("double", "real", "double precision"):
-        return ColumnText(f"CONCAT({q})", _my_float(f"CONCAT({q})"), _pg_float(f"{p}::text"))
+        return ColumnText(f"CONCAT({q})", _my_float(q), _pg_float(p), plain=True)
     if t == "time":
         # Microseconds: TIME spans -838:59:59..838:59:59, PostgreSQL holds it as an interval.
         us = f"CONCAT(ROUND(TIME_TO_SEC({q}) * 1000000))"
-        return ColumnText(f"CONCAT({q})", us, f"(extract(epoch FROM {p}) * 1000000)::numeric(30,0)::text")
+        return ColumnText(f"CONCAT({q})", us, f"(extract(epoch FROM {p}) * 1000000)::numeric(30,0)::text", plain=True)
     if t in ("date", "datetime", "timestamp"):
         # Zero dates, a zero month or day, and year 0 are NULL in PostgreSQL (as the load sends them).
         zero = f"{q} < '0001-01-01' OR MONTH({q}) = 0 OR DAYOFMONTH({q}) = 0"
@@ -145,7 +144,7 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
             my = f"DATE_FORMAT({q}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
             src = f"({p} AT TIME ZONE 'UTC')" if t == "timestamp" else p
             pg = f"to_char({src}, 'YYYY-MM-DD HH24:MI:SS.US')"
-        return ColumnText(f"CONCAT({q})", f"IF({zero}, NULL, {my})", pg)
+        return ColumnText(f"CONCAT({q})", f"IF({zero}, NULL, {my})", pg, plain=True)
     if col.is_json:
         # jsonb keeps neither key order, duplicate keys, whitespace nor escapes, and MySQL cannot
         # parse text into jsonb's form: replica vs analytics compares the JSON type and an array's
@@ -156,32 +155,38 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
         pg = (f"jsonb_typeof({p}) || CASE WHEN jsonb_typeof({p}) = 'array' "
               f"THEN ':' || jsonb_array_length({p}) ELSE '' END")
         return ColumnText(f"CONVERT({q} USING utf8mb4)", my, pg)
+    if t in ("decimal", "numeric"):
+        return ColumnText(f"CONCAT({q})", f"CONCAT({q})", f"{p}::text", plain=True)
     if t in _TEXT or t in ("uuid", "inet4", "inet6"):
         # PostgreSQL cannot store NUL; the load removes it.
         u = f"CONVERT({q} USING utf8mb4)"
         return ColumnText(u, f"REPLACE({u}, CHAR(0 USING utf8mb4), '')", f"{p}::text")
     if t in _BINARY:
-        return ColumnText(f"LOWER(HEX({q}))", f"LOWER(HEX({q}))", f"encode({p}, 'hex')")
+        return ColumnText(f"LOWER(HEX({q}))", f"LOWER(HEX({q}))", f"encode({p}, 'hex')", plain=True)
     if t in _GEOMETRY:
         return ColumnText(f"LOWER(HEX({q}))", f"ST_AsText({q})", f"{p}::text")
     return ColumnText(f"CONCAT({q})", f"CONCAT({q})", f"{p}::text")
 
 
-def _my_field(v: str) -> str:
+def _my_field(v: str, plain: bool) -> str:
     u = f"CONVERT({v} USING utf8mb4)"
+    if plain:  # cannot hold the separator: written once, not measured (a float's text is costly)
+        return f"IFNULL(CONCAT({u}, '|'), '~|')"
     return f"IFNULL(CONCAT(CHAR_LENGTH({u}), ':', {u}), '~')"
 
 
-def _pg_field(v: str) -> str:
+def _pg_field(v: str, plain: bool) -> str:
+    if plain:
+        return f"COALESCE({v} || '|', '~|')"
     return f"COALESCE(length({v}) || ':' || {v}, '~')"
 
 
-def _my_fields(texts: list[str]) -> str:
-    return "CONCAT(" + ", ".join(_my_field(t) for t in texts) + ")" if texts else "''"
+def _my_fields(fields: list[tuple[str, bool]]) -> str:
+    return "CONCAT(" + ", ".join(_my_field(t, plain) for t, plain in fields) + ")" if fields else "''"
 
 
-def _pg_fields(texts: list[str]) -> str:
-    return " || ".join(_pg_field(t) for t in texts) if texts else "''"
+def _pg_fields(fields: list[tuple[str, bool]]) -> str:
+    return " || ".join(_pg_field(t, plain) for t, plain in fields) if fields else "''"
 
 
 def _my_sum(row: str) -> str:
@@ -201,6 +206,7 @@ class TableTexts:
     ranged: bool  # leading key column is an integer: ranges cut on it are the same rows everywhere
     my_key: list[str]  # canonical text of each key column, MySQL
     pg_key: list[str]
+    key_plain: list[bool]
     my_exact_row: str  # the row's canonical text, MySQL, stored values exactly
     my_row: str  # the row's canonical text, MySQL, as PostgreSQL holds it
     pg_row: str
@@ -222,9 +228,10 @@ def table_texts(engines: Engines, table, *, replica_db: str, column_case: str) -
         key=key, key_columns=[by_name[k] for k in key],
         ranged=bool(key) and schema.column(key[0]).data_type in INTEGER_TYPES,
         my_key=[texts[k].my for k in key], pg_key=[texts[k].pg for k in key],
-        my_exact_row=_my_fields([texts[n].my_exact for n in order]),
-        my_row=_my_fields([texts[n].my for n in order]),
-        pg_row=_pg_fields([texts[n].pg for n in order]))
+        key_plain=[texts[k].plain for k in key],
+        my_exact_row=_my_fields([(texts[n].my_exact, texts[n].plain) for n in order]),
+        my_row=_my_fields([(texts[n].my, texts[n].plain) for n in order]),
+        pg_row=_pg_fields([(texts[n].pg, texts[n].plain) for n in order]))
 
 
 @dataclass
@@ -348,12 +355,13 @@ def verify_table(engines: Engines, table, *, source_db: str, replica_db: str, pg
 def _bucket_exprs(tx: TableTexts, buckets: int) -> tuple[str, str]:
     if buckets == 1:
         return "0", "0"
-    my = f"CAST(CONV(LEFT(MD5({_my_fields(tx.my_key)}), 8), 16, 10) AS UNSIGNED) MOD {buckets}"
-    pg = f"mod(('x' || left(md5({_pg_fields(tx.pg_key)}), 8))::bit(32)::bigint, {buckets})"
+    my = f"CAST(CONV(LEFT(MD5({_my_fields(list(zip(tx.my_key, tx.key_plain)))}), 8), 16, 10) AS UNSIGNED) MOD {buckets}"
+    pg = f"mod(('x' || left(md5({_pg_fields(list(zip(tx.pg_key, tx.key_plain)))}), 8))::bit(32)::bigint, {buckets})"
     return my, pg
 
 
-def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg, tag_my, tag_pg) -> list[tuple]:  # noqa: ANN001
+def _drill(scur, rcur, pcur, tx: TableTexts, src_t, rep_t, pg_t, w_my, w_pg,  # noqa: ANN001
+           tag_my, tag_pg) -> list[tuple]:  # noqa: ANN001
     """(tag, *key) of every row in the range that is missing or different somewhere, from key -> hash
     maps of the range read from each database (a range or bucket holds about `page` rows). The tag
     (the bucket's number) tells which bucket a key belongs to."""
