@@ -11,6 +11,8 @@
           etl-table-<table>           picked up by any worker of the pool (flow `table_entry`: opens its
             table-<table>             own engines, holds a slot of the global limit `etl-source` while
                                       it reads the source)
+      model <name>, test <name> ...   after the tables: the config's `dbt:` section through prefect-dbt,
+                                      one task run per dbt node (tasks/dbt_run.py; --no-dbt skips it)
       (end)                           run report artifact `etl-run-report`, metrics retention, summary line
 
 A failing table does not stop the others. The batch and group flow runs that hold a failed table end
@@ -673,9 +675,6 @@ def etl_pipeline(
                 log_failed_tables(done, loggers)
 
             failed = [o.table for o in outcomes if o.status != "ok"]
-            dbt_result = run_dbt_after_load(cfg.dbt, enabled=dbt, failed_tables=failed, run_id=run_id,
-                                            engine=engines.analytics, config_path=config_path or settings.config,
-                                            pg_schema=opts.pg_schema, secrets=urls.secrets(), logger=logger)
         finally:
             unregister(run_id)
     # The engines are disposed now, so the usage counters say whether any connection outlived the run.
@@ -683,6 +682,10 @@ def etl_pipeline(
     leaked = {role: u["still_open"] for role, u in usage.items() if u["still_open"]}
     if leaked:
         logger.warning("connections still open after the run: %s", leaked)
+    # After the engines are gone: a long dbt build holds no source or replica connection.
+    dbt_result = run_dbt_after_load(cfg.dbt, enabled=dbt, failed_tables=failed, run_id=run_id, urls=urls,
+                                    config_path=config_path or settings.config, pg_schema=settings.analytics_schema,
+                                    logger=logger)
     # Published also when tables failed, before the run is failed below.
     _finish(urls, run_id, outcomes, failed, usage, keep_days=metrics_keep_days, logger=logger, dbt_result=dbt_result)
     # The last line of the run's log (keep it last: anything logged after it hides it).

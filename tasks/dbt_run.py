@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
 from config.models import DbtOptions
+from tasks.connections import EngineUrls, open_metrics_engine
 from tasks.errors import redact
 from tasks.identifiers import pg_table_name
 
@@ -266,16 +267,21 @@ def record(engine: Engine, run_id: str, result: DbtResult) -> None:
 
 
 def run_dbt_after_load(opts: DbtOptions | None, *, enabled: bool, failed_tables: list[str], run_id: str,
-                       engine: Engine, config_path: str | Path | None, pg_schema: str,
-                       secrets: tuple[str, ...] = (), logger: Any = None) -> DbtResult | None:
-    """The pipeline's dbt step: decide, run, record in etl.dbt_runs, log. None without a `dbt:` section."""
+                       urls: EngineUrls, config_path: str | Path | None, pg_schema: str,
+                       logger: Any = None) -> DbtResult | None:
+    """The pipeline's dbt step: decide, run, record in etl.dbt_runs, log. None without a `dbt:` section.
+
+    Called after the run's engines are disposed; the row is written on a connection of its own.
+    """
     if opts is None:
         return None
     logger = logger or log
+    secrets = urls.secrets()
     result = run_dbt(opts, decide(opts, enabled=enabled, failed_tables=failed_tables), config_path=config_path,
                      source=opts.source or pg_schema, secrets=secrets)
     try:
-        record(engine, run_id, result)
+        with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as engine:
+            record(engine, run_id, result)
     except Exception as e:  # noqa: BLE001 - the report and the run state still say what dbt did
         logger.warning("could not record the dbt result in %s: %s", DBT_RUNS, redact(str(e), secrets))
     (logger.warning if result.status == "failed" else logger.info)("%s", result.summary())
