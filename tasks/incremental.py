@@ -379,8 +379,12 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
     if loaded_at_column:
         sets.append(f"{pg_ident(loaded_at_column)} = now()")
     if non_key:
-        changed = (f" WHERE ({', '.join(f'{live}.{n}' for n in non_key)}) IS DISTINCT FROM "
-                   f"({', '.join(f'EXCLUDED.{n}' for n in non_key)})")
+        # JSON compared as text: a column kept as `json` (tasks/analytics_load) has no equality operator.
+        def cmp(prefix: str, c: Any) -> str:
+            return f"{prefix}.{pg_ident(c.name)}" + ("::text" if c.source.is_json else "")
+        others = [c for c in cols if c.source.name not in key]
+        changed = (f" WHERE ({', '.join(cmp(live, c) for c in others)}) IS DISTINCT FROM "
+                   f"({', '.join(cmp('EXCLUDED', c) for c in others)})")
         conflict = f"DO UPDATE SET {', '.join(sets)}{changed}"
     else:
         conflict = "DO NOTHING"

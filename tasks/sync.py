@@ -338,7 +338,9 @@ def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSch
             typ, notnull = have[col.name]
             alter = f"ALTER TABLE {q_table} ALTER COLUMN {pg_ident(col.name)}"
             try:
-                if _norm(typ) != _norm(col.pg_type):
+                # A JSON column the full load made `json` (it holds a document jsonb refuses) stays json.
+                kept_json = _norm(typ) == "json" and col.pg_type == "jsonb"
+                if _norm(typ) != _norm(col.pg_type) and not kept_json:
                     execute(cur, f"{alter} TYPE {col.pg_type}")
                     notes.append(f"analytics column {col.name} widened to {col.pg_type}")
                 if notnull and col.nullable and col.source.name not in key:

@@ -153,6 +153,29 @@ def test_json_jsonb_refuses_is_kept_exactly_as_json(etl_env) -> None:
     assert not any("json" in n for n in runs["good_json"][1].notes)
 
 
+def test_json_column_kept_as_json_stays_json_in_incremental_runs(etl_env) -> None:
+    """A column that fell back to `json` must not be widened back to jsonb by the next incremental run
+    (the ALTER would fail on the same document, and every run after it)."""
+    etl_env.source_sql(
+        "CREATE TABLE docs (id INT PRIMARY KEY, doc JSON NULL, changed TIMESTAMP NOT NULL DEFAULT "
+        "CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP);"
+        "INSERT INTO docs (id, doc, changed) VALUES (1, '{\"a\": \"x\\\\u0000y\"}', '2024-01-01'), "
+        "(2, '{\"b\": 2}', '2024-01-01');"
+    )
+    cfg = "{primary_key: [id], mode: incremental, incremental_columns: [changed]}"
+    _run(etl_env, "server", ["docs"], table_config=cfg)
+    etl_env.source_sql("UPDATE docs SET doc = '{\"b\": 3}' WHERE id = 2;")
+    runs = _run(etl_env, "server", ["docs"], table_config=cfg, full_refresh=False)
+    assert runs["docs"][1].mode == "incremental"
+    assert_all_copies_equal(etl_env)
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = %s "
+                    "AND table_name = 'docs' AND column_name = 'doc'", (etl_env.pg_schema,))
+        assert cur.fetchone()[0] == "json"
+    pg.close()
+
+
 # -------------------------------------------------------------------------------- item 13
 @pytest.mark.parametrize("method", ["server", "stream"])
 def test_dates_outside_the_calendar_load_as_null_and_are_counted(etl_env, method) -> None:
