@@ -155,7 +155,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from blocks.connectors import urls_from_settings
     from config.models import load_pipeline_config
     from tasks.connections import open_engines
-    from tasks.mysql_schema import server_identity
+    from tasks.run import choose_replica_method
     from tasks.repair import repair_ranges
     from tasks.verify import render_results, store_results, verify_table
 
@@ -170,10 +170,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with open_engines(urls, workers=1, create_replica=False) as engines:
         results = [verify_table(engines, t, **common) for t in chosen]
         if args.repair:
-            method = settings.replica_method
-            if method == "auto":
-                with engines.source.connect() as s, engines.replica.connect() as r:
-                    method = "server" if server_identity(s).same_server(server_identity(r)) else "stream"
+            method = choose_replica_method(settings.replica_method, engines)
             by_name = {t.name: t for t in chosen}
             for i, r in enumerate(results):
                 if r.ok:

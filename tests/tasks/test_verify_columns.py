@@ -36,16 +36,16 @@ def _load_plain(env) -> None:
     from blocks.connectors import urls_from_settings
     from config.models import load_pipeline_config
     from config.settings import Settings
-    from flows.pipeline import _replica_method
     from tasks import sync
     from tasks.connections import open_engines
+    from tasks.run import choose_replica_method
 
     settings = Settings()
     cfg = load_pipeline_config(settings.config)
     urls = urls_from_settings(settings)
     source_db, replica_db = (make_url(u).database for u in (urls.source, urls.replica))
     with open_engines(urls, workers=1) as engines:
-        method = _replica_method(settings, engines)
+        method = choose_replica_method(settings.replica_method, engines)
         for table in cfg.resolved_tables(None):
             sync.replicate(engines, table, source_db=source_db, replica_db=replica_db, method=method,
                            full_refresh=False, resume=False)
