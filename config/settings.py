@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     def url(self, role: Role) -> str:
         value = getattr(self, f"{role}_url")
         if value is None:
-            raise ConfigError(f"ETL_{role.upper()}_URL is not set; set it, or pass `--blocks` to read the {role} connector block")
+            raise ConfigError(f"ETL_{role.upper()}_URL is not set; set it, or pass `--blocks` to read the "
+                              f"{role} connector block")
         return value.get_secret_value()
 
     def describe(self, role: Role) -> str:

@@ -318,15 +318,23 @@ def test_unreachable_database_at_start_fails_naming_it_and_touches_nothing(
         assert password not in text and quoted not in text
     assert password.encode() not in stored and quoted.encode() not in stored
 
-    # Nothing was created: no replica database, no schema in PostgreSQL, so no metrics rows either
-    # (deliberately: the analytics database may be the one that is down; the failed run is on record
-    # in Prefect and in the exit status).
+    # Nothing was created: no replica database, no `raw` schema, no table. The one thing written is
+    # the run's history when the analytics database is reachable (the source is the one down): a
+    # pipeline row per run, failed, with the error and no password, so `etl status` shows it.
     with mysql_connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (etl_env.replica_db,))
         assert cur.fetchone()[0] == 0
-    assert _one(etl_env, "SELECT count(*) FROM pg_namespace WHERE nspname IN ('raw', 'etl')")[0] == 0
+    assert _one(etl_env, "SELECT count(*) FROM pg_namespace WHERE nspname = 'raw'")[0] == 0
     assert _one(etl_env, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                         "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')")[0] == 0
+                         "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'etl')")[0] == 0
+    if role == "source":
+        runs = _one(etl_env, "SELECT count(*), min(status), max(status), bool_and(error LIKE %s), "
+                             "bool_or(strpos(error, %s) > 0), (SELECT count(*) FROM etl.table_runs) "
+                             "FROM etl.pipeline_runs", (f"%cannot reach the source database at {kind} {where}%",
+                                                        password))
+        assert runs == (2, "failed", "failed", True, False, 0)
+    else:
+        assert _one(etl_env, "SELECT count(*) FROM pg_namespace WHERE nspname = 'etl'")[0] == 0
 
     # Once the database is back, the same configuration runs.
     monkeypatch.setenv("ETL_SOURCE_URL", etl_env.source_url)
