@@ -10,14 +10,16 @@ Debian `chromium` package at /usr/bin/chromium, or ETL_TEST_CHROMIUM). Skipped w
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import time
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.dbcompare import assert_pg_matches_mysql
-from tests.deploy.prefect_server import ROOT, flow_run_id_from
+from tests.deploy.prefect_server import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -154,17 +156,27 @@ def _tab(page: Page, name: str):
 
 
 def test_failed_nightly_run_shows_the_table_in_its_logs_and_the_report(deployed_env, prefect_stack) -> None:
-    """A nightly run with a table missing from the source: the run page says Failed, its Logs tab has
-    the table's one ERROR line and the summary, its Artifacts tab the run report naming the repair
+    """A scheduled nightly run with a table missing from the source: named `nightly-<date>`, its page
+    says Failed, its Logs tab has the table's one ERROR line and the summary, its Artifacts tab the
+    run report naming the repair
     deployment. The Logs tab is saved to docs/failed-run.png (ETL_UPDATE_SCREENSHOT=1)."""
     env = deployed_env
     env.source_sql(TABLE)
     env.write_config(CONFIG + "  ghost: {priority: critical, primary_key: [id]}\n")
-    out = prefect_stack.prefect("deployment", "run", "etl-pipeline/nightly")
-    run_id = flow_run_id_from(out.stdout)
+    # A run of the nightly schedule, as the scheduler makes it (the stack's scheduler is off, so the
+    # cron never fires mid-test): the last 02:00 America/New_York, backfilled, due at once.
+    nightly = prefect_stack.deployment("etl-pipeline", "nightly")
+    now = dt.datetime.now(dt.timezone.utc)
+    prefect_stack.api("POST", f"/deployments/{nightly['id']}/schedule", json={
+        "start_time": (now - dt.timedelta(hours=24)).isoformat(), "end_time": now.isoformat(), "max_runs": 1})
+    [scheduled] = prefect_stack.api("POST", "/flow_runs/filter", json={
+        "flow_runs": {"deployment_id": {"any_": [nightly["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}})
+    assert scheduled["auto_scheduled"] is True
+    run_id = scheduled["id"]
     run = prefect_stack.wait_for_flow_run(run_id, timeout=180)
     assert run["state"]["type"] == "FAILED", prefect_stack.diagnose(run_id)
-    assert run["name"].startswith("nightly-manual-")
+    night = dt.datetime.fromisoformat(scheduled["expected_start_time"]).astimezone(ZoneInfo("America/New_York"))
+    assert night.hour == 2 and run["name"] == f"nightly-{night:%Y-%m-%d}"
     # The same through the API: one ERROR line for ghost, the summary last.
     logs = prefect_stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
                                                           "sort": "TIMESTAMP_ASC", "limit": 200})
