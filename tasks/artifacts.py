@@ -40,7 +40,9 @@ def _md_text(text: Any, limit: int) -> str:
     s = " ".join(str(text).split())
     if len(s) > limit:
         s = s[: limit - 1] + "…"
-    return "".join("\\" + ch if ch in _MD_PUNCTUATION + "|#" else ch for ch in s)
+    # `*` and `_` are left as they are: a redacted URL reads `etl:***@db` (no closing run follows it),
+    # and identifiers are full of underscores (intraword, so no emphasis).
+    return "".join("\\" + ch if ch in "\\`[]<>~|#" else ch for ch in s)
 
 
 def _code(name: Any) -> str:

@@ -10,9 +10,11 @@ Debian `chromium` package at /usr/bin/chromium, or ETL_TEST_CHROMIUM). Skipped w
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import time
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -26,6 +28,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # The committed screenshot in docs/ is refreshed only on request, so `make test` leaves the tree clean.
 SCREENSHOT = ROOT / ("docs" if os.environ.get("ETL_UPDATE_SCREENSHOT") else "build") / "ui-run.png"
+FAILED_SCREENSHOT = SCREENSHOT.with_name("failed-run.png")
 
 try:
     from playwright.sync_api import Page, expect, sync_playwright
@@ -144,3 +147,76 @@ def test_custom_run_from_the_deployment_form_completes(deployed_env, prefect_sta
     finally:
         src.close(), pg.close()
     print(f"UI run: {seconds:.1f}s from opening the UI to Completed; screenshot {SCREENSHOT}")
+
+
+def _tab(page: Page, name: str):
+    """A tab of the run page (Logs, Artifacts, ...)."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    return tab.first if tab.count() else page.get_by_text(name, exact=True).first
+
+
+def test_failed_nightly_run_shows_the_table_in_its_logs_and_the_report(deployed_env, prefect_stack) -> None:
+    """A scheduled nightly run with a table missing from the source: named `nightly-<date>`, its page
+    says Failed, its Logs tab has the table's one ERROR line and the summary, its Artifacts tab the
+    run report naming the repair
+    deployment. The Logs tab is saved to docs/failed-run.png (ETL_UPDATE_SCREENSHOT=1)."""
+    env = deployed_env
+    env.source_sql(TABLE)
+    env.write_config(CONFIG + "  ghost: {priority: critical, primary_key: [id]}\n")
+    # A run of the nightly schedule, as the scheduler makes it (the stack's scheduler is off, so the
+    # cron never fires mid-test): the last 02:00 America/New_York, backfilled, due at once.
+    nightly = prefect_stack.deployment("etl-pipeline", "nightly")
+    now = dt.datetime.now(dt.timezone.utc)
+    prefect_stack.api("POST", f"/deployments/{nightly['id']}/schedule", json={
+        "start_time": (now - dt.timedelta(hours=24)).isoformat(), "end_time": now.isoformat(), "max_runs": 1})
+    [scheduled] = prefect_stack.api("POST", "/flow_runs/filter", json={
+        "flow_runs": {"deployment_id": {"any_": [nightly["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}})
+    assert scheduled["auto_scheduled"] is True
+    run_id = scheduled["id"]
+    run = prefect_stack.wait_for_flow_run(run_id, timeout=180)
+    assert run["state"]["type"] == "FAILED", prefect_stack.diagnose(run_id)
+    night = dt.datetime.fromisoformat(scheduled["expected_start_time"]).astimezone(ZoneInfo("America/New_York"))
+    assert night.hour == 2 and run["name"] == f"nightly-{night:%Y-%m-%d}"
+    # The same through the API: one ERROR line for ghost, the summary last.
+    logs = prefect_stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                          "sort": "TIMESTAMP_ASC", "limit": 200})
+    assert [e["message"][:40] for e in logs if e["level"] >= 40] == ["table ghost failed: SchemaError: table '"]
+    assert logs[-1]["message"].startswith("summary: 2 of 3 tables ok, 1 failed (ghost); ")
+
+    FAILED_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            page.set_default_timeout(30_000)
+            try:
+                page.goto(f"{prefect_stack.ui_url}/runs/flow-run/{run_id}")
+                # The header's state (a Failed badge is not drawn like the Completed one the other test reads).
+                expect(page.get_by_role("banner").get_by_text("Failed", exact=True).first).to_be_visible(timeout=60_000)
+                expect(page.get_by_text(run["name"], exact=True).first).to_be_visible()
+                _tab(page, "Logs").click()
+                line = page.get_by_text(re.compile(r"table ghost failed: SchemaError: table 'ghost' does not exist"))
+                expect(line.first).to_be_visible()
+                expect(page.get_by_text(re.compile(r"^summary: 2 of 3 tables ok, 1 failed \(ghost\)")).first).to_be_visible()
+                page.wait_for_timeout(1000)
+                line.first.scroll_into_view_if_needed()  # the graph (red group-critical) above, the line below
+                page.screenshot(path=str(FAILED_SCREENSHOT), full_page=True)
+                _tab(page, "Artifacts").click()
+                page.get_by_text("etl-run-report", exact=True).first.click()
+                expect(page.get_by_text("ETL run FAILED: 2 of 3 tables ok, 1 failed").first).to_be_visible()
+                expect(page.get_by_text(re.compile(r"Repair: run deployment etl-repair/repair")).first).to_be_visible()
+                page.screenshot(path=str(FAILED_SCREENSHOT.with_name("failed-run-report.png")))
+            except Exception:
+                failure = prefect_stack.run_dir / "ui-failed-run-failure.png"
+                page.screenshot(path=str(failure))
+                print(f"UI test failed at {page.url}; screenshot {failure}")
+                print(prefect_stack.diagnose(run_id))
+                raise
+        finally:
+            browser.close()
+    src, pg = env.mysql(), env.pg()
+    try:  # the other tables of the failed run were loaded
+        for t in ("appointment", "document"):
+            assert_pg_matches_mysql(src, env.source_db, pg, env.pg_schema, t)
+    finally:
+        src.close(), pg.close()

@@ -132,7 +132,7 @@ def test_run_report_artifact_names_every_table_failed_first(ops_run) -> None:
     assert md.startswith("# ETL run FAILED: 3 of 4 tables ok, 1 failed")
     assert md.index("## Failed tables") < md.index("## Tables") < md.index("## Totals") < md.index("## Slowest")
     failed = md[md.index("## Failed tables"):md.index("## Tables")]
-    assert "**ghost**" in failed and "does not exist" in failed
+    assert "### ghost (group normal)" in failed and "does not exist" in failed and "etl-repair/repair" in failed
     body = md[md.index("## Tables"):md.index("## Totals")]
     rows = [line.split("|")[1].strip() for line in body.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["table", "ghost", "appointment", "document", "patient"]
