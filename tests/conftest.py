@@ -217,3 +217,22 @@ def load_sakila(db: str) -> None:
     for text in (schema, data):
         subprocess.run(["mariadb", "-h", MYSQL["host"], "-P", str(MYSQL["port"]), "-u", MYSQL["user"]],
                        input=text, text=True, check=True, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def _prefect_console_on_this_tests_stderr() -> Iterator[None]:
+    """Prefect's console log handler keeps the stream it was created with, and pytest gives every test
+    its own (capsys/capfd) and closes the last one: a later test's Prefect log lines then fail with
+    "I/O operation on closed file", printed as a `--- Logging error ---` traceback into that test's
+    output. Point the handlers at this test's stderr (a pytest artefact; a terminal has one stream)."""
+    import logging
+
+    def handlers() -> list[logging.Handler]:
+        loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(lg, logging.Logger)]
+        return [h for lg in loggers for h in lg.handlers if type(h).__name__ == "PrefectConsoleHandler"]
+
+    for h in handlers():
+        h.stream = sys.stderr  # not setStream: it flushes the old, closed stream
+        h.console.file = sys.stderr
+    yield
