@@ -45,8 +45,9 @@ class QuietEngineFailures(logging.Filter):
             if text.startswith("Finished in state"):
                 return False
             if text.startswith(("Running hook", "Hook ")):
-                # The state hooks (tasks/notify.py) run after the flow: their lines would follow the summary.
-                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                # The state hooks (tasks/notify.py) run after the flow: these engine lines would follow
+                # the summary (the hook logs what it did itself, when there is anything to say).
+                return False
         return True
 
 

@@ -161,6 +161,22 @@ def post(webhook: str, payload: dict, *, timeout: float = TIMEOUT_SECONDS, attem
 # --- from the flow's state hooks ------------------------------------------------------------------
 
 
+def _passwords(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """The passwords in these URLs; a URL that does not parse (the run may have failed on it) has none
+    to take, and must not stop the run from being recorded."""
+    from sqlalchemy.engine import make_url
+
+    out = []
+    for u in urls:
+        try:
+            pw = make_url(u).password
+        except Exception:  # noqa: BLE001
+            pw = None
+        if pw:
+            out.append(str(pw))
+    return tuple(out)
+
+
 def _analytics_target(parameters: dict) -> tuple[str, dict | None, tuple[str, ...]] | None:
     """The analytics URL (and connect args, secrets) the run used: its blocks, else ETL_ANALYTICS_URL."""
     from config.settings import Settings
@@ -178,10 +194,7 @@ def _analytics_target(parameters: dict) -> tuple[str, dict | None, tuple[str, ..
         url = s.analytics_url.get_secret_value()
         secrets = tuple(str(getattr(s, f"{r}_url").get_secret_value()) for r in ("source", "replica", "analytics")
                         if getattr(s, f"{r}_url") is not None)
-        from sqlalchemy.engine import make_url
-
-        pws = tuple(str(make_url(u).password) for u in secrets if make_url(u).password)
-        return url, None, pws
+        return url, None, _passwords(secrets)
     except Exception as e:  # noqa: BLE001 - then the run is reported without its rows
         log.warning("run history not read for the notification: %s", redact(one_line(e)))
         return None
