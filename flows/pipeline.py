@@ -465,12 +465,7 @@ def etl_pipeline(
     check_blackout(ignore_blackout=ignore_blackout, warn=logger.warning)
     settings = Settings()
     cfg: PipelineConfig = load_pipeline_config(config_path or settings.config)
-    chosen = cfg.resolved_tables(tables)
-    if groups:
-        unknown = [g for g in groups if g not in {p.name for p in cfg.priorities}]
-        if unknown:
-            raise ConfigError(f"priority group {unknown[0]!r} is not defined under `priorities:` in the table config")
-        chosen = [t for t in chosen if t.priority in groups]
+    chosen = plain.select_tables(cfg, tables, groups)
     if dispatch == "deployment":
         _check_table_deployment()
     urls = urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
