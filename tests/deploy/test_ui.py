@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.dbcompare import assert_pg_matches_mysql
 from tests.deploy.prefect_server import ROOT
 
@@ -178,8 +179,12 @@ def test_failed_nightly_run_shows_the_table_in_its_logs_and_the_report(deployed_
     night = dt.datetime.fromisoformat(scheduled["expected_start_time"]).astimezone(ZoneInfo("America/New_York"))
     assert night.hour == 2 and run["name"] == f"nightly-{night:%Y-%m-%d}"
     # The same through the API: one ERROR line for ghost, the summary last.
-    logs = prefect_stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
-                                                          "sort": "TIMESTAMP_ASC", "limit": 200})
+    # The run's last lines reach the API a moment after its state (logs are shipped in batches).
+    def read_logs() -> list[dict]:
+        return prefect_stack.api("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                              "sort": "TIMESTAMP_ASC", "limit": 200})
+    wait_for(lambda: any(e["message"].startswith("summary: ") for e in read_logs()), timeout=60)
+    logs = read_logs()
     assert [e["message"][:40] for e in logs if e["level"] >= 40] == ["table ghost failed: SchemaError: table '"]
     assert logs[-1]["message"].startswith("summary: 2 of 3 tables ok, 1 failed (ghost); ")
 
