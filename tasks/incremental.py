@@ -207,7 +207,6 @@ def replicate_incremental(engines: Engines, table: ResolvedTable, schema: TableS
     started = time.monotonic()
     stats = PhaseStats(method=method, mode="incremental", watermark_before=state.describe())
     src_sql = mysql_qualified(source_db, table.name)
-    columns = schema.column_names
     with engines.source.connect() as sc, engines.replica.connect() as rc:
         src = sc.connection.driver_connection
         rep = rc.connection.driver_connection

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import pymysql
+
 
 from config.models import ResolvedTable
 from tasks import checkpoints, faults

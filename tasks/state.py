@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.checkpoints import decode_key, encode_key
-from tasks.identifiers import execute, mysql_ident, mysql_qualified
+from tasks.identifiers import mysql_ident, mysql_qualified
 from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
 from tasks.type_mapping import INTEGER_TYPES
 
