@@ -22,8 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-
-
 from config.models import ResolvedTable
 from tasks import checkpoints, faults
 from tasks.analytics_load import PhaseStats, ProgressFn
