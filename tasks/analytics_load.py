@@ -108,6 +108,12 @@ def _column_signature(cur: Any, schema: str, table: str) -> list[tuple[str, str]
     return [(r[0], r[1]) for r in cur.fetchall()]
 
 
+def _not_null_columns(cur: Any, schema: str, table: str) -> set[str]:
+    cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 "
+                "AND NOT a.attisdropped AND a.attnotnull", (pg_regclass(schema, table),))
+    return {r[0] for r in cur.fetchall()}
+
+
 def _wrap_copy_error(e: psycopg2.Error, table: str, cols: list[PgColumn]) -> Exception:
     first = (e.pgerror or str(e)).strip().splitlines()[0]
     context = (e.diag.context or "").strip().splitlines()[0] if e.diag and e.diag.context else ""
@@ -464,6 +470,11 @@ def _swap(cur: Any, schema: str, table: str, shadow: str, *, has_key: bool, note
     for c, t in new_cols:
         if c not in live_cols:
             execute(cur, f"ALTER TABLE {q_live} ADD COLUMN {pg_ident(c)} {t}")
+    # A column the source relaxed to NULL: the rows coming in may hold NULL (DROP NOT NULL works under views).
+    for c in _not_null_columns(cur, schema, table) - _not_null_columns(cur, schema, shadow):
+        if c in dict(new_cols):
+            execute(cur, f"ALTER TABLE {q_live} ALTER COLUMN {pg_ident(c)} DROP NOT NULL")
+            notes.append(f"column {c} relaxed to NULL in place (views depend on the table)")
             notes.append(f"column {c} added in place (views depend on the table)")
     names = ", ".join(pg_ident(c) for c, _ in new_cols)
     execute(cur, f"INSERT INTO {q_live} ({names}) SELECT {names} FROM {q_shadow}")

@@ -278,3 +278,24 @@ def test_widening_a_column_a_view_reads_says_what_to_do_then_converges(etl_env) 
     _run(etl_env)
     assert_all_copies_equal(etl_env)
     assert _pg_columns(etl_env, "note")["body"] == ("text", "YES")
+
+
+def test_not_null_relaxed_under_a_dependent_view_on_a_full_refresh_table(etl_env) -> None:
+    """A full-refresh table read by a view keeps its PostgreSQL table (rows replaced in place); a column
+    the source relaxed to NULL must be relaxed there too before the NULLs go in (the INSERT failed with
+    NotNullViolation on every run)."""
+    etl_env.source_sql("CREATE TABLE codes (id INT PRIMARY KEY, descr VARCHAR(20) NOT NULL);"
+                       "INSERT INTO codes VALUES (1, 'one'), (2, 'two');")
+    etl_env.write_config("tables:\n  codes: {primary_key: [id]}\n")
+    _run(etl_env)
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute(f"CREATE VIEW {etl_env.pg_schema}.codes_v AS SELECT id, descr FROM {etl_env.pg_schema}.codes")
+    etl_env.source_sql("ALTER TABLE codes MODIFY descr VARCHAR(20) NULL; INSERT INTO codes VALUES (3, NULL);")
+    notes = _run(etl_env)
+    assert any("descr" in n and "NULL" in n for n in notes["codes"]), notes
+    assert_all_copies_equal(etl_env)
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT id, descr FROM {etl_env.pg_schema}.codes_v ORDER BY id")
+        assert cur.fetchall() == [(1, "one"), (2, "two"), (3, None)]
+    pg.close()
