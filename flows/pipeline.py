@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from blocks.connectors import BlockNames, urls_from_blocks, urls_from_settings
-from config.models import PipelineConfig, ResolvedTable, load_pipeline_config
+from config.models import ColumnCase, PipelineConfig, ResolvedTable, load_pipeline_config
 from config.settings import Settings
 from flows.run_logs import log_failed_tables, log_summary, pipeline_run_name, run_loggers
 from tasks import notify
@@ -93,10 +93,11 @@ class RunOptions(BaseModel):
     source_db: str = Field(description="Source database name.")
     replica_db: str = Field(description="Replica database name.")
     pg_schema: str = Field(description="Analytics schema.")
-    column_case: str = Field(description="lower or preserve.")
-    replica_method: str = Field(description="server or stream.")
+    column_case: ColumnCase = Field(description="`lower` or `preserve` (analytics.column_case).")
+    replica_method: plain.ReplicaMethod = Field(description="`server` (INSERT..SELECT) or `stream` (LOAD DATA).")
     full_refresh: bool = Field(default=False, description="Reload from scratch.")
-    dispatch: str = Field(default="local", description="local (subflows in this process) or deployment.")
+    dispatch: Literal["local", "deployment"] = Field(
+        default="local", description="`local` (subflows in this process) or `deployment` (runs of etl-table/table).")
     source_limit: str | None = Field(default=None, description="Global concurrency limit held while reading the source.")
     config_path: str | None = Field(default=None, description="Table config path passed on to dispatched table runs.")
     blocks: dict | None = Field(default=None, description="Connector block names passed on to dispatched table runs.")

@@ -114,7 +114,7 @@ def _not_null_columns(cur: Any, schema: str, table: str) -> set[str]:
     return {r[0] for r in cur.fetchall()}
 
 
-def _wrap_copy_error(e: psycopg2.Error, table: str, cols: list[PgColumn]) -> Exception:
+def copy_error(e: psycopg2.Error, table: str, cols: list[PgColumn]) -> Exception:
     first = (e.pgerror or str(e)).strip().splitlines()[0]
     context = (e.diag.context or "").strip().splitlines()[0] if e.diag and e.diag.context else ""
     hint = ""
@@ -409,7 +409,7 @@ def _copy_part(engines: Engines, query: LineQuery, copy_sql: str, cols: list[PgC
                 if source.error is not None:  # the MySQL side failed (e.g. a row it cannot print)
                     raise source.error from None
                 if isinstance(e, psycopg2.DataError):
-                    raise _wrap_copy_error(e, table, cols) from e
+                    raise copy_error(e, table, cols) from e
                 raise
             except BaseException:
                 pg.rollback()

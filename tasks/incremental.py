@@ -25,7 +25,7 @@ import psycopg2
 
 from config.models import LookbackWindow, ResolvedTable, parse_lookback_seconds
 from tasks import faults, watermarks
-from tasks.analytics_load import PhaseStats, ProgressFn, _wrap_copy_error, report_nul_chars
+from tasks.analytics_load import PhaseStats, ProgressFn, copy_error, report_nul_chars
 from tasks.connections import Engines
 from tasks.errors import SchemaError
 from tasks.identifiers import (
@@ -33,7 +33,7 @@ from tasks.identifiers import (
 )
 from tasks.keyset import Keyset
 from tasks.mysql_schema import ServerIdentity, TableSchema, relax_unique_sql
-from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan, packet_size
+from tasks.load_data import fifo_path, load_chunk, load_data_plan, packet_size
 from tasks.state import TableState
 from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks
 from tasks.type_mapping import copy_line_select, pg_columns
@@ -307,7 +307,7 @@ def _merge_streamed(src: Any, cur: Any, rep: Any, table: ResolvedTable, schema: 
                 after: tuple | None = None
                 while True:
                     chunk = ChunkResult()
-                    _load_one_chunk(src, cur, fifo, plan.load_sql, query, after, chunk, set(plan.enum_columns))
+                    load_chunk(src, cur, fifo, plan.load_sql, query, after, chunk, set(plan.enum_columns))
                     if chunk.rows:
                         select = f"SELECT {cols} FROM {mysql_ident(stage)}"
                         if respell:
@@ -431,7 +431,7 @@ def load_incremental(engines: Engines, table: ResolvedTable, schema: TableSchema
                         if source.error is not None:  # the MySQL side failed (e.g. a row it cannot print)
                             raise source.error from None
                         if isinstance(e, psycopg2.DataError):
-                            raise _wrap_copy_error(e, table.name, cols) from e
+                            raise copy_error(e, table.name, cols) from e
                         raise
                     finally:
                         reader.close()

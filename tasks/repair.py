@@ -15,7 +15,7 @@ from config.models import ResolvedTable
 from tasks.connections import Engines
 from tasks.identifiers import copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_table_name
 from tasks.mysql_schema import read_table_schema
-from tasks.replica_copy import _load_one_chunk, fifo_path, load_data_plan
+from tasks.load_data import fifo_path, load_chunk, load_data_plan
 from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, read_chunk_blocks
 from tasks.type_mapping import copy_line_select, pg_columns
 from tasks.verify import VerifyResult, table_texts
@@ -110,7 +110,7 @@ class _Copy:
                 plan = load_data_plan(self.schema, self.name)
                 q = LineQuery(self.src_t, plan.line_expr, None, 0, where=where, where_params=params)
                 with fifo_path() as fifo:
-                    _load_one_chunk(src, cur, fifo, plan.load_sql, q, None, ChunkResult(), set(plan.enum_columns))
+                    load_chunk(src, cur, fifo, plan.load_sql, q, None, ChunkResult(), set(plan.enum_columns))
             rep.commit()
         with self.engines.replica.connect() as rc, self.engines.analytics.connect() as pc:
             pg = pc.connection.driver_connection

@@ -13,28 +13,23 @@ checkpoint in the same transaction, then build the secondary indexes and swap at
 from __future__ import annotations
 
 import logging
-import os
-import re
-import tempfile
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from config.models import ResolvedTable
 from tasks import checkpoints, faults
 from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
-from tasks.errors import SchemaError, is_retriable, redact
+from tasks.errors import is_retriable, redact
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, shadow_name
 from tasks.keyset import Keyset
+from tasks.load_data import fifo_path, load_chunk, load_data_plan, packet_size, writable_columns
 from tasks.mysql_schema import (
     TableSchema, choose_key, ensure_database, read_table_schema, show_create_table, split_create_table,
     table_exists, unique_keys,
 )
-from tasks.streaming import ChunkResult, LineQuery, group_rows_for, read_chunk_blocks
-from tasks.type_mapping import INTEGER_TYPES, is_generated, join_fields, load_data_column
+from tasks.streaming import ChunkResult, LineQuery, group_rows_for
+from tasks.type_mapping import INTEGER_TYPES
 
 log = logging.getLogger("etl.replica")
 
@@ -211,48 +206,6 @@ def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, .
         cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
 
-@dataclass(frozen=True)
-class LoadDataPlan:
-    """How a table's rows travel through LOAD DATA: the source's line and the replica's statement."""
-
-    line_expr: str
-    load_sql: str  # format form, with one %s: the FIFO path
-    enum_columns: frozenset[str]
-
-
-def writable_columns(schema: TableSchema) -> list[str]:
-    """The columns a copy writes: all but generated ones (the replica computes those; invisible
-    columns are written like any other, they are only left out of SELECT *)."""
-    return [c.name for c in schema.columns if not is_generated(c)]
-
-
-def load_data_plan(schema: TableSchema, target_table: str) -> LoadDataPlan:
-    ld = [load_data_column(c, i) for i, c in enumerate(schema.columns) if not is_generated(c)]
-    line = join_fields([c.select_expr for c in ld])
-    targets = ", ".join(c.target for c in ld)
-    sets = [c.set_clause for c in ld if c.set_clause]
-    set_sql = (" SET " + ", ".join(sets)) if sets else ""
-    load_sql = (
-        f"LOAD DATA LOCAL INFILE %s INTO TABLE {mysql_ident(target_table)} CHARACTER SET utf8mb4 "
-        f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({targets}){set_sql}"
-    )
-    return LoadDataPlan(line, load_sql, frozenset(c.name for c in schema.columns if c.data_type == "enum"))
-
-
-def packet_size(dbapi_conn: Any) -> int:
-    with dbapi_conn.cursor() as c:
-        c.execute("SELECT @@max_allowed_packet")
-        return int(c.fetchone()[0])
-
-
-@contextmanager
-def fifo_path() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="etl-fifo-") as tmp:
-        path = os.path.join(tmp, "rows")
-        os.mkfifo(path, 0o600)
-        yield path
-
-
 def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
                    source_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
                    progress: ProgressFn | None) -> None:
@@ -266,7 +219,7 @@ def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple
         integer_key=len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES,
     )
     load_sql, enum_columns = plan.load_sql, set(plan.enum_columns)
-    # Every warning of a chunk must be inspected (see _check_load_warnings).
+    # Every warning of a chunk must be inspected (see load_data.check_load_warnings).
     cur.execute("SET SESSION max_error_count = 65535")
     with src.cursor() as scur:
         # One consistent snapshot for the whole table, read-only: no locks on production rows.
@@ -275,7 +228,7 @@ def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple
         try:
             while True:
                 chunk = ChunkResult()
-                _load_one_chunk(src, cur, fifo, load_sql, query, after, chunk, enum_columns)
+                load_chunk(src, cur, fifo, load_sql, query, after, chunk, enum_columns)
                 if chunk.rows == 0:
                     rep.commit()
                     break
@@ -293,70 +246,3 @@ def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple
                     break
         finally:
             src.rollback()
-
-
-def _load_one_chunk(src: Any, cur: Any, fifo: str, load_sql: str, query: LineQuery, after: tuple | None,
-                    chunk: ChunkResult, enum_columns: set[str]) -> None:
-    """Stream one chunk: a writer thread reads the source into the FIFO, LOAD DATA reads it."""
-    error: list[BaseException] = []
-
-    def writer() -> None:
-        try:
-            with open(fifo, "wb", buffering=1 << 16) as f:
-                for block in read_chunk_blocks(src, query, after, chunk, strip_nul=False):
-                    f.write(block)
-        except BaseException as e:  # noqa: BLE001 - re-raised by the caller
-            error.append(e)
-
-    t = threading.Thread(target=writer, name="etl-replica-writer", daemon=True)
-    t.start()
-    try:
-        cur.execute(load_sql, (fifo,))
-        warnings = cur.warning_count
-    except BaseException:
-        # Unblock a writer still waiting to open or write the FIFO, then report the real error.
-        _drain(fifo, t)
-        raise
-    t.join()
-    if error:
-        raise error[0]
-    if warnings:
-        _check_load_warnings(cur, warnings, enum_columns)
-
-
-def _check_load_warnings(cur: Any, count: int, enum_columns: set[str]) -> None:
-    """Refuse a chunk whose values LOAD DATA changed.
-
-    One warning is expected and harmless: an ENUM holding the empty error value '' (which MySQL
-    stores for an invalid value) warns "Data truncated" when loaded, and stores the same ''.
-    Source and replica share the column definition, so that is the only truncation an ENUM can see.
-    """
-    cur.execute("SHOW WARNINGS")
-    shown = cur.fetchall()
-    real = []
-    for level, code, message in shown:
-        m = re.match(r"Data truncated for column '(.+)' at row \d+$", str(message))
-        if int(code) == 1265 and m and m.group(1) in enum_columns:
-            continue
-        real.append(str(message))
-    if real or len(shown) < count:
-        sample = "; ".join(real[:3]) or f"{count - len(shown)} warnings beyond max_error_count"
-        raise SchemaError(f"LOAD DATA into the replica changed values ({count} warnings: {sample}); "
-                          f"the replica would not equal the source")
-
-
-def _drain(fifo: str, t: threading.Thread) -> None:
-    try:
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        deadline = time.monotonic() + 30
-        while t.is_alive() and time.monotonic() < deadline:
-            try:
-                if not os.read(fd, 1 << 16):
-                    time.sleep(0.01)
-            except BlockingIOError:
-                time.sleep(0.01)
-    finally:
-        os.close(fd)
