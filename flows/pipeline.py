@@ -373,12 +373,6 @@ def deal_batches(tables: list[ResolvedTable], *, workers: int) -> list[list[Reso
     return batches
 
 
-def _database_of(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).database or ""
-
-
 def _incremental_tables(engines: Engines, replica_db: str) -> set[str]:
     with engines.replica.connect() as rc:
         return mysql_incremental_tables(rc.connection.driver_connection.cursor(), replica_db)
@@ -480,8 +474,8 @@ def etl_pipeline(
         try:
             method = _replica_method(settings, engines)
             opts = RunOptions(
-                run_key=run_id, run_id=run_id, source_db=_database_of(urls.source),
-                replica_db=_database_of(urls.replica), pg_schema=settings.analytics_schema,
+                run_key=run_id, run_id=run_id, source_db=plain.database_of(urls.source),
+                replica_db=plain.database_of(urls.replica), pg_schema=settings.analytics_schema,
                 column_case=cfg.analytics.column_case, replica_method=method, full_refresh=full_refresh,
                 dispatch=dispatch, config_path=config_path,
                 blocks=blocks.model_dump() if blocks is not None else None,
@@ -519,7 +513,7 @@ def etl_pipeline(
             unregister(run_id)
     # The engines are disposed now, so the usage counters say whether any connection outlived the run.
     usage = engines.usage()
-    leaked = {role: u["still_open"] for role, u in usage.items() if u["still_open"]}
+    leaked = plain.leaked_connections(engines)
     if leaked:
         logger.warning("connections still open after the run: %s", leaked)
     # After the engines are gone: a long dbt build holds no source or replica connection.
@@ -584,7 +578,7 @@ def table_entry(
         try:
             method = _replica_method(settings, engines, replica_method)
             opts = RunOptions(
-                run_key=key, run_id=run_id, source_db=_database_of(urls.source), replica_db=_database_of(urls.replica),
+                run_key=key, run_id=run_id, source_db=plain.database_of(urls.source), replica_db=plain.database_of(urls.replica),
                 pg_schema=analytics_schema or settings.analytics_schema, column_case=cfg.analytics.column_case,
                 replica_method=method, full_refresh=full_refresh, source_limit=SOURCE_LIMIT,
                 loaded_at_column=cfg.analytics.loaded_at_column,
@@ -609,7 +603,7 @@ def table_entry(
                 status="failed" if error else "ok", tables_ok=0 if error else 1, failed=[table] if error else [],
                 rows_replica=outcome.replica_rows if outcome else 0,
                 rows_analytics=outcome.analytics_rows if outcome else 0, connection_usage=usage)
-    leaked = {role: u["still_open"] for role, u in usage.items() if u["still_open"]}
+    leaked = plain.leaked_connections(engines)
     if leaked:
         logger.warning("connections still open after the table run: %s", leaked)
     if error is not None:

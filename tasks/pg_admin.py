@@ -13,13 +13,21 @@ from sqlalchemy.engine import make_url
 from tasks.connections import describe_url
 
 
-def create_database(url: str) -> bool:
-    """CREATE DATABASE when missing (connecting to the `postgres` maintenance database). True if created."""
+def maintenance_connection(url: str) -> psycopg2.extensions.connection:
+    """An autocommit connection to the `postgres` maintenance database of the server `url` names
+    (CREATE DATABASE cannot run inside a transaction or in the database it creates)."""
     u = make_url(url)
     conn = psycopg2.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
                             dbname="postgres", connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def create_database(url: str) -> bool:
+    """CREATE DATABASE when missing (connecting to the `postgres` maintenance database). True if created."""
+    u = make_url(url)
+    conn = maintenance_connection(url)
     try:
-        conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (u.database,))
             if cur.fetchone():

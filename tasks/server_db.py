@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-import psycopg2
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 from tasks.connections import describe_url
+from tasks.pg_admin import maintenance_connection
 
 MARK = "created by mysql-analytics-etl make server for "
 
@@ -32,10 +32,8 @@ def claim_database(url: str, owner: str) -> bool:
     """Create the database for `owner` (a checkout path) when missing; True if created, False if it
     is already ours. Raises NotOurs for a database with any other (or no) comment."""
     u = make_url(url)
-    conn = psycopg2.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                            dbname="postgres", connect_timeout=10)
+    conn = maintenance_connection(url)
     try:
-        conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                         (u.database,))
