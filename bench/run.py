@@ -1107,7 +1107,8 @@ def child_main(a: argparse.Namespace) -> int:
     from tasks import analytics_load, replica_copy
     from tasks.connections import EngineUrls, open_engines
     from tasks.discovery import discover_tables
-    from tasks.mysql_schema import list_base_tables
+    from tasks.job import build_job
+    from tasks.mysql_schema import list_base_tables, read_table_schema
 
     startup = time.monotonic() - _T_START
     replica = a.child == "replica"
@@ -1129,10 +1130,13 @@ def child_main(a: argparse.Namespace) -> int:
         def one(name: str) -> dict:
             table = cfg.resolve(name)
             ts = time.monotonic()
+            job = build_job(engines, table, source_db=a.src, replica_db=a.repl, pg_schema=a.schema)
             if replica:
-                st = replica_copy.copy_full(engines, table, source_db=a.src, replica_db=a.repl, method=a.method)
+                st = replica_copy.copy_full(engines, job, method=a.method)
             else:
-                st = analytics_load.load_full(engines, table, replica_db=a.repl, pg_schema=a.schema, column_case="lower")
+                with engines.replica.connect() as rc:
+                    schema = read_table_schema(rc, a.repl, name)
+                st = analytics_load.load_full(engines, job, schema=schema)
             print(f"{name}: {st.rows} rows in {st.seconds:.2f}s ({st.chunks} chunks) {'; '.join(st.notes)}", flush=True)
             return dict(table=name, rows=st.rows, seconds=round(st.seconds, 3), chunks=st.chunks, bytes=st.bytes,
                         start_s=round(ts - t0, 2), notes=st.notes)

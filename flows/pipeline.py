@@ -48,7 +48,7 @@ from tasks.connections import (
 from tasks.artifacts import merge_outcomes, publish_group_report, publish_run_report, render_dbt_section, render_report
 from tasks.dbt_run import run_dbt_after_load
 from tasks.errors import ConfigError, DbtFailed, LoadError, TablesFailed, redact, retry_condition
-from tasks.analytics_load import PhaseStats
+from tasks.job import PhaseStats
 from tasks.metrics import MetricsWriter
 from tasks.progress import Progress
 from tasks.reports import run_report

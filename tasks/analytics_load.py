@@ -17,56 +17,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import psycopg2
-import psycopg2.errors
-
-from config.models import ResolvedTable
 from tasks import checkpoints, faults
 from tasks.connections import Engines
-from tasks.errors import DataError, SchemaError, is_retriable, redact
-from tasks.identifiers import (
-    PG_MAX_IDENT, copy_expert, execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass,
-    pg_table_name, shadow_name,
-)
-from tasks.keyset import Keyset
-from tasks.mysql_schema import TableSchema, choose_key, max_allowed_packet, read_table_schema, unique_keys
-from tasks.streaming import (
-    BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, group_rows_for, read_chunk_blocks,
-)
+from tasks.copy import copy_chunk, report_invalid_dates, report_nul_chars
+from tasks.errors import SchemaError, is_retriable, redact
+from tasks.identifiers import PG_MAX_IDENT, execute, mysql_ident, pg_ident, pg_qualified, pg_regclass, shadow_name
+from tasks.job import PhaseStats, ProgressFn, TableJob
+from tasks.mysql_schema import TableSchema, max_allowed_packet
+from tasks.streaming import ChunkResult, LineQuery, group_rows_for
 from tasks.type_mapping import (
-    INTEGER_TYPES, JSONB_REFUSED_REGEX, PgColumn, copy_line_select, invalid_date_count_expr, pg_columns,
-    pg_create_table_sql,
+    INTEGER_TYPES, JSONB_REFUSED_REGEX, PgColumn, copy_line_select, invalid_date_count_expr, pg_create_table_sql,
 )
 
 log = logging.getLogger("etl.analytics")
 
 SWAP_LOCK_TIMEOUT = "60s"
-
-
-@dataclass
-class PhaseStats:
-    """Counters of one phase of one table (replica copy or analytics load)."""
-
-    rows: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    chunks: int = 0
-    nul_chars_removed: int = 0
-    invalid_dates: int = 0  # DATE/DATETIME values outside the calendar, loaded as NULL
-    resumed_at_rows: int = 0
-    method: str = ""
-    mode: str = "full"
-    watermark_before: str | None = None
-    watermark_after: str | None = None
-    deleted: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-ProgressFn = Callable[[int], None]
 
 
 def _constraint_name(table: str) -> str:
@@ -112,20 +77,6 @@ def _not_null_columns(cur: Any, schema: str, table: str) -> set[str]:
     cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 "
                 "AND NOT a.attisdropped AND a.attnotnull", (pg_regclass(schema, table),))
     return {r[0] for r in cur.fetchall()}
-
-
-def copy_error(e: psycopg2.Error, table: str, cols: list[PgColumn]) -> Exception:
-    first = (e.pgerror or str(e)).strip().splitlines()[0]
-    context = (e.diag.context or "").strip().splitlines()[0] if e.diag and e.diag.context else ""
-    hint = ""
-    if "unsupported Unicode escape sequence" in first or "\\u0000 cannot be converted" in first \
-            or (e.pgcode == "22P05"):
-        hint = ("; a JSON document holds \\u0000 or a lone surrogate escape, which jsonb cannot store: reload the "
-                "table with a full refresh (the column is then created as json)")
-    for c in cols:
-        if c.as_boolean and f"column {c.name}:" in context:
-            hint = f"; column {c.source.name!r} holds a value other than 0/1: remove it from boolean_columns or fix the data"
-    return DataError(f"table {table!r}: PostgreSQL rejected a value: {first} ({context}){hint}")
 
 
 PARALLEL_MIN_ROWS = 200_000  # below this one COPY stream is as fast as two
@@ -179,23 +130,22 @@ class _Shared:
             return self.stats.rows, self.stats.chunks
 
 
-def load_full(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
-              resume: bool = False, progress: ProgressFn | None = None, streams: int = 2,
-              in_swap: Callable[[Any], None] | None = None,
-              loaded_at_column: str | None = "_etl_loaded_at") -> PhaseStats:
-    """Reload one table into PostgreSQL from the replica (see `_load_full`).
+def load_full(engines: Engines, job: TableJob, *, schema: TableSchema, resume: bool = False,
+              progress: ProgressFn | None = None, streams: int = 2,
+              in_swap: Callable[[Any], None] | None = None) -> PhaseStats:
+    """Reload one table into PostgreSQL from the replica (see `_load_full`). `schema` is the replica
+    table's, read by the analytics phase.
 
     A fatal error (disk full, a value PostgreSQL rejects, an injected fault) drops the shadow table
     and its checkpoints at once: its rows would only hold disk space until the next run, and a retry
     would not resume from it. A retriable error keeps both, so the retry resumes.
     """
     try:
-        return _load_full(engines, table, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case,
-                          resume=resume, progress=progress, streams=streams, in_swap=in_swap,
-                          loaded_at_column=loaded_at_column)
+        return _load_full(engines, job, schema=schema, resume=resume, progress=progress, streams=streams,
+                          in_swap=in_swap)
     except BaseException as e:
         if not is_retriable(e):
-            discard_shadow(engines, pg_schema, pg_table_name(table.name))
+            discard_shadow(engines, job.pg_schema, job.pg_name)
         raise
 
 
@@ -213,42 +163,28 @@ def discard_shadow(engines: Engines, pg_schema: str, pg_name: str) -> None:
         log.warning("%s: could not drop the shadow table after a failed load: %s", pg_name, redact(str(e)))
 
 
-def _load_full(
-    engines: Engines,
-    table: ResolvedTable,
-    *,
-    replica_db: str,
-    pg_schema: str,
-    column_case: str,
-    resume: bool = False,
-    progress: ProgressFn | None = None,
-    streams: int = 2,
-    in_swap: Callable[[Any], None] | None = None,
-    loaded_at_column: str | None = "_etl_loaded_at",
-) -> PhaseStats:
+def _load_full(engines: Engines, job: TableJob, *, schema: TableSchema, resume: bool,
+               progress: ProgressFn | None, streams: int, in_swap: Callable[[Any], None] | None) -> PhaseStats:
     """Reload one table into PostgreSQL from the replica. Returns what it moved.
 
     A big table with an integer key is split into `streams` key ranges, each read and copied by
     its own pair of connections, so MySQL's formatting and PostgreSQL's parsing use both cores.
     `in_swap(cursor)` runs inside the swap transaction (the sync state is written there).
-    `loaded_at_column` (if set) is an extra timestamptz column stamped with the load time.
+    `job.loaded_at_column` (if set) is an extra timestamptz column stamped with the load time.
     """
     started = time.monotonic()
     stats = PhaseStats(method="copy")
-    pg_name = pg_table_name(table.name)
+    table, key, pg_schema, pg_name = job.table, job.key, job.pg_schema, job.pg_name
     shadow = shadow_name(pg_name)
     q_shadow = pg_qualified(pg_schema, shadow)
-    table_sql = mysql_qualified(replica_db, table.name)
+    table_sql = job.replica_sql
 
     with engines.replica.connect() as rc:
-        schema = read_table_schema(rc, replica_db, table.name)
-        key = choose_key(schema, table.primary_key, unique_keys(rc, replica_db, table.name))
         parts = split_parts(rc, table_sql, schema, key, streams, schema.estimated_rows)
         group = group_rows_for(schema.avg_row_length, table.batch_size, max_allowed_packet(rc))
         int_key = len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES
         json_text = jsonb_refused_columns(rc, table_sql, schema)
-    cols = pg_columns(schema, column_case=column_case, boolean_columns=table.boolean_columns,
-                      json_text_columns=json_text)
+    cols = job.pg_columns(schema, json_text_columns=json_text)
     for c in sorted(json_text):
         stats.notes.append(f"column {c} loaded as json, not jsonb: a document holds \\u0000 or a lone surrogate "
                            f"escape, which jsonb cannot store")
@@ -277,7 +213,7 @@ def _load_full(
             stats.notes.append(f"analytics load resumed after {done} committed rows")
         else:
             execute(cur, f"DROP TABLE IF EXISTS {q_shadow}")
-            execute(cur, pg_create_table_sql(q_shadow, cols, loaded_at_column=loaded_at_column))
+            execute(cur, pg_create_table_sql(q_shadow, cols, loaded_at_column=job.loaded_at_column))
             checkpoints.pg_clear(cur, pg_schema, pg_name)
             for p in parts:
                 checkpoints.pg_save(cur, pg_schema, pg_name, p.no, shadow, None, 0)
@@ -291,11 +227,11 @@ def _load_full(
             if finished:
                 return
             query = LineQuery(table_sql=table_sql, line_expr=line_expr,
-                              keyset=Keyset.for_table(schema, key, mysql_ident) if key else None,
+                              keyset=job.keyset(schema) if key else None,
                               batch_size=table.batch_size, where=part.where, where_params=part.params,
                               group_rows=group, integer_key=int_key, count_expr=date_count)
-            _copy_part(engines, query, copy_sql, cols, table.name, pg_schema, pg_name, shadow, part.no, after,
-                       rows_done, shared, keyed=bool(key))
+            _copy_part(engines, job, query=query, copy_sql=copy_sql, cols=cols, shadow=shadow, part=part.no,
+                       after=after, rows_done=rows_done, shared=shared)
 
         if len(parts) == 1:
             run(parts[0])
@@ -352,84 +288,34 @@ def jsonb_refused_columns(conn: Any, table_sql: str, schema: TableSchema) -> set
     return out
 
 
-def report_invalid_dates(table: str, stats: PhaseStats) -> None:
-    """Dates outside the calendar (2024-02-30) are loaded as NULL like zero dates; say how many."""
-    if stats.invalid_dates:
-        note = (f"{stats.invalid_dates} DATE/DATETIME values outside the calendar (e.g. 2024-02-30) loaded as NULL; "
-                f"the replica keeps them as they are")
-        stats.notes.append(note)
-        log.warning("%s: %s", table, note)
-
-
-def report_nul_chars(engines: Engines, table_sql: str, table: str, cols: list[PgColumn], stats: PhaseStats) -> None:
-    """When a load removed NUL characters (PostgreSQL text cannot hold them), say so in the run's notes
-    and log, naming the columns and how many replica rows hold one, so the source can be fixed."""
-    if not stats.nul_chars_removed:
-        return
-    text_cols = [c.source.name for c in cols if c.source.data_type in _TEXT_TYPES]
-    where = ""
-    try:
-        with engines.replica.connect() as rc:
-            cur = rc.connection.driver_connection.cursor()
-            execute(cur, "SELECT " + ", ".join(f"SUM(LOCATE(CHAR(0), {mysql_ident(c)}) > 0)" for c in text_cols)
-                    + f" FROM {table_sql}")
-            counts = cur.fetchone()
-            found = [f"{c} ({int(n)} rows)" for c, n in zip(text_cols, counts) if n]
-            if found:
-                where = "; columns holding them: " + ", ".join(found)
-    except Exception as e:  # noqa: BLE001 - the note is a courtesy; the load itself succeeded
-        log.warning("%s: could not find the columns holding NUL characters: %s", table, redact(str(e)))
-    note = f"{stats.nul_chars_removed} NUL characters removed from text (PostgreSQL cannot store them){where}"
-    stats.notes.append(note)
-    log.warning("%s: %s", table, note)
-
-
-# Source types whose values reach PostgreSQL as text (where a NUL character is removed).
-_TEXT_TYPES = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"}
-
-
-def _copy_part(engines: Engines, query: LineQuery, copy_sql: str, cols: list[PgColumn], table: str,
-               pg_schema: str, pg_name: str, shadow: str, part: int, after: tuple | None, rows_done: int,
-               shared: _Shared, *, keyed: bool) -> None:
+def _copy_part(engines: Engines, job: TableJob, *, query: LineQuery, copy_sql: str, cols: list[PgColumn],
+               shadow: str, part: int, after: tuple | None, rows_done: int, shared: _Shared) -> None:
     """Keyset chunks of one part: each chunk is one COPY committed with the part's checkpoint."""
+    keyed = job.keyed
     with engines.analytics.connect() as pc, engines.replica.connect() as rc:
         pg = pc.connection.driver_connection
         pg.autocommit = False
         cur = pg.cursor()
         my = rc.connection.driver_connection
         while not shared.cancel.is_set():
-            chunk = ChunkResult()
-            reader = Prefetcher(read_chunk_blocks(my, query, after, chunk, strip_nul=True))
-            source = BlockFile(iter(reader))
             try:
-                copy_expert(cur, copy_sql, source, size=BLOCK_BYTES)
-            except psycopg2.Error as e:
-                pg.rollback()
-                rc.invalidate()
-                if source.error is not None:  # the MySQL side failed (e.g. a row it cannot print)
-                    raise source.error from None
-                if isinstance(e, psycopg2.DataError):
-                    raise copy_error(e, table, cols) from e
-                raise
+                chunk = copy_chunk(pg, cur, my, copy_sql=copy_sql, query=query, after=after, table=job.name, cols=cols)
             except BaseException:
-                pg.rollback()
                 rc.invalidate()
                 raise
-            finally:
-                reader.close()
             last = chunk.rows < query.batch_size or not keyed
             if chunk.rows:
                 after = chunk.last_key
                 rows_done += chunk.rows
             if keyed:
-                checkpoints.pg_save(cur, pg_schema, pg_name, part, shadow, after, rows_done, finished=last)
+                checkpoints.pg_save(cur, job.pg_schema, job.pg_name, part, shadow, after, rows_done, finished=last)
             pg.commit()
             if not chunk.rows:
                 break
             total, chunks = shared.add(chunk)
             if shared.progress:
                 shared.progress(total)
-            faults.check("analytics", table, chunks)
+            faults.check("analytics", job.name, chunks)
             if last:
                 break
 

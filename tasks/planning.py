@@ -15,7 +15,7 @@ from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.mysql_schema import (
     choose_key, read_table_schema, server_identity, show_create_table, table_exists, unique_keys,
 )
-from tasks.sync import effective_mode
+from tasks.job import effective_mode
 from tasks.reports import format_table
 from tasks.type_mapping import pg_columns
 

@@ -16,18 +16,13 @@ import logging
 import time
 from typing import Any, Callable
 
-from config.models import ResolvedTable
 from tasks import checkpoints, faults
-from tasks.analytics_load import PhaseStats, ProgressFn
 from tasks.connections import Engines
 from tasks.errors import is_retriable, redact
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, shadow_name
-from tasks.keyset import Keyset
+from tasks.job import PhaseStats, ProgressFn, TableJob
 from tasks.load_data import fifo_path, load_chunk, load_data_plan, packet_size, writable_columns
-from tasks.mysql_schema import (
-    TableSchema, choose_key, ensure_database, read_table_schema, show_create_table, split_create_table,
-    table_exists, unique_keys,
-)
+from tasks.mysql_schema import ensure_database, show_create_table, split_create_table, table_exists
 from tasks.streaming import ChunkResult, LineQuery, group_rows_for
 from tasks.type_mapping import INTEGER_TYPES
 
@@ -72,17 +67,8 @@ def _swap(cur: Any, table: str, shadow: str, live_exists: bool) -> None:
         execute(cur, f"RENAME TABLE {mysql_ident(shadow)} TO {mysql_ident(table)}")
 
 
-def copy_full(
-    engines: Engines,
-    table: ResolvedTable,
-    *,
-    source_db: str,
-    replica_db: str,
-    method: str,
-    resume: bool = False,
-    progress: ProgressFn | None = None,
-    after_swap: Callable[[Any], None] | None = None,
-) -> PhaseStats:
+def copy_full(engines: Engines, job: TableJob, *, method: str, resume: bool = False,
+              progress: ProgressFn | None = None, after_swap: Callable[[Any], None] | None = None) -> PhaseStats:
     """Copy one table from the source into the replica. `method` is `server` or `stream`.
 
     `after_swap(cursor)` runs on the replica connection right after the swap, before the final
@@ -90,24 +76,21 @@ def copy_full(
     """
     started = time.monotonic()
     stats = PhaseStats(method=method)
-    shadow = shadow_name(table.name)
+    shadow = shadow_name(job.name)
+    if job.key:
+        job.keyset()  # refuses a key it cannot page, before any write
     with engines.source.connect() as sc:
-        schema = read_table_schema(sc, source_db, table.name)
-        key = choose_key(schema, table.primary_key, unique_keys(sc, source_db, table.name))
-        if key:
-            Keyset.for_table(schema, key, mysql_ident)  # refuses a key it cannot page, before any write
-        ddl = show_create_table(sc, source_db, table.name)
+        ddl = show_create_table(sc, job.source_db, job.name)
         sc.rollback()
 
     try:
-        _copy_into_shadow_and_swap(engines, table, schema, key, ddl, shadow, stats, source_db=source_db,
-                                   replica_db=replica_db, method=method, resume=resume, progress=progress,
-                                   after_swap=after_swap)
+        _copy_into_shadow_and_swap(engines, job, ddl=ddl, shadow=shadow, stats=stats, method=method, resume=resume,
+                                   progress=progress, after_swap=after_swap)
     except BaseException as e:
         # A fatal error will not resume from the shadow table: drop it now rather than let it hold
         # disk space until the next run. A retriable one keeps it, so the retry resumes.
         if not is_retriable(e):
-            _discard_shadow(engines, replica_db, table.name, shadow)
+            _discard_shadow(engines, job.replica_db, job.name, shadow)
         raise
     stats.seconds = time.monotonic() - started
     return stats
@@ -126,16 +109,16 @@ def _discard_shadow(engines: Engines, replica_db: str, table: str, shadow: str) 
         log.warning("%s: could not drop the replica shadow table after a failed copy: %s", table, redact(str(e)))
 
 
-def _copy_into_shadow_and_swap(engines: Engines, table: ResolvedTable, schema: TableSchema, key: tuple[str, ...],
-                               ddl: str, shadow: str, stats: PhaseStats, *, source_db: str, replica_db: str,
+def _copy_into_shadow_and_swap(engines: Engines, job: TableJob, *, ddl: str, shadow: str, stats: PhaseStats,
                                method: str, resume: bool, progress: ProgressFn | None,
                                after_swap: Callable[[Any], None] | None) -> None:
+    table, replica_db, key = job.table, job.replica_db, job.key
     with engines.replica.connect() as rc:
         rep = rc.connection.driver_connection
         cur = rep.cursor()
         ensure_database(rc, replica_db)
         execute(cur, f"USE {mysql_ident(replica_db)}")
-        keep = key if key != schema.primary_key else ()
+        keep = key if key != job.source.primary_key else ()
         after, done, add_indexes = _prepare_shadow(cur, ddl, replica_db, table.name, shadow, resume=resume and bool(key),
                                                    keep_unique=keep)
         stats.resumed_at_rows = done
@@ -143,12 +126,13 @@ def _copy_into_shadow_and_swap(engines: Engines, table: ResolvedTable, schema: T
         if done:
             stats.notes.append(f"replica copy resumed after {done} committed rows")
         if method == "server":
-            _copy_server_side(cur, rep, schema, key, table, source_db, replica_db, shadow, after, stats, progress)
+            _copy_server_side(job, cur=cur, rep=rep, shadow=shadow, after=after, stats=stats, progress=progress)
         else:
             with engines.source.connect() as sc:
                 src = sc.connection.driver_connection
                 try:
-                    _copy_streamed(src, cur, rep, schema, key, table, source_db, shadow, after, stats, progress)
+                    _copy_streamed(job, src=src, cur=cur, rep=rep, shadow=shadow, after=after, stats=stats,
+                                   progress=progress)
                 except BaseException:
                     sc.invalidate()
                     raise
@@ -168,12 +152,13 @@ def _copy_into_shadow_and_swap(engines: Engines, table: ResolvedTable, schema: T
         cur.fetchall()
 
 
-def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
-                      source_db: str, replica_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
+def _copy_server_side(job: TableJob, *, cur: Any, rep: Any, shadow: str, after: tuple | None, stats: PhaseStats,
                       progress: ProgressFn | None) -> None:
-    cols = ", ".join(mysql_ident(c) for c in writable_columns(schema))
-    src = mysql_qualified(source_db, table.name)
-    dst = mysql_qualified(replica_db, shadow)
+    """Each chunk: one INSERT ... SELECT from the source table into the shadow table (same server)."""
+    table, key = job.table, job.key
+    cols = ", ".join(mysql_ident(c) for c in writable_columns(job.source))
+    src = job.source_sql
+    dst = mysql_qualified(job.replica_db, shadow)
     # READ COMMITTED: INSERT ... SELECT then reads the source without locking its rows.
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     try:
@@ -183,7 +168,7 @@ def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, .
             stats.rows += n
             stats.chunks += 1
             return
-        ks = Keyset.for_table(schema, key, mysql_ident)
+        ks = job.keyset()
         while True:
             cond, params = ks.after(after)
             n = _exec(cur, f"INSERT INTO {dst} ({cols}) SELECT {cols} FROM {src} WHERE {cond} "
@@ -206,14 +191,15 @@ def _copy_server_side(cur: Any, rep: Any, schema: TableSchema, key: tuple[str, .
         cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
 
-def _copy_streamed(src: Any, cur: Any, rep: Any, schema: TableSchema, key: tuple[str, ...], table: ResolvedTable,
-                   source_db: str, shadow: str, after: tuple | None, stats: PhaseStats,
-                   progress: ProgressFn | None) -> None:
+def _copy_streamed(job: TableJob, *, src: Any, cur: Any, rep: Any, shadow: str, after: tuple | None,
+                   stats: PhaseStats, progress: ProgressFn | None) -> None:
+    """Each chunk: the source prints LOAD DATA lines into a FIFO, the replica loads them into the shadow."""
+    table, schema, key = job.table, job.source, job.key
     plan = load_data_plan(schema, shadow)
     query = LineQuery(
-        table_sql=mysql_qualified(source_db, table.name),
+        table_sql=job.source_sql,
         line_expr=plan.line_expr,
-        keyset=Keyset.for_table(schema, key, mysql_ident) if key else None,
+        keyset=job.keyset() if key else None,
         batch_size=table.batch_size if key else 0,
         group_rows=group_rows_for(schema.avg_row_length, table.batch_size, packet_size(src)) if key else 0,
         integer_key=len(key) == 1 and schema.column(key[0]).data_type in INTEGER_TYPES,

@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +32,9 @@ from sqlalchemy.engine import make_url
 from config.models import ColumnCase, PipelineConfig, ResolvedTable
 from config.settings import Settings
 from tasks import sync
-from tasks.analytics_load import PhaseStats
 from tasks.connections import Engines, EngineUrls, check_reachable, open_engines, open_metrics_engine
 from tasks.errors import LoadError, redact
+from tasks.job import PhaseStats, TableJob, build_job
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
 from tasks.verify import count_check
@@ -55,10 +56,35 @@ class RunContext:
     replica_method: ReplicaMethod
     full_refresh: bool = False
     loaded_at_column: str | None = "_etl_loaded_at"
+    jobs: JobCache = field(default_factory=lambda: JobCache(), compare=False, repr=False)
 
     @property
     def metrics(self) -> MetricsWriter:
         return MetricsWriter(self.engines.analytics, self.run_id, self.engines.urls.secrets())
+
+    def job(self, table: ResolvedTable) -> TableJob:
+        """The table's facts for this run (tasks/job.py): read from the source the first time a phase
+        asks, then the same for every later phase and retry of the run."""
+        return self.jobs.get(table.name, lambda: build_job(
+            self.engines, table, source_db=self.source_db, replica_db=self.replica_db, pg_schema=self.pg_schema,
+            column_case=self.column_case, loaded_at_column=self.loaded_at_column))
+
+
+class JobCache:
+    """One TableJob per table name, built once even when phases of several tables run in threads."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, TableJob] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, build: Callable[[], TableJob]) -> TableJob:
+        with self._lock:
+            found = self._jobs.get(name)
+        if found is not None:
+            return found
+        job = build()  # outside the lock: other tables' phases need not wait for this read
+        with self._lock:
+            return self._jobs.setdefault(name, job)
 
 
 @dataclass
@@ -80,7 +106,7 @@ def replicate_phase(ctx: RunContext, table: ResolvedTable, *, attempt: int = 1,
     try:
         return sync.replicate(ctx.engines, table, source_db=ctx.source_db, replica_db=ctx.replica_db,
                               method=ctx.replica_method, full_refresh=ctx.full_refresh, resume=attempt > 1,
-                              progress=progress)
+                              progress=progress, job=ctx.job(table))
     except Exception as e:
         ctx.metrics.error(table=table.name, phase="replica", exc=e, attempt=attempt)
         raise
@@ -92,7 +118,7 @@ def load_phase(ctx: RunContext, table: ResolvedTable, *, attempt: int = 1,
     try:
         return sync.load(ctx.engines, table, replica_db=ctx.replica_db, pg_schema=ctx.pg_schema,
                          column_case=ctx.column_case, full_refresh=ctx.full_refresh, resume=attempt > 1,
-                         progress=progress, loaded_at_column=ctx.loaded_at_column)
+                         progress=progress, loaded_at_column=ctx.loaded_at_column, job=ctx.job(table))
     except Exception as e:
         ctx.metrics.error(table=table.name, phase="analytics", exc=e, attempt=attempt)
         raise

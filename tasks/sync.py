@@ -9,8 +9,12 @@ pick the path, and write the new state with the data:
   the copy started, so rows changed during the copy are read again next time, held back against
   late commits and DST (tasks/watermarks.py) and persisted first, so a retry that resumes the copy
   saves the same ones.
-- incremental otherwise (see tasks/incremental.py); widened columns are altered in place first,
-  and in the analytics phase deleted rows are propagated when `deletes: detect` is due.
+- incremental otherwise (tasks/replica_merge.py, tasks/analytics_merge.py); widened columns are
+  altered in place first, and in the analytics phase deleted rows are propagated when
+  `deletes: detect` is due.
+The table's facts (source schema, key, mode, time zone) come in a `TableJob` (tasks/job.py) read
+once per table per run; the replica's own shape is read once per phase (it is what that phase
+compares against or loads from).
 Analytics reloads in full whenever the replica's generation (count of full reloads) differs from
 the one it last loaded.
 """
@@ -20,77 +24,38 @@ import logging
 import re
 
 import psycopg2.errors
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from config.models import LookbackWindow, ResolvedTable
-from tasks import analytics_load, decide, deletes, drift, incremental, locks, replica_copy, state, watermarks
-from tasks.analytics_load import PhaseStats, ProgressFn
+from config.models import ColumnCase, ResolvedTable
+from tasks import analytics_load, analytics_merge, decide, deletes, drift, locks, replica_copy, replica_merge, state
+from tasks import watermarks
 from tasks.connections import Engines
 from tasks.errors import SchemaError, is_retriable
-from tasks.keyset import Keyset
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
+from tasks.job import PhaseStats, ProgressFn, TableJob, build_job, column_types, effective_mode
 from tasks.mysql_schema import (
-    TableSchema, choose_key, ensure_database, read_table_schema, server_identity, show_create_table, table_exists,
-    unique_keys,
+    TableSchema, ensure_database, read_table_schema, server_identity, show_create_table, table_exists,
 )
 from tasks.state import TableState
-from tasks.type_mapping import pg_columns
 
 log = logging.getLogger("etl.sync")
 
-
-def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ...]) -> tuple[str, str]:
-    """(mode, why) for a table; raises SchemaError when the config names columns that do not fit."""
-    for c in table.incremental_columns:
-        if c not in schema.column_names:
-            import difflib
-
-            m = difflib.get_close_matches(c, schema.column_names, n=1)
-            hint = f" (did you mean {m[0]!r}?)" if m else ""
-            raise SchemaError(f"table {table.name!r}: incremental column {c!r} does not exist{hint}; "
-                              f"fix tables.{table.name}.incremental_columns")
-        try:
-            state.watermark_kind(schema.column(c).data_type)
-        except ValueError as e:
-            raise SchemaError(f"table {table.name!r}: incremental column {c!r}: {e}") from None
-    if table.mode == "full":
-        return "full", "mode: full"
-    if not key:
-        return "full", "no primary key: full refresh every run (rows cannot be merged)"
-    if not table.incremental_columns:
-        return "full", "mode: incremental but no incremental_columns: full refresh"
-    why = f"incremental on {', '.join(table.incremental_columns)} (any of them advanced)"
-    if isinstance(table.lookback, LookbackWindow):
-        types = {c.name: c.data_type for c in schema.columns}
-        for c in table.lookback.columns:
-            incremental.check_window_column(f"table {table.name!r}", c, types, fix=f"tables.{table.name}.lookback")
-        why += f"; re-reads rows whose {', '.join(table.lookback.columns)} is in the last {table.lookback.window}"
-    elif table.lookback:
-        why += f"; re-reads {table.lookback} before each watermark"
-    return "incremental", why
-
-
-def _source_time_zone(conn: sa.Connection) -> str:
-    tz, system = conn.execute(sa.text("SELECT @@global.time_zone, @@system_time_zone")).one()
-    return str(system) if str(tz) == "SYSTEM" else str(tz)
+__all__ = ["effective_mode", "load", "replicate"]  # effective_mode lives in tasks/job.py (a per-table fact)
 
 
 def replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replica_db: str, method: str,
-              full_refresh: bool, resume: bool, progress: ProgressFn | None = None) -> PhaseStats:
+              full_refresh: bool, resume: bool, progress: ProgressFn | None = None,
+              job: TableJob | None = None) -> PhaseStats:
+    """Source -> replica for one table. `job`: the table's facts for this run (tasks/job.py), read
+    from the source here when not given."""
     with locks.replica_lock(engines, replica_db, table.name):
-        return _replicate(engines, table, source_db=source_db, replica_db=replica_db, method=method,
-                          full_refresh=full_refresh, resume=resume, progress=progress)
+        job = job or build_job(engines, table, source_db=source_db, replica_db=replica_db)
+        return _replicate(engines, job, method=method, full_refresh=full_refresh, resume=resume, progress=progress)
 
 
-def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replica_db: str, method: str,
-               full_refresh: bool, resume: bool, progress: ProgressFn | None = None) -> PhaseStats:
-    with engines.source.connect() as sc:
-        src_schema = read_table_schema(sc, source_db, table.name)
-        key = choose_key(src_schema, table.primary_key, unique_keys(sc, source_db, table.name))
-        mode, why = effective_mode(table, src_schema, key)
-        tz = _source_time_zone(sc)
-        sc.rollback()
+def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bool, resume: bool,
+               progress: ProgressFn | None = None) -> PhaseStats:
+    table, replica_db, src_schema, key, mode, why = job.table, job.replica_db, job.source, job.key, job.mode, job.why
     with engines.replica.connect() as rc:
         raw = rc.connection.driver_connection
         cur = raw.cursor()
@@ -103,11 +68,12 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
         raw.commit()
         live = table_exists(rc, replica_db, table.name)
         rep_server = server_identity(rc)
-        rep_schema = read_table_schema(rc, replica_db, table.name) if live else None
+        route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=current is not None,
+                                    replica_live=live)
+        # The replica's own shape (another table than the source's): what drift compares against.
+        rep_schema = read_table_schema(rc, replica_db, table.name) if route.path == "incremental" else None
 
     notes: list[str] = []
-    route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=current is not None,
-                                replica_live=live)
     if route.path == "incremental":
         d = drift.compare(src_schema, rep_schema, key=key)
         if d.problems:
@@ -117,7 +83,7 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
                 engines, replica_db, table.name, [new.name for _, new in d.tightened]))
         if d.added or d.widened or d.tightened:
             with engines.source.connect() as sc:
-                ddl = show_create_table(sc, source_db, table.name)
+                ddl = show_create_table(sc, job.source_db, table.name)
             with engines.replica.connect() as rc:
                 c = rc.connection.driver_connection.cursor()
                 execute(c, f"USE {mysql_ident(replica_db)}")
@@ -127,17 +93,16 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
         route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=True, replica_live=True,
                                     drift_added=bool(d.added))
         if route.path == "incremental":
-            window = _source_window(engines, table, src_schema, source_db=source_db, replica_db=replica_db,
-                                    kind="incremental", previous=current.watermarks, resume=resume)
+            window = _source_window(engines, job, kind="incremental", previous=current.watermarks, resume=resume)
 
             def save(cur, watermarks) -> None:  # noqa: ANN001
                 state.mysql_save(cur, table.name, TableState(
                     generation=current.generation, watermarks=watermarks, run_count=current.run_count + 1,
-                    source_time_zone=tz))
+                    source_time_zone=job.source_time_zone))
                 state.mysql_clear_pending(cur, table.name)
-            stats = incremental.replicate_incremental(
-                engines, table, src_schema, key, source_db=source_db, replica_db=replica_db, method=method,
-                state=current, replica_server=rep_server, save_state=save, progress=progress, window=window)
+            stats = replica_merge.replicate_incremental(
+                engines, job, method=method, state=current, replica_server=rep_server, save_state=save,
+                progress=progress, window=window)
             stats.notes = notes + window.protection + stats.notes
             return stats
         notes.append("reloaded in full to back-fill the added column(s)")
@@ -148,17 +113,16 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
     highs: dict = {}
     protection: list[str] = []
     if mode == "incremental":
-        w = _source_window(engines, table, src_schema, source_db=source_db, replica_db=replica_db, kind="full",
-                           previous={}, resume=resume)
+        w = _source_window(engines, job, kind="full", previous={}, resume=resume)
         highs, protection = w.save, w.protection
-    new = TableState(generation=(current.generation if current else 0) + 1, watermarks=highs, source_time_zone=tz)
+    new = TableState(generation=(current.generation if current else 0) + 1, watermarks=highs,
+                     source_time_zone=job.source_time_zone)
 
     def after_swap(cur) -> None:  # noqa: ANN001
         state.mysql_save(cur, table.name, new)
         state.mysql_clear_pending(cur, table.name)
-    stats = replica_copy.copy_full(
-        engines, table, source_db=source_db, replica_db=replica_db, method=method, resume=resume,
-        progress=progress, after_swap=after_swap)
+    stats = replica_copy.copy_full(engines, job, method=method, resume=resume, progress=progress,
+                                   after_swap=after_swap)
     stats.mode = "full"
     stats.watermark_before = current.describe() if current else None
     stats.watermark_after = new.describe()
@@ -166,14 +130,14 @@ def _replicate(engines: Engines, table: ResolvedTable, *, source_db: str, replic
     return stats
 
 
-def _source_window(engines: Engines, table: ResolvedTable, src_schema: TableSchema, *, source_db: str,
-                   replica_db: str, kind: str, previous: dict, resume: bool) -> watermarks.Window:
+def _source_window(engines: Engines, job: TableJob, *, kind: str, previous: dict, resume: bool) -> watermarks.Window:
     """The window of this run: on a retry the one the first attempt persisted, else read now from the
     source (MAX, open transactions) and persisted in the replica before any row is read."""
+    table = job.table
     with engines.replica.connect() as rc:
         rep = rc.connection.driver_connection
         cur = rep.cursor()
-        execute(cur, f"USE {mysql_ident(replica_db)}")
+        execute(cur, f"USE {mysql_ident(job.replica_db)}")
         pending = state.mysql_load_pending(cur, table.name, kind) if resume else None
         rep.commit()
         if pending is not None:
@@ -182,9 +146,8 @@ def _source_window(engines: Engines, table: ResolvedTable, src_schema: TableSche
                                      notes + ["retry: kept the window read before the first attempt"])
         with engines.source.connect() as sc:
             scur = sc.connection.driver_connection.cursor()
-            w = incremental.read_window(scur, mysql_qualified(source_db, table.name), table.incremental_columns,
-                                        previous, table.lookback if kind == "incremental" else None,
-                                        {c.name: c.data_type for c in src_schema.columns})
+            w = watermarks.read_window(scur, job.source_sql, table.incremental_columns, previous,
+                                       table.lookback if kind == "incremental" else None, column_types(job.source))
             sc.rollback()
         state.mysql_save_pending(cur, table.name, kind, [(p.column, p.low, p.high) for p in w.passes], w.save,
                                  w.protection)
@@ -192,27 +155,27 @@ def _source_window(engines: Engines, table: ResolvedTable, src_schema: TableSche
     return w
 
 
-def load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
+def load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: ColumnCase,
          full_refresh: bool, resume: bool, progress: ProgressFn | None = None,
-         loaded_at_column: str | None = "_etl_loaded_at") -> PhaseStats:
+         loaded_at_column: str | None = "_etl_loaded_at", job: TableJob | None = None) -> PhaseStats:
+    """Replica -> analytics for one table. `job`: the table's facts for this run (tasks/job.py), read
+    from the source here when not given; the replica's shape is read here either way."""
     with locks.analytics_lock(engines, pg_schema, pg_table_name(table.name)):
-        return _load(engines, table, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case,
-                     full_refresh=full_refresh, resume=resume, progress=progress, loaded_at_column=loaded_at_column)
+        job = job or build_job(engines, table, source_db=make_url(engines.urls.source).database, replica_db=replica_db)
+        job = job.for_analytics(pg_schema=pg_schema, column_case=column_case, loaded_at_column=loaded_at_column)
+        return _load(engines, job, full_refresh=full_refresh, resume=resume, progress=progress)
 
 
-def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema: str, column_case: str,
-          full_refresh: bool, resume: bool, progress: ProgressFn | None = None,
-          loaded_at_column: str | None = "_etl_loaded_at") -> PhaseStats:
-    pg_name = pg_table_name(table.name)
+def _load(engines: Engines, job: TableJob, *, full_refresh: bool, resume: bool,
+          progress: ProgressFn | None = None) -> PhaseStats:
+    table, pg_schema, pg_name, mode = job.table, job.pg_schema, job.pg_name, job.mode
     with engines.replica.connect() as rc:
-        rep_schema = read_table_schema(rc, replica_db, table.name)
-        key = choose_key(rep_schema, table.primary_key, unique_keys(rc, replica_db, table.name))
-        mode, _ = effective_mode(table, rep_schema, key)
+        # The replica's shape after the replica phase (drift applied, or a fresh copy): what is loaded.
+        rep_schema = read_table_schema(rc, job.replica_db, table.name)
         # Name clashes (our load-time column included) fail here, before anything is created.
-        pg_columns(rep_schema, column_case=column_case, boolean_columns=table.boolean_columns,
-                   loaded_at_column=loaded_at_column)
+        job.pg_columns(rep_schema, with_loaded_at=True)
         cur = rc.connection.driver_connection.cursor()
-        execute(cur, f"USE {mysql_ident(replica_db)}")
+        execute(cur, f"USE {mysql_ident(job.replica_db)}")
         state.mysql_ensure(cur)
         rep_state = state.mysql_load(cur, table.name)
         rc.connection.driver_connection.commit()
@@ -229,21 +192,19 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
     if decide.analytics_path(mode=mode, full_refresh=full_refresh, live=live,
                              state_generation=current.generation if current else None,
                              replica_generation=rep_state.generation if rep_state else None) == "incremental":
-        notes = _widen_in_place(engines, table, rep_schema, pg_schema, column_case, loaded_at_column, key=key)
+        notes = _widen_in_place(engines, job, rep_schema)
 
-        window = _replica_window(engines, table, rep_schema, replica_db=replica_db, previous=current.watermarks,
+        window = _replica_window(engines, job, rep_schema, previous=current.watermarks,
                                  replica_saved=rep_state.watermarks)
 
         def save(cur, watermarks) -> None:  # noqa: ANN001
             state.pg_save(cur, pg_schema, pg_name, TableState(
                 generation=current.generation, watermarks=watermarks, run_count=current.run_count + 1))
-        stats = incremental.load_incremental(
-            engines, table, rep_schema, key, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case,
-            state=current, save_state=save, loaded_at_column=loaded_at_column, progress=progress, window=window)
+        stats = analytics_merge.load_incremental(engines, job, schema=rep_schema, state=current, save_state=save,
+                                                 progress=progress, window=window)
         stats.notes = notes + stats.notes
         if table.deletes == "detect" and (current.run_count + 1) % table.deletes_every == 0:
-            stats.deleted = _propagate_deletes(engines, table, key, rep_schema, replica_db=replica_db,
-                                               pg_schema=pg_schema, column_case=column_case)
+            stats.deleted = _propagate_deletes(engines, job, rep_schema)
             stats.notes.append(f"deletes checked: {stats.deleted} removed")
         return stats
 
@@ -257,9 +218,8 @@ def _load(engines: Engines, table: ResolvedTable, *, replica_db: str, pg_schema:
             state.pg_reset(cur, pg_schema, pg_name)
         state.pg_save(cur, pg_schema, pg_name, new)
 
-    stats = analytics_load.load_full(
-        engines, table, replica_db=replica_db, pg_schema=pg_schema, column_case=column_case, resume=resume,
-        progress=progress, in_swap=in_swap, loaded_at_column=loaded_at_column)
+    stats = analytics_load.load_full(engines, job, schema=rep_schema, resume=resume, progress=progress,
+                                     in_swap=in_swap)
     stats.mode = "full"
     stats.watermark_before = current.describe() if current else None
     stats.watermark_after = new.describe()
@@ -277,8 +237,8 @@ def _null_counts(engines: Engines, replica_db: str, table: str, columns: list[st
     return {c: int(n or 0) for c, n in zip(columns, row)}
 
 
-def _replica_window(engines: Engines, table: ResolvedTable, rep_schema: TableSchema, *, replica_db: str,
-                    previous: dict, replica_saved: dict) -> watermarks.Window:
+def _replica_window(engines: Engines, job: TableJob, rep_schema: TableSchema, *, previous: dict,
+                    replica_saved: dict) -> watermarks.Window:
     """The analytics leg's window on the replica, whose watermarks never pass the replica's own.
 
     Only this pipeline writes the replica, and each phase commits before the next reads, so no
@@ -288,11 +248,11 @@ def _replica_window(engines: Engines, table: ResolvedTable, rep_schema: TableSch
     replica's MAX would leave them behind; saving at most the replica's watermark keeps them inside
     the next analytics window. A retry reads the window again: the re-read is complete (the analytics
     merge does not resume mid-window) and the cap holds whatever the replica did in between."""
+    table = job.table
     with engines.replica.connect() as rc:
         cur = rc.connection.driver_connection.cursor()
-        w = incremental.read_window(cur, mysql_qualified(replica_db, table.name), table.incremental_columns,
-                                    previous, table.lookback, {c.name: c.data_type for c in rep_schema.columns},
-                                    late_commits=False)
+        w = watermarks.read_window(cur, job.replica_sql, table.incremental_columns, previous, table.lookback,
+                                   column_types(rep_schema), late_commits=False)
         rc.connection.driver_connection.rollback()
     capped: dict = {}
     for c, v in w.save.items():
@@ -307,9 +267,7 @@ def _replica_window(engines: Engines, table: ResolvedTable, rep_schema: TableSch
     return w
 
 
-def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSchema, pg_schema: str,
-                    column_case: str, loaded_at_column: str | None = None, *,
-                    key: tuple[str, ...] = ()) -> list[str]:
+def _widen_in_place(engines: Engines, job: TableJob, rep_schema: TableSchema) -> list[str]:
     """Bring analytics columns to the replica's types and nullability, in place (no reload).
 
     A widened type is `ALTER COLUMN ... TYPE` (varchar(n) -> text, integer -> bigint/numeric keep
@@ -320,9 +278,8 @@ def _widen_in_place(engines: Engines, table: ResolvedTable, rep_schema: TableSch
     message saying what to do. Key columns stay NOT NULL (PostgreSQL's primary key needs it; the
     date columns of a key are NULL-able in the mapping only for zero dates, which a key never holds).
     """
-    pg_name = pg_table_name(table.name)
-    wanted = pg_columns(rep_schema, column_case=column_case, boolean_columns=table.boolean_columns,
-                        loaded_at_column=loaded_at_column)
+    pg_schema, pg_name, key = job.pg_schema, job.pg_name, job.key
+    wanted = job.pg_columns(rep_schema, with_loaded_at=True)
     notes = []
     q_table = pg_qualified(pg_schema, pg_name)
     with engines.analytics.connect() as pc:
@@ -376,18 +333,15 @@ def _norm(pg_type: str) -> str:
     return t
 
 
-def _propagate_deletes(engines: Engines, table: ResolvedTable, key: tuple[str, ...], rep_schema: TableSchema, *,
-                       replica_db: str, pg_schema: str, column_case: str) -> int:
-    source_db = make_url(engines.urls.source).database
-    by_source = {c.source.name: c.name for c in pg_columns(rep_schema, column_case=column_case,
-                                                           boolean_columns=table.boolean_columns)}
+def _propagate_deletes(engines: Engines, job: TableJob, rep_schema: TableSchema) -> int:
+    table = job.table
+    by_source = {c.source.name: c.name for c in job.pg_columns(rep_schema)}
     with engines.source.connect() as sc, engines.replica.connect() as rc, engines.analytics.connect() as pc:
         scur = sc.connection.driver_connection.cursor()
         result = deletes.propagate_deletes(
             scur, rc.connection.driver_connection, pc.connection.driver_connection,
-            source_sql=mysql_qualified(source_db, table.name), replica_sql=mysql_qualified(replica_db, table.name),
-            pg_schema=pg_schema, pg_table=pg_table_name(table.name), keyset=Keyset.for_table(rep_schema, key, mysql_ident),
-            pg_key=[by_source[k] for k in key],
+            source_sql=job.source_sql, replica_sql=job.replica_sql, pg_schema=job.pg_schema, pg_table=job.pg_name,
+            keyset=job.keyset(rep_schema), pg_key=[by_source[k] for k in job.key],
             table=table.name, page=max(table.batch_size, 10_000), max_fraction=table.deletes_max_fraction,
             min_rows=table.deletes_min_rows)
         sc.rollback()

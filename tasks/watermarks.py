@@ -2,7 +2,7 @@
 
 A run reads MAX(change column) before its first row and saves a watermark the next run starts at
 (`>=`). Three things make MAX alone unsafe, and each is handled here, for the incremental window
-(tasks/incremental.change_window) and for the maxima a full refresh saves (tasks/sync) alike:
+(`read_window`, used by tasks/replica_merge and tasks/analytics_merge) and for the maxima a full refresh saves (tasks/sync) alike:
 
 - Late commits. ON UPDATE CURRENT_TIMESTAMP (and NOW() in an INSERT) stamps a row when the
   statement runs, not when its transaction commits. A transaction still open when MAX is read
@@ -33,13 +33,16 @@ A run reads MAX(change column) before its first row and saves a watermark the ne
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
 
-from tasks.identifiers import execute, mysql_ident
+from config.models import LookbackWindow, parse_lookback_seconds
+from tasks.errors import SchemaError
+from tasks.identifiers import execute, mysql_ident, readable
 from tasks.state import as_datetime
 
 DST_SHIFT = dt.timedelta(hours=1)
@@ -230,3 +233,80 @@ def describe_protection(trx: OpenTransactions, kinds: dict[str, str]) -> str:
     if dts:
         parts.append(f"DATETIME {', '.join(dts)} held {_fmt(DST_SHIFT)} below MAX (DST fall-back)")
     return "; ".join(parts) or "-"
+
+
+# --- the change window of one run: one pass per change column (see tasks/replica_merge.py) ---------
+
+def read_window(cur: Any, table_sql: str, columns: tuple[str, ...], saved: dict[str, Any],
+                lookback: str | LookbackWindow | None, types: dict[str, str] | None = None, *,
+                late_commits: bool = True) -> Window:
+    """The passes to read now and the watermarks to save once they are merged (`capture` holds the
+    saved watermark back so no late-committed or DST-repeated row falls behind).
+
+    A saved watermark never passes the server's clock: a row stamped in the future (bad data, a
+    skewed application clock) would otherwise push it ahead and hide every real change until then.
+    Such rows are simply read again each run until the clock catches up.
+
+    `lookback` as a duration moves each change column's window start back by it; as date columns
+    with a window it adds one pass per date column over [now - window, MAX(column)], re-reading rows
+    edited without touching a change column. Those passes save no watermark.
+    """
+    back = dt.timedelta(seconds=parse_lookback_seconds(lookback)) if isinstance(lookback, str) else None
+    types = types or {}
+    maxima, save, notes = capture(cur, table_sql, columns, types, saved, late_commits=late_commits)
+    passes: list[Pass] = []
+    for c in columns:
+        high, low = maxima[c], saved.get(c)
+        if high is None:
+            continue
+        if low is not None and back is not None and isinstance(low, dt.datetime):
+            low = low - back
+        if low is not None and isinstance(low, dt.datetime) and low.year < 1:
+            low = None
+        passes.append(Pass(c, low, high))
+    if isinstance(lookback, LookbackWindow):
+        ts_cap, _ = now_caps(cur)
+        passes.extend(date_window_passes(cur, table_sql, lookback, types, utc_now=ts_cap))
+    return Window(passes=passes, save=save, protection=notes)
+
+
+def change_window(cur: Any, table_sql: str, columns: tuple[str, ...], saved: dict[str, Any],
+                  lookback: str | LookbackWindow | None,
+                  types: dict[str, str] | None = None) -> tuple[list[Pass], dict[str, Any]]:
+    """(passes, watermarks to save): `read_window` as a pair."""
+    w = read_window(cur, table_sql, columns, saved, lookback, types)
+    return w.passes, w.save
+
+
+def date_window_passes(cur: Any, table_sql: str, lookback: LookbackWindow, types: dict[str, str], *,
+                       utc_now: dt.datetime) -> list[Pass]:
+    """One pass per lookback date column: rows dated within the window up to the column's maximum.
+
+    TIMESTAMP columns are read in UTC, so their window starts at UTC now - window. DATE and DATETIME
+    hold the application's local time, which may be up to 12 hours behind UTC: their window starts
+    12 hours earlier, and DATE windows start at midnight. Re-reading a little more is harmless.
+    """
+    span = dt.timedelta(seconds=parse_lookback_seconds(lookback.window))
+    out: list[Pass] = []
+    for c in lookback.columns:
+        kind = check_window_column(readable(table_sql), c, types)
+        low = utc_now - span if kind == "timestamp" else utc_now - span - dt.timedelta(hours=12)
+        if kind == "date":
+            low = dt.datetime.combine(low.date(), dt.time())
+        high = column_max(cur, table_sql, c)
+        if high is not None and high >= low:
+            out.append(Pass(c, low, high))
+    return out
+
+
+def check_window_column(where: str, column: str, types: dict[str, str], *, fix: str = "lookback.columns") -> str:
+    """The column's type for a lookback window, or a SchemaError naming `where`, the column and `fix`."""
+    kind = types.get(column)
+    if kind is None:
+        m = difflib.get_close_matches(column, list(types), n=1)
+        hint = f" (did you mean {m[0]!r}?)" if m else ""
+        raise SchemaError(f"{where}: lookback column {column!r} does not exist{hint}; fix {fix}")
+    if kind not in ("date", "datetime", "timestamp"):
+        raise SchemaError(f"{where}: lookback column {column!r} is {kind}; a lookback window needs a DATE, "
+                          f"DATETIME or TIMESTAMP column; fix {fix}")
+    return kind
