@@ -1104,7 +1104,7 @@ def child_main(a: argparse.Namespace) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from config.models import PipelineConfig, TableConfig
-    from tasks import analytics_load, replica_copy
+    from tasks import analytics_full, replica_full
     from tasks.connections import EngineUrls, open_engines
     from tasks.discovery import discover_tables
     from tasks.job import build_job
@@ -1132,11 +1132,11 @@ def child_main(a: argparse.Namespace) -> int:
             ts = time.monotonic()
             job = build_job(engines, table, source_db=a.src, replica_db=a.repl, pg_schema=a.schema)
             if replica:
-                st = replica_copy.copy_full(engines, job, method=a.method)
+                st = replica_full.copy_full(engines, job, method=a.method)
             else:
                 with engines.replica.connect() as rc:
                     schema = read_table_schema(rc, a.repl, name)
-                st = analytics_load.load_full(engines, job, schema=schema)
+                st = analytics_full.load_full(engines, job, schema=schema)
             print(f"{name}: {st.rows} rows in {st.seconds:.2f}s ({st.chunks} chunks) {'; '.join(st.notes)}", flush=True)
             return dict(table=name, rows=st.rows, seconds=round(st.seconds, 3), chunks=st.chunks, bytes=st.bytes,
                         start_s=round(ts - t0, 2), notes=st.notes)

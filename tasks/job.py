@@ -161,13 +161,20 @@ def build_job(engines: Engines, table: ResolvedTable, *, source_db: str, replica
               column_case: ColumnCase = "lower", loaded_at_column: str | None = "_etl_loaded_at") -> TableJob:
     """Read the table's facts from the source (one connection, metadata only) and decide its mode."""
     with engines.source.connect() as sc:
-        schema = mysql_schema.read_table_schema(sc, source_db, table.name)
-        key = mysql_schema.choose_key(schema, table.primary_key, mysql_schema.unique_keys(sc, source_db, table.name))
-        mode, why = effective_mode(table, schema, key)
-        tz = source_time_zone(sc)
+        job = read_job(sc, table, source_db=source_db, replica_db=replica_db, pg_schema=pg_schema,
+                       column_case=column_case, loaded_at_column=loaded_at_column)
         sc.rollback()
+    return job
+
+
+def read_job(conn: sa.Connection, table: ResolvedTable, *, source_db: str, replica_db: str, pg_schema: str = "",
+             column_case: ColumnCase = "lower", loaded_at_column: str | None = "_etl_loaded_at") -> TableJob:
+    """`build_job` on an open source connection (`etl plan` reads every table on one)."""
+    schema = mysql_schema.read_table_schema(conn, source_db, table.name)
+    key = mysql_schema.choose_key(schema, table.primary_key, mysql_schema.unique_keys(conn, source_db, table.name))
+    mode, why = effective_mode(table, schema, key)
     return TableJob(table=table, source_db=source_db, replica_db=replica_db, source=schema, key=key, mode=mode,
-                    why=why, source_time_zone=tz, pg_schema=pg_schema, column_case=column_case,
+                    why=why, source_time_zone=source_time_zone(conn), pg_schema=pg_schema, column_case=column_case,
                     loaded_at_column=loaded_at_column)
 
 

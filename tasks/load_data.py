@@ -3,7 +3,7 @@
 The source prints each row as a LOAD DATA line (tasks/type_mapping); a writer thread feeds the lines
 into a FIFO while the replica connection runs `LOAD DATA LOCAL INFILE` on it, and every warning of
 the chunk is inspected (a value LOAD DATA changed fails the chunk). Shared by the full copy
-(tasks/replica_copy), the incremental merge (tasks/incremental) and repair (tasks/repair).
+(tasks/replica_full), the incremental merge (tasks/replica_merge) and repair (tasks/repair).
 """
 from __future__ import annotations
 

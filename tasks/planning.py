@@ -12,12 +12,9 @@ from tasks.connections import create_engine
 from tasks.errors import SchemaError
 from tasks import dbt_run, decide, drift, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
-from tasks.mysql_schema import (
-    choose_key, read_table_schema, server_identity, show_create_table, table_exists, unique_keys,
-)
-from tasks.job import effective_mode
+from tasks.job import read_job
+from tasks.mysql_schema import read_table_schema, server_identity, show_create_table, table_exists
 from tasks.reports import format_table
-from tasks.type_mapping import pg_columns
 
 
 @dataclass
@@ -70,12 +67,12 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                 p = TablePlan(t.name, t.priority, gi, workers, "full", None, t.batch_size, None, (), "")
                 out.append(p)
                 try:
-                    schema = read_table_schema(conn, source_db, t.name)
+                    job = read_job(conn, t, source_db=source_db, replica_db=replica_db,
+                                   column_case=cfg.analytics.column_case,
+                                   loaded_at_column=cfg.analytics.loaded_at_column)
+                    schema, p.key, mode, why = job.source, job.key, job.mode, job.why
                     p.estimated_rows = schema.estimated_rows
-                    p.key = choose_key(schema, t.primary_key, unique_keys(conn, source_db, t.name))
-                    pg_columns(schema, column_case=cfg.analytics.column_case, boolean_columns=t.boolean_columns,
-                               loaded_at_column=cfg.analytics.loaded_at_column)
-                    mode, why = effective_mode(t, schema, p.key)
+                    job.pg_columns(schema, with_loaded_at=True)
                 except SchemaError as e:
                     p.problems.append(str(e))
                     continue

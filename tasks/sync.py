@@ -27,7 +27,7 @@ import psycopg2.errors
 from sqlalchemy.engine import make_url
 
 from config.models import ColumnCase, ResolvedTable
-from tasks import analytics_load, analytics_merge, decide, deletes, drift, locks, replica_copy, replica_merge, state
+from tasks import analytics_full, analytics_merge, decide, deletes, drift, locks, replica_full, replica_merge, state
 from tasks import watermarks
 from tasks.connections import Engines
 from tasks.errors import SchemaError, is_retriable
@@ -121,7 +121,7 @@ def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bo
     def after_swap(cur) -> None:  # noqa: ANN001
         state.mysql_save(cur, table.name, new)
         state.mysql_clear_pending(cur, table.name)
-    stats = replica_copy.copy_full(engines, job, method=method, resume=resume, progress=progress,
+    stats = replica_full.copy_full(engines, job, method=method, resume=resume, progress=progress,
                                    after_swap=after_swap)
     stats.mode = "full"
     stats.watermark_before = current.describe() if current else None
@@ -218,7 +218,7 @@ def _load(engines: Engines, job: TableJob, *, full_refresh: bool, resume: bool,
             state.pg_reset(cur, pg_schema, pg_name)
         state.pg_save(cur, pg_schema, pg_name, new)
 
-    stats = analytics_load.load_full(engines, job, schema=rep_schema, resume=resume, progress=progress,
+    stats = analytics_full.load_full(engines, job, schema=rep_schema, resume=resume, progress=progress,
                                      in_swap=in_swap)
     stats.mode = "full"
     stats.watermark_before = current.describe() if current else None

@@ -137,3 +137,43 @@ def test_data_and_index_directories_of_the_source_host_are_dropped() -> None:
            "CHARSET=utf8mb4 DATA DIRECTORY='/srv/mysql/' INDEX DIRECTORY='/srv/idx/' COMMENT='DATA DIRECTORY=''x'''")
     assert split_create_table(ddl, "n").create.endswith(") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 "
                                                         "COMMENT='DATA DIRECTORY=''x'''")
+
+
+# --- secondary UNIQUE indexes: plain on the replica, which merges by its key alone ---------------
+
+UNIQUES = """CREATE TABLE `patient` (
+  `id` int(11) NOT NULL,
+  `email` varchar(80) NOT NULL,
+  `ssn` char(9) NOT NULL,
+  `doc` text DEFAULT NULL,
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `by_email` (`email`),
+  UNIQUE KEY `by_ssn` (`ssn`(4),`email` DESC),
+  UNIQUE KEY `by_doc` (`doc`) USING HASH,
+  KEY `plain` (`ssn`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"""
+
+
+def test_secondary_unique_indexes_become_plain_and_move_after_the_load() -> None:
+    split = split_create_table(UNIQUES, "_etl_new_patient")
+    assert "KEY" not in split.create.replace("PRIMARY KEY", "")
+    assert split.add_indexes == ("ALTER TABLE `_etl_new_patient` ADD KEY `by_email` (`email`), "
+                                 "ADD KEY `by_ssn` (`ssn`(4),`email` DESC), ADD KEY `plain` (`ssn`)")
+
+
+def test_the_unique_key_a_table_is_merged_by_stays_unique() -> None:
+    split = split_create_table(UNIQUES, "_etl_new_patient", keep_unique=("email",))
+    assert "ADD UNIQUE KEY `by_email` (`email`)" in split.add_indexes
+    assert "ADD KEY `by_ssn`" in split.add_indexes
+
+
+def test_relax_unique_sql_turns_an_old_replica_table_s_uniques_plain_once() -> None:
+    from tasks.mysql_schema import relax_unique_sql
+
+    assert relax_unique_sql(UNIQUES, "patient") == (
+        "ALTER TABLE `patient` DROP INDEX `by_email`, ADD KEY `by_email` (`email`), DROP INDEX `by_ssn`, "
+        "ADD KEY `by_ssn` (`ssn`(4),`email` DESC), DROP INDEX `by_doc`")
+    assert relax_unique_sql(UNIQUES, "patient", keep_unique=("email",)) == (
+        "ALTER TABLE `patient` DROP INDEX `by_ssn`, ADD KEY `by_ssn` (`ssn`(4),`email` DESC), DROP INDEX `by_doc`")
+    relaxed = "\n".join(line.replace("UNIQUE KEY", "KEY") for line in UNIQUES.split("\n") if "by_doc" not in line)
+    assert relax_unique_sql(relaxed, "patient") is None
