@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -56,7 +57,6 @@ class RunContext:
     replica_method: ReplicaMethod
     full_refresh: bool = False
     loaded_at_column: str | None = "_etl_loaded_at"
-    jobs: JobCache = field(default_factory=lambda: JobCache(), compare=False, repr=False)
 
     @property
     def metrics(self) -> MetricsWriter:
@@ -64,14 +64,32 @@ class RunContext:
 
     def job(self, table: ResolvedTable) -> TableJob:
         """The table's facts for this run (tasks/job.py): read from the source the first time a phase
-        asks, then the same for every later phase and retry of the run."""
-        return self.jobs.get(table.name, lambda: build_job(
+        asks, then the same for every later phase and retry of the run. The flows build a context
+        per task run; they share the run's engines, and so the run's jobs."""
+        return JobCache.of(self.engines, self.run_id).get(table.name, lambda: build_job(
             self.engines, table, source_db=self.source_db, replica_db=self.replica_db, pg_schema=self.pg_schema,
             column_case=self.column_case, loaded_at_column=self.loaded_at_column))
 
 
 class JobCache:
-    """One TableJob per table name, built once even when phases of several tables run in threads."""
+    """One TableJob per table name, built once even when phases of several tables run in threads.
+
+    `JobCache.of(engines, run_id)`: the run's cache. It lives as long as the run's engines (a run
+    opens its own), so nothing read in one run is used in another."""
+
+    _runs: dict[tuple[int, str], JobCache] = {}
+    _runs_lock = threading.Lock()
+
+    @classmethod
+    def of(cls, engines: Engines, run_id: str) -> JobCache:
+        key = (id(engines), run_id)
+        with cls._runs_lock:
+            cache = cls._runs.get(key)
+            if cache is None:
+                cache = cls._runs[key] = cls()
+                # Dropped with the engines, so a later object at the same address starts empty.
+                weakref.finalize(engines, cls._runs.pop, key, None)
+            return cache
 
     def __init__(self) -> None:
         self._jobs: dict[str, TableJob] = {}

@@ -44,7 +44,8 @@ class _Calls:
 def calls(monkeypatch) -> _Calls:  # noqa: ANN001
     """Wrap read_table_schema and choose_key wherever a tasks module holds them, so a call through
     any import path is counted."""
-    import tasks.mysql_schema as ms
+    import flows.pipeline  # noqa: F401 - every module of a run imported first: one imported later would
+    import tasks.mysql_schema as ms  # bind the wrapper itself and keep it after this test
 
     c = _Calls()
     for name in ("read_table_schema", "choose_key"):
@@ -80,4 +81,17 @@ def test_schema_read_and_key_chosen_once_per_table_per_run(etl_env, calls) -> No
     assert calls.by("read_table_schema", rep) == {"patient": 2, "codes": 1, "audit": 1}
     assert set(calls.seen) <= {(f, db, t) for f in ("read_table_schema", "choose_key") for db in (src, rep)
                                for t in tables}
+    assert_all_copies_equal(etl_env)
+
+
+def test_the_flows_share_the_run_s_jobs_across_their_task_runs(etl_env, prefect_harness, calls) -> None:
+    # `etl run` (Prefect) builds a RunContext per task run; the phases of a table still share one job.
+    etl_env.source_sql(SCHEMA)
+    _config(etl_env)
+    tables = {"patient", "codes", "audit"}
+    calls.seen.clear()
+    assert etl_env.etl("run") == 0
+    assert calls.by("read_table_schema", etl_env.source_db) == dict.fromkeys(tables, 1)
+    assert calls.by("choose_key", etl_env.source_db) == dict.fromkeys(tables, 1)
+    assert calls.by("read_table_schema", etl_env.replica_db) == dict.fromkeys(tables, 1)
     assert_all_copies_equal(etl_env)
