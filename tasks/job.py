@@ -83,9 +83,9 @@ def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ..
         return "full", "mode: incremental but no incremental_columns: full refresh"
     why = f"incremental on {', '.join(table.incremental_columns)} (any of them advanced)"
     if isinstance(table.lookback, LookbackWindow):
-        types = {c.name: c.data_type for c in schema.columns}
         for c in table.lookback.columns:
-            watermarks.check_window_column(f"table {table.name!r}", c, types, fix=f"tables.{table.name}.lookback")
+            watermarks.check_window_column(f"table {table.name!r}", c, column_types(schema),
+                                           fix=f"tables.{table.name}.lookback")
         why += f"; re-reads rows whose {', '.join(table.lookback.columns)} is in the last {table.lookback.window}"
     elif table.lookback:
         why += f"; re-reads {table.lookback} before each watermark"

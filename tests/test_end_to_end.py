@@ -54,9 +54,9 @@ def test_every_type_arrives_unchanged(etl_env, monkeypatch, method) -> None:
     monkeypatch.setenv("ETL_REPLICA_METHOD", method)
     # Exercise every fast path on small data: parallel COPY streams for the 3,000-row table and
     # GROUP_CONCAT blocks small enough that each chunk takes several of them.
-    from tasks import analytics_full as analytics_load, streaming
+    from tasks import analytics_full, streaming
 
-    monkeypatch.setattr(analytics_load, "PARALLEL_MIN_ROWS", 1000)
+    monkeypatch.setattr(analytics_full, "PARALLEL_MIN_ROWS", 1000)
     monkeypatch.setattr(streaming, "GROUP_BYTES", 64 * 1024)
     discover_with(etl_env, batch_size=700)
 

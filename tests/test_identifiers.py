@@ -228,9 +228,9 @@ def test_nasty_names_survive_every_command(etl_env, prefect_harness, monkeypatch
     etl_env.source_sql(SCHEMA)
     monkeypatch.setenv("ETL_REPLICA_METHOD", method)
     # Several chunks everywhere, two parallel COPY streams for the 1,500-row table, small GROUP_CONCAT blocks.
-    from tasks import analytics_full as analytics_load, streaming
+    from tasks import analytics_full, streaming
 
-    monkeypatch.setattr(analytics_load, "PARALLEL_MIN_ROWS", 1000)
+    monkeypatch.setattr(analytics_full, "PARALLEL_MIN_ROWS", 1000)
     monkeypatch.setattr(streaming, "GROUP_BYTES", 16 * 1024)
 
     # discover writes YAML that reads back to the same names, keys and change columns.
