@@ -1107,7 +1107,7 @@ def child_main(a: argparse.Namespace) -> int:
     from tasks import analytics_full, replica_full
     from tasks.connections import EngineUrls, open_engines
     from tasks.discovery import discover_tables
-    from tasks.job import build_job
+    from tasks.job import build_job, read_job
     from tasks.mysql_schema import list_base_tables, read_table_schema
 
     startup = time.monotonic() - _T_START
@@ -1130,11 +1130,14 @@ def child_main(a: argparse.Namespace) -> int:
         def one(name: str) -> dict:
             table = cfg.resolve(name)
             ts = time.monotonic()
-            job = build_job(engines, table, source_db=a.src, replica_db=a.repl, pg_schema=a.schema)
             if replica:
+                job = build_job(engines, table, source_db=a.src, replica_db=a.repl)
                 st = replica_full.copy_full(engines, job, method=a.method)
             else:
+                # The analytics leg alone: the replica stands in for the source (it may be gone by now),
+                # so the job's facts are read from the replica's table, which is what is loaded.
                 with engines.replica.connect() as rc:
+                    job = read_job(rc, table, source_db=a.repl, replica_db=a.repl, pg_schema=a.schema)
                     schema = read_table_schema(rc, a.repl, name)
                 st = analytics_full.load_full(engines, job, schema=schema)
             print(f"{name}: {st.rows} rows in {st.seconds:.2f}s ({st.chunks} chunks) {'; '.join(st.notes)}", flush=True)
