@@ -115,6 +115,21 @@ class EtlEnv:
 
         return main(list(args))
 
+    def run_plain(self, *, tables: list[str] | None = None, full_refresh: bool = False, run_id: str | None = None,
+                  check: bool = True):  # noqa: ANN201 - tasks.run.RunResult
+        """One run of this environment's config through tasks/run.run_pipeline (no Prefect); returns the
+        RunResult. With `check` (the default) a failed table fails the test, naming every failed table and why."""
+        from config.models import load_pipeline_config
+        from config.settings import Settings
+        from tasks.run import run_pipeline
+
+        settings = Settings()
+        result = run_pipeline(settings, load_pipeline_config(settings.config), tables=tables,
+                              full_refresh=full_refresh, run_id=run_id)
+        if check and result.failed:
+            raise AssertionError("; ".join(f"{o.table}: {o.error}" for o in result.outcomes if o.status != "ok"))
+        return result
+
     def run(self, *args: str) -> int:
         """`etl run [--tables a,b] [--full-refresh] [--config PATH]` without Prefect: the same table work
         through tasks/run.run_pipeline (what the flows wrap). For tests that check data, not orchestration;

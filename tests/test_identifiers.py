@@ -273,7 +273,7 @@ def test_nasty_names_survive_every_command(etl_env, prefect_harness, monkeypatch
     assert f"ADD COLUMN {q(ADDED)} varchar(20) NOT NULL DEFAULT 'd%s:z' AFTER `clé \"k\"`" in plan
     assert f"MODIFY COLUMN {q(WIDENED)} varchar(60)" in plan
 
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
     runs = _table_runs(etl_env)
     assert {r["status"] for r in runs.values()} == {"ok"}

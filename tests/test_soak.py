@@ -11,14 +11,12 @@ neither by the pipeline's own counters (every run's `still_open`, `etl connectio
 by the servers (PROCESSLIST, pg_stat_activity), between runs as well as at the end. Rows moved and
 seconds per run are printed as a summary (shown without -s too).
 
-What a run costs decides how the runs are made. Through Prefect (`etl run`: the parent flow, a
-subflow per group and per table, a task per phase) a run of these four tables took 13-19 s on the
-shared 2-core box (load 5-6), against 1-2.3 s for the same work without the orchestration (the
-temporary SQLite-backed API is the cost); 50 of them would not fit in `make test`. So every
-SOAK_FLOW_EVERY-th run, and the last one, is a real `etl run`; the others, the first full load
-included, do exactly the work of one (`_plain_run`: tasks/run.run_pipeline, the same engines and pools, tasks/sync.py's
-replicate and load, the verify count check, groups in order with `workers` tables at once, the same
-etl.* metrics rows) without the orchestration. SOAK_FLOW_EVERY=1 makes every run an `etl run`.
+The soak tests the table work under a writer, not the orchestration, so every run is the plain runner
+(`EtlEnv.run_plain()`: tasks/run.run_pipeline, what the flows wrap: the same engines and pools,
+tasks/sync.py's replicate and load, the verify count check, groups in order with `workers` tables at
+once, the same etl.* metrics rows). Through Prefect a run of these four tables took 13-19 s on the
+shared 2-core box against 1-2.3 s without it; SOAK_FLOW_EVERY=n makes every n-th run an `etl run`
+(0, the default, none).
 """
 from __future__ import annotations
 
@@ -40,7 +38,7 @@ from tests.test_end_to_end import assert_all_copies_equal
 pytestmark = pytest.mark.slow
 
 RUNS = int(os.environ.get("SOAK_RUNS", "50"))
-FLOW_EVERY = int(os.environ.get("SOAK_FLOW_EVERY", "25"))  # run n is an `etl run` when n % FLOW_EVERY == 0
+FLOW_EVERY = int(os.environ.get("SOAK_FLOW_EVERY", "0"))  # run n is an `etl run` when n % FLOW_EVERY == 0
 BATCH_SIZE = 100  # small, so the change windows are paged in several chunks and ties straddle them
 
 SCHEMA = """
@@ -122,21 +120,6 @@ class SoakWriter:
             self.proc.wait()
 
 
-def _plain_run(run_id: str) -> None:
-    """One run of every enabled table without Prefect (tasks/run.py, the functions the flow wraps).
-
-    Raises when a table failed (the run failed), naming every failed table and why.
-    """
-    from config.models import load_pipeline_config
-    from config.settings import Settings
-    from tasks.run import run_pipeline
-
-    settings = Settings()
-    result = run_pipeline(settings, load_pipeline_config(settings.config), run_id=run_id)
-    if result.failed:
-        raise AssertionError("; ".join(f"{o.table}: {o.error}" for o in result.outcomes if o.status != "ok"))
-
-
 def _server_sessions(env, *, exclude: tuple[int, ...] = ()) -> dict[str, int]:
     """Sessions the servers hold for this test's databases, other than our own and `exclude`."""
     my = mysql_connect()
@@ -208,7 +191,7 @@ def _summary(seconds: list[tuple[str, float]], runs: list[dict], writer: dict) -
             f"  {timing('etl run (Prefect)')}\n  {timing('runs without Prefect')}")
 
 
-def test_soak_incremental_runs_under_a_writer(etl_env, prefect_harness, tmp_path, capsys) -> None:
+def test_soak_incremental_runs_under_a_writer(etl_env, tmp_path, capsys, request) -> None:
     env = etl_env
     env.source_sql(SCHEMA)
     assert env.etl("discover") == 0
@@ -220,7 +203,9 @@ def test_soak_incremental_runs_under_a_writer(etl_env, prefect_harness, tmp_path
         "visit": "incremental", "patient": "incremental", "payment": "incremental", "codes": "full"}
     assert tables["patient"]["incremental_columns"] == ["SecDateTEdit", "DateTEdit"]
 
-    _plain_run("soak-first")  # no state yet: a full load of every table
+    if FLOW_EVERY > 0:
+        request.getfixturevalue("prefect_harness")
+    env.run_plain(run_id="soak-first")  # no state yet: a full load of every table
     assert_all_copies_equal(env)
 
     writer = SoakWriter(env.source_db, tmp_path)
@@ -233,7 +218,7 @@ def test_soak_incremental_runs_under_a_writer(etl_env, prefect_harness, tmp_path
                 code = env.etl("run")
                 assert code == 0, f"run {i} of {RUNS} (etl run) failed under the writer (exit {code})"
             else:
-                _plain_run(f"soak-{i}-{uuid.uuid4().hex[:8]}")
+                env.run_plain(run_id=f"soak-{i}-{uuid.uuid4().hex[:8]}")
             seconds.append(("etl run (Prefect)" if flow else "runs without Prefect", time.monotonic() - t0))
             # Between runs nothing of the pipeline may stay connected (the writer's session excepted).
             left = _no_server_sessions(env, exclude=(writer.connection_id,))
@@ -242,7 +227,7 @@ def test_soak_incremental_runs_under_a_writer(etl_env, prefect_harness, tmp_path
     finally:
         writer.kill()
 
-    assert env.etl("run") == 0  # the writer is stopped: this run catches up with its last changes
+    env.run_plain(run_id="soak-last")  # the writer is stopped: this run catches up with its last changes
     assert_all_copies_equal(env)
 
     runs = _run_rows(env)

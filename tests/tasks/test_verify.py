@@ -26,10 +26,10 @@ def _verify(env, name: str, page: int = 1000):
                             pg_schema="raw", column_case="lower", page=page)
 
 
-def test_verify_agrees_then_names_the_rows_that_differ(etl_env, prefect_harness) -> None:
+def test_verify_agrees_then_names_the_rows_that_differ(etl_env) -> None:
     etl_env.source_sql(TABLES)
     etl_env.write_config(CONFIG)
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     r = _verify(etl_env, "visit")
     assert r.ok and r.ranges == 3 and (r.source_rows, r.replica_rows, r.analytics_rows) == (2500, 2500, 2500)
     assert _verify(etl_env, "tag").ok
@@ -47,13 +47,13 @@ def test_verify_agrees_then_names_the_rows_that_differ(etl_env, prefect_harness)
     assert len(r.differing) == 3  # one per range: untouched ranges were not drilled into
 
 
-def test_repair_recopies_only_the_differing_ranges(etl_env, prefect_harness) -> None:
+def test_repair_recopies_only_the_differing_ranges(etl_env) -> None:
     from tasks.repair import repair_ranges
     from tests.dbcompare import assert_mysql_equal, assert_pg_matches_mysql
 
     etl_env.source_sql(TABLES)
     etl_env.write_config(CONFIG)
-    assert etl_env.etl("run") == 0
+    assert etl_env.run() == 0
     # Damage the copies behind the pipeline's back: a lost row in the replica, a changed one in analytics.
     rep = etl_env.mysql(etl_env.replica_db)
     with rep.cursor() as cur:
