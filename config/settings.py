@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     )
     analytics_schema: str = Field(default="raw", description="PostgreSQL schema that receives the tables.")
     config: str = Field(default="config/tables.yml", description="Path of the table config file.")
+    sources: str | None = Field(
+        default=None, description="Path of the sources file (many clinics, config/sources.py); unset: the one "
+        "source of ETL_SOURCE_URL/ETL_REPLICA_URL, as always.")
     replica_method: Literal["auto", "server", "stream"] = Field(
         default="auto",
         description="Replica copy path: `server` = INSERT..SELECT on a shared server, `stream` = LOAD DATA "
