@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from config.errors import ConfigError
 
-Mode = Literal["full", "incremental"]
+Mode = Literal["full", "incremental", "binlog"]
 Deletes = Literal["detect", "off"]
 ColumnCase = Literal["lower", "preserve"]
 DbtCommand = Literal["build", "run", "test"]
@@ -100,7 +100,8 @@ class TableSettings(_Strict):
     priority: str | None = Field(default=None, description="Name of the priority group this table runs in.")
     mode: Mode | None = Field(
         default=None,
-        description="`full` reloads the whole table; `incremental` moves rows whose change columns advanced.",
+        description="`full` reloads the whole table; `incremental` moves rows whose change columns advanced; "
+                    "`binlog` applies the keys the source's binary log shows changed (tasks/binlog_reader.py).",
     )
     batch_size: int | None = Field(
         default=None, gt=0, le=5_000_000,
@@ -226,6 +227,16 @@ _BUILTIN_DEFAULTS = TableSettings(
 )
 
 
+class BinlogOptions(_Strict):
+    """Binlog mode (tables with `mode: binlog`)."""
+
+    on_log_gone: Literal["stop", "resnapshot"] = Field(
+        default="stop",
+        description="When the saved log position is gone (purged, restored server, other server id): `stop` fails "
+                    "the binlog tables with the command that fixes it; `resnapshot` copies them again in full.",
+    )
+
+
 class PipelineConfig(_Strict):
     """The whole `tables.yml`."""
 
@@ -242,6 +253,7 @@ class PipelineConfig(_Strict):
     defaults: TableSettings = Field(default_factory=TableSettings, description="Applied to every table.")
     tables: dict[str, TableConfig] = Field(default_factory=dict, description="Source table name -> settings.")
     dbt: DbtOptions | None = Field(default=None, description="Run dbt after a load; absent: dbt is not run.")
+    binlog: BinlogOptions = Field(default_factory=BinlogOptions, description="Binlog mode options.")
 
     @model_validator(mode="after")
     def _check_references(self) -> PipelineConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Path = Literal["full", "incremental"]
+Path = Literal["full", "incremental", "binlog"]
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,15 @@ def replica_path(*, mode: Path, why: str, full_refresh: bool, has_state: bool, r
         return ReplicaPath("full", f"first run: full refresh, then {why}")
     if drift_added:
         return ReplicaPath("full", "column added in the source: full reload back-fills it", apply_drift=True)
-    return ReplicaPath("incremental", why, apply_drift=drift_widened)
+    return ReplicaPath("binlog" if mode == "binlog" else "incremental", why, apply_drift=drift_widened)
 
 
 def analytics_path(*, mode: Path, full_refresh: bool, live: bool, state_generation: int | None,
                    replica_generation: int | None) -> Path:
     """The analytics phase's path: incremental only when analytics holds the replica's current generation
     (every full reload of the replica bumps it, so analytics reloads in full after one)."""
-    if mode != "incremental" or full_refresh or not live:
+    if mode == "full" or full_refresh or not live:
         return "full"
     if state_generation is None or replica_generation is None or state_generation != replica_generation:
         return "full"
-    return "incremental"
+    return "binlog" if mode == "binlog" else "incremental"

@@ -77,12 +77,23 @@ def guess_priority(name: str, rows: int) -> str:
     return "normal"
 
 
+def binlog_blockers(conn: Connection) -> list[str]:
+    """What keeps the source from serving binlog mode (empty: it can), each with its fix."""
+    from tasks.binlog_source import missing_settings
+
+    return missing_settings(conn.connection.driver_connection.cursor())
+
+
 def discover_tables(conn: Connection, database: str) -> list[DiscoveredTable]:
     out = []
+    binlog_ready = not binlog_blockers(conn)
     for info in list_base_tables(conn, database):
         schema = read_table_schema(conn, database, info.name)
         inc = change_columns(schema)
         mode, why = choose_mode(schema, inc)
+        if binlog_ready and schema.primary_key:
+            # The log sees every change, timestamps or not (README, "Binlog mode").
+            mode, why = "binlog", "binlog: the source's binary log serves every change of this keyed table"
         out.append(DiscoveredTable(
             name=info.name,
             primary_key=schema.primary_key,

@@ -36,7 +36,7 @@ from tasks.keyset import Keyset
 from tasks.mysql_schema import TableSchema
 from tasks.type_mapping import PgColumn, pg_columns
 
-Mode = Literal["full", "incremental"]
+Mode = Literal["full", "incremental", "binlog"]
 ProgressFn = Callable[[int], None]
 
 
@@ -79,6 +79,8 @@ def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ..
         return "full", "mode: full"
     if not key:
         return "full", "no primary key: full refresh every run (rows cannot be merged)"
+    if table.mode == "binlog":
+        return "binlog", "binlog: the keys the source's binary log shows changed, re-read and applied"
     if not table.incremental_columns:
         return "full", "mode: incremental but no incremental_columns: full refresh"
     why = f"incremental on {', '.join(table.incremental_columns)} (any of them advanced)"

@@ -239,6 +239,42 @@ def leaked_connections(engines: Engines) -> dict[str, int]:
     return {role: u["still_open"] for role, u in engines.usage().items() if u["still_open"]}
 
 
+def capture_binlog(ctx: RunContext, cfg: PipelineConfig, *, attempts: int = 3) -> dict[str, str]:
+    """The run's one read of the source's binary log (tasks/binlog_reader.py), before any table.
+
+    Every enabled binlog-mode table of the config is captured, not only this run's: the cursor is
+    one per source, so a table left out would lose its changes. Returns {table: error} for the
+    binlog tables that cannot run (the log is gone, the server cannot serve binlog mode); a lost
+    connection is retried (the capture resumes at its last committed transaction)."""
+    from tasks import binlog_reader
+    from tasks.errors import is_retriable
+
+    keys: dict[str, tuple[str, ...]] = {}
+    for t in cfg.resolved_tables(None):
+        if t.mode != "binlog":
+            continue
+        try:
+            job = ctx.job(t)
+        except Exception:  # noqa: BLE001 - the table's own run reports it
+            continue
+        if job.mode == "binlog":
+            keys[t.name] = job.key
+    if not keys:
+        return {}
+    for attempt in range(1, attempts + 1):
+        try:
+            binlog_reader.capture(ctx.engines, source_db=ctx.source_db, replica_db=ctx.replica_db, tables=keys,
+                                  on_log_gone=cfg.binlog.on_log_gone)
+            return {}
+        except Exception as e:  # noqa: BLE001 - retried or reported per table
+            if attempt < attempts and is_retriable(e):
+                time.sleep(attempt)
+                continue
+            ctx.metrics.error(table="(binlog)", phase="replica", exc=e, attempt=attempt)
+            return {name: f"{type(e).__name__}: {e}" for name in keys}
+    return {}
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -276,8 +312,10 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
         metrics = ctx.metrics
         metrics.ensure_schema()
         metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
+        blocked = capture_binlog(ctx, cfg)  # binlog mode: once per source per run
+        outcomes.extend(failed_outcome(t.name, blocked[t.name]) for t in chosen if t.name in blocked)
         for group in cfg.groups_in_order():
-            members = cfg.tables_in_group(group.name, chosen)
+            members = [t for t in cfg.tables_in_group(group.name, chosen) if t.name not in blocked]
             if members:
                 outcomes.extend(run_group(ctx, members, workers=group.workers))
     usage = engines.usage()

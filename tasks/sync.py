@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 from config.models import ColumnCase, ResolvedTable
 from tasks import analytics_full, analytics_merge, decide, deletes, drift, locks, replica_full, replica_merge, state
-from tasks import watermarks
+from tasks import binlog_apply, watermarks
 from tasks.connections import Engines
 from tasks.errors import SchemaError, is_retriable
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
@@ -68,13 +68,15 @@ def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bo
         raw.commit()
         live = table_exists(rc, replica_db, table.name)
         rep_server = server_identity(rc)
-        route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=current is not None,
+        # binlog hook: a state without a binlog sequence (e.g. the table was incremental) copies first.
+        has_state = current is not None and (mode != "binlog" or binlog_apply.SEQ in current.watermarks)
+        route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=has_state,
                                     replica_live=live)
         # The replica's own shape (another table than the source's): what drift compares against.
-        rep_schema = read_table_schema(rc, replica_db, table.name) if route.path == "incremental" else None
+        rep_schema = read_table_schema(rc, replica_db, table.name) if route.path != "full" else None
 
     notes: list[str] = []
-    if route.path == "incremental":
+    if route.path != "full":
         d = drift.compare(src_schema, rep_schema, key=key)
         if d.problems:
             raise drift.refuse(table.name, d)
@@ -92,6 +94,15 @@ def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bo
             notes.append(f"schema drift applied in place: {d.describe()}")
         route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=True, replica_live=True,
                                     drift_added=bool(d.added))
+        if route.path == "binlog":  # binlog hook: the keys the run's reader logged (tasks/binlog_apply.py)
+            def save_seq(cur, marks) -> None:  # noqa: ANN001
+                state.mysql_save(cur, table.name, TableState(
+                    generation=current.generation, watermarks={**current.watermarks, **marks},
+                    run_count=current.run_count + 1, source_time_zone=job.source_time_zone))
+            stats = binlog_apply.replicate_changes(engines, job, applied=current.watermarks[binlog_apply.SEQ],
+                                                   save_state=save_seq, progress=progress)
+            stats.notes = notes + stats.notes
+            return stats
         if route.path == "incremental":
             window = _source_window(engines, job, kind="incremental", previous=current.watermarks, resume=resume)
 
@@ -115,6 +126,8 @@ def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bo
     if mode == "incremental":
         w = _source_window(engines, job, kind="full", previous={}, resume=resume)
         highs, protection = w.save, w.protection
+    elif mode == "binlog":  # binlog hook: the change-log sequence and position this copy is consistent with
+        highs = binlog_apply.snapshot_marks(engines, job)
     new = TableState(generation=(current.generation if current else 0) + 1, watermarks=highs,
                      source_time_zone=job.source_time_zone)
 
@@ -191,8 +204,18 @@ def _load(engines: Engines, job: TableJob, *, full_refresh: bool, resume: bool,
 
     if decide.analytics_path(mode=mode, full_refresh=full_refresh, live=live,
                              state_generation=current.generation if current else None,
-                             replica_generation=rep_state.generation if rep_state else None) == "incremental":
+                             replica_generation=rep_state.generation if rep_state else None) != "full":
         notes = _widen_in_place(engines, job, rep_schema)
+        if mode == "binlog":  # binlog hook: the keys the replica leg applied (tasks/binlog_apply.py)
+            def save_seq(cur, marks) -> None:  # noqa: ANN001
+                state.pg_save(cur, pg_schema, pg_name, TableState(
+                    generation=current.generation, watermarks={**current.watermarks, **marks},
+                    run_count=current.run_count + 1))
+            stats = binlog_apply.load_changes(
+                engines, job, schema=rep_schema, applied=current.watermarks.get(binlog_apply.SEQ, 0),
+                upto=rep_state.watermarks.get(binlog_apply.SEQ, 0), save_state=save_seq, progress=progress)
+            stats.notes = notes + stats.notes
+            return stats
 
         window = _replica_window(engines, job, rep_schema, previous=current.watermarks,
                                  replica_saved=rep_state.watermarks)
@@ -209,7 +232,7 @@ def _load(engines: Engines, job: TableJob, *, full_refresh: bool, resume: bool,
         return stats
 
     highs: dict = {}
-    if mode == "incremental" and rep_state is not None:
+    if mode in ("incremental", "binlog") and rep_state is not None:
         highs = dict(rep_state.watermarks)  # the replica was static since its own state was written
     new = TableState(generation=rep_state.generation if rep_state else 0, watermarks=highs)
 

@@ -1,0 +1,232 @@
+"""Binlog mode's two legs for one table: the keys the run's reader logged, applied in commit order.
+
+Replica leg (`replicate_changes`): the table's keys in `_etl_binlog_changes` past its saved sequence,
+in batches of `batch_size` in sequence order; each batch's rows are re-read *by key* from the source
+through the full copy's LOAD DATA path (exact values, see tasks/binlog_reader.py) into a stage
+table, then in one replica transaction: the batch's keys deleted from the live table, the rows
+found inserted (a key no longer in the source stays deleted; a primary-key change is the old key
+deleted and the new one inserted), and the sequence saved in the replica's state. A TRUNCATE
+marker empties the table at its place in the sequence.
+
+Analytics leg (`load_changes`): the same keys past analytics' own saved sequence, re-read from the
+replica through COPY, deleted and inserted in one PostgreSQL transaction with the sequence in
+analytics' state. A crash anywhere leaves each side at its last committed batch; the next run
+goes on from there (a batch applied twice gives the same rows). Keys both legs have passed are
+deleted from the change log.
+
+`snapshot_marks`: what a full copy in binlog mode saves with its data (the change-log sequence
+and log position read before the copy: every change after them is applied again on top).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from tasks import binlog_source, faults
+from tasks.binlog_reader import CHANGES, decode_key, ensure_tables, load_cursor, save_cursor
+from tasks.connections import Engines
+from tasks.copy import copy_chunk
+from tasks.identifiers import execute, mysql_ident, pg_ident, shadow_name
+from tasks.job import PhaseStats, ProgressFn, TableJob
+from tasks.load_data import fifo_path, load_chunk, load_data_plan, writable_columns
+from tasks.mysql_schema import TableSchema
+from tasks.streaming import ChunkResult, LineQuery
+from tasks.type_mapping import copy_line_select
+
+SEQ = "_binlog_seq"  # the state "watermark" holding the last change-log sequence applied
+AT = "_binlog_at"  # the log position (tasks/binlog_source.Position.encode) of the last full copy
+
+SaveFn = Callable[[Any, dict], None]
+
+
+def snapshot_marks(engines: Engines, job: TableJob) -> dict[str, int]:
+    """The sequence and position a full copy starting now is consistent with (read before it starts).
+
+    The copy reads the source after this point, so it already holds every change logged up to the
+    sequence; changes after the position are logged by later reads and re-applied by key on top of
+    it (idempotent), so nothing between is lost or doubled. The reader's cursor is created here when
+    it has none yet, so the first read starts no later than this copy."""
+    with engines.source.connect() as sc:
+        scur = sc.connection.driver_connection.cursor()
+        at = binlog_source.current_position(scur)
+        sid = binlog_source.server_id(scur)
+        sc.rollback()
+    with engines.replica.connect() as rc:
+        rep = rc.connection.driver_connection
+        cur = rep.cursor()
+        execute(cur, f"USE {mysql_ident(job.replica_db)}")
+        ensure_tables(cur)
+        save_cursor(cur, job.source_db, sid, at, only_if_missing=True)
+        cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {mysql_ident(CHANGES)}")
+        seq = int(cur.fetchone()[0])
+        rep.commit()
+    return {SEQ: seq, AT: at.encode()}
+
+
+def _batches(cur: Any, table: str, after: int, size: int, *, upto: int | None = None):  # noqa: ANN202
+    """(last sequence, keys, truncate) per batch: keys in sequence order up to a TRUNCATE marker."""
+    while True:
+        cur.execute(f"SELECT seq, op, key_json FROM {mysql_ident(CHANGES)} WHERE table_name = %s AND seq > %s "
+                    f"AND seq <= %s ORDER BY seq LIMIT %s", (table, after, (1 << 62) if upto is None else upto, size))
+        rows = cur.fetchall()
+        if not rows:
+            return
+        keys: dict[tuple, None] = {}
+        last = after
+        for seq, op, key_json in rows:
+            if op == "t":
+                if keys:
+                    yield last, list(keys), False
+                yield int(seq), [], True
+                last = int(seq)
+                keys = {}
+                break
+            keys[decode_key(key_json)] = None
+            last = int(seq)
+        if keys:
+            yield last, list(keys), False
+        after = last
+
+
+def key_condition(columns: list[str], keys: list[tuple], quote: Callable[[str], str]) -> tuple[str, list[Any]]:
+    """`(a, b) IN ((%s, %s), ...)` for a batch of keys, with its parameters."""
+    if len(columns) == 1:
+        return f"{quote(columns[0])} IN ({', '.join(['%s'] * len(keys))})", [k[0] for k in keys]
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    return (f"({', '.join(quote(c) for c in columns)}) IN ({', '.join([one] * len(keys))})",
+            [v for k in keys for v in k])
+
+
+def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_state: SaveFn,
+                      progress: ProgressFn | None = None) -> PhaseStats:
+    """Source -> replica for the keys logged since sequence `applied`; see the module docstring."""
+    started = time.monotonic()
+    table, key = job.table, list(job.key)
+    stats = PhaseStats(method="binlog", mode="binlog", watermark_before=f"{SEQ}={applied}")
+    stage = shadow_name(table.name, "stage")
+    plan = load_data_plan(job.source, stage)
+    cols = ", ".join(mysql_ident(c) for c in writable_columns(job.source))
+    seq = applied
+    with engines.source.connect() as sc, engines.replica.connect() as rc:
+        src = sc.connection.driver_connection
+        rep = rc.connection.driver_connection
+        cur = rep.cursor()
+        execute(cur, f"USE {mysql_ident(job.replica_db)}")
+        ensure_tables(cur)
+        execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+        execute(cur, f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
+        cur.execute("SET SESSION max_error_count = 65535")
+        rep.commit()
+        try:
+            with fifo_path() as fifo:
+                for last, keys, truncate in _batches(cur, table.name, applied, table.batch_size):
+                    if truncate:
+                        execute(cur, f"DELETE FROM {mysql_ident(table.name)}")
+                        stats.notes.append("TRUNCATE in the source: replica emptied at its place in the log")
+                    else:
+                        where, params = key_condition(key, keys, mysql_ident)
+                        query = LineQuery(table_sql=job.source_sql, line_expr=plan.line_expr, keyset=job.keyset(),
+                                          batch_size=len(keys), where=where, where_params=params)
+                        chunk = ChunkResult()
+                        load_chunk(src, cur, fifo, plan.load_sql, query, None, chunk, set(plan.enum_columns))
+                        src.rollback()
+                        execute(cur, f"DELETE FROM {mysql_ident(table.name)} WHERE {where}", params)
+                        stats.deleted += max(0, cur.rowcount - chunk.rows)
+                        execute(cur, f"INSERT INTO {mysql_ident(table.name)} ({cols}) SELECT {cols} "
+                                     f"FROM {mysql_ident(stage)}")
+                        execute(cur, f"DELETE FROM {mysql_ident(stage)}")
+                        stats.rows += chunk.rows
+                        stats.bytes += chunk.bytes
+                    seq = last
+                    save_state(cur, {SEQ: seq})
+                    rep.commit()
+                    stats.chunks += 1
+                    if progress:
+                        progress(stats.rows)
+                    faults.check("replica", table.name, stats.chunks)
+        except BaseException:
+            rep.rollback()
+            raise
+        finally:
+            execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+    stats.watermark_after = f"{SEQ}={seq}"
+    stats.notes.append(f"binlog: {stats.chunks} batch(es) of logged keys applied, {stats.rows} rows re-read")
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applied: int, upto: int,
+                 save_state: SaveFn,
+                 progress: ProgressFn | None = None) -> PhaseStats:
+    """Replica -> analytics for the keys logged since analytics' sequence `applied` up to the replica's
+    `upto` (what the replica holds), then the change
+    log's keys both legs have passed are deleted."""
+    started = time.monotonic()
+    table = job.table
+    stats = PhaseStats(method="binlog", mode="binlog", watermark_before=f"{SEQ}={applied}")
+    cols = job.pg_columns(schema)
+    by_source = {c.source.name: c for c in cols}
+    names = [pg_ident(c.name) for c in cols]
+    pg_key = [by_source[k].name for k in job.key]
+    live = job.pg_sql
+    line = copy_line_select(cols)
+    seq = applied
+    with engines.replica.connect() as rc, engines.analytics.connect() as pc:
+        my = rc.connection.driver_connection
+        mcur = my.cursor()
+        execute(mcur, f"USE {mysql_ident(job.replica_db)}")
+        ensure_tables(mcur)
+        my.commit()
+        pg = pc.connection.driver_connection
+        pg.autocommit = False
+        cur = pg.cursor()
+        stage = pg_ident(shadow_name(job.pg_name, "stage"))
+        execute(cur, f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {live} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        pg.commit()
+        copy_sql = f"COPY {stage} ({', '.join(names)}) FROM STDIN"
+        try:
+            for last, keys, truncate in _batches(mcur, table.name, applied, table.batch_size, upto=upto):
+                if truncate:
+                    execute(cur, f"DELETE FROM {live}")
+                else:
+                    mwhere, mparams = key_condition(list(job.key), keys, mysql_ident)
+                    query = LineQuery(table_sql=job.replica_sql, line_expr=line, keyset=job.keyset(schema),
+                                      batch_size=len(keys), where=mwhere, where_params=mparams)
+                    chunk = copy_chunk(pg, cur, my, copy_sql=copy_sql, query=query, after=None, table=table.name,
+                                       cols=cols)
+                    my.rollback()
+                    pwhere, pparams = key_condition(pg_key, keys, pg_ident)
+                    execute(cur, f"DELETE FROM {live} WHERE {pwhere}", pparams)
+                    execute(cur, f"INSERT INTO {live} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage}")
+                    stats.rows += chunk.rows
+                    stats.bytes += chunk.bytes
+                    stats.nul_chars_removed += chunk.nul_chars_removed
+                seq = last
+                save_state(cur, {SEQ: seq})
+                pg.commit()
+                stats.chunks += 1
+                if progress:
+                    progress(stats.rows)
+                faults.check("analytics", table.name, stats.chunks)
+        except BaseException:
+            pg.rollback()
+            rc.invalidate()
+            raise
+        # Both legs are past `seq` now (analytics never passes the replica): those keys are done.
+        execute(mcur, f"DELETE FROM {mysql_ident(CHANGES)} WHERE table_name = %s AND seq <= %s", (table.name, seq))
+        my.commit()
+    stats.watermark_after = f"{SEQ}={seq}"
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def plan_positions(cur: Any, source_db: str, source_cur: Any) -> dict[str, Any]:
+    """For `etl plan`: the reader's saved position, the server's current one, the bytes between."""
+    from tasks.binlog_reader import _bytes_between
+
+    saved = load_cursor(cur, source_db)
+    now = binlog_source.current_position(source_cur)
+    files = binlog_source.log_files(source_cur)
+    if saved is None:
+        return {"saved": None, "current": str(now), "bytes": 0}
+    return {"saved": str(saved[1]), "current": str(now), "bytes": _bytes_between(files, saved[1], now)}

@@ -1,0 +1,117 @@
+"""Binlog mode end to end on a server with a binary log: every change reaches both copies exactly."""
+from __future__ import annotations
+
+import yaml
+
+from tests.test_end_to_end import assert_all_copies_equal
+
+SCHEMA = """
+CREATE TABLE patient (PatNum BIGINT PRIMARY KEY, LName VARCHAR(40) NOT NULL, Balance DECIMAL(10,2) NOT NULL,
+  Note TEXT NULL);
+INSERT INTO patient SELECT seq, CONCAT('Last', seq), seq / 3, IF(seq % 5 = 0, NULL, CONCAT('n', seq))
+  FROM seq_1_to_300;
+CREATE TABLE visit (PatNum BIGINT NOT NULL, VisitNo INT NOT NULL, Code VARCHAR(10) NOT NULL,
+  PRIMARY KEY (PatNum, VisitNo));
+INSERT INTO visit SELECT seq % 40, seq, CONCAT('D', seq) FROM seq_1_to_120;
+CREATE TABLE audit (at DATETIME NOT NULL, what VARCHAR(20) NOT NULL);
+INSERT INTO audit SELECT '2024-02-01' + INTERVAL seq HOUR, CONCAT('event ', seq) FROM seq_1_to_10;
+"""
+
+
+def binlog_config(env, *, batch_size: int = 50, **top) -> dict:
+    assert env.etl("discover") == 0
+    cfg = yaml.safe_load(env.config_path.read_text())
+    cfg["defaults"]["batch_size"] = batch_size
+    cfg.update(top)
+    env.write_config(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg
+
+
+def table_modes(env) -> dict[str, str]:
+    pg = env.pg()
+    try:
+        with pg.cursor() as cur:
+            cur.execute("SELECT table_name, mode FROM etl.table_runs WHERE run_id = "
+                        "(SELECT run_id FROM etl.pipeline_runs ORDER BY started_at DESC LIMIT 1)")
+            return dict(cur.fetchall())
+    finally:
+        pg.close()
+
+
+def test_discover_writes_binlog_mode_for_keyed_tables_when_the_server_serves_it(bl_env) -> None:
+    bl_env.source_sql(SCHEMA)
+    cfg = binlog_config(bl_env)
+    assert cfg["tables"]["patient"]["mode"] == "binlog"
+    assert cfg["tables"]["visit"]["mode"] == "binlog"
+    assert cfg["tables"]["audit"].get("mode", "full") == "full"  # no key: stays on full refresh
+
+
+def test_inserts_updates_key_changes_deletes_rollback_and_truncate_reach_both_copies(bl_env) -> None:
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+    # No timestamp anywhere: only the log shows these.
+    bl_env.source_sql("""
+        UPDATE patient SET Balance = Balance + 1 WHERE PatNum <= 20;
+        UPDATE patient SET Note = NULL WHERE PatNum BETWEEN 21 AND 25;
+        DELETE FROM patient WHERE PatNum BETWEEN 100 AND 130;
+        INSERT INTO patient VALUES (1001, 'New', 1.50, 'x'), (1002, 'Newer', 2.25, NULL);
+        UPDATE patient SET PatNum = 5000 WHERE PatNum = 7;
+        UPDATE visit SET VisitNo = VisitNo + 1000 WHERE VisitNo <= 5;
+        DELETE FROM visit WHERE VisitNo BETWEEN 50 AND 60;
+        START TRANSACTION;
+        INSERT INTO patient VALUES (9999, 'Ghost', 0, 'never');
+        UPDATE patient SET LName = 'Ghost' WHERE PatNum = 1;
+        DELETE FROM patient WHERE PatNum = 2;
+        ROLLBACK;
+        INSERT INTO audit VALUES ('2025-01-01', 'after');
+    """)
+    assert bl_env.run() == 0
+    assert table_modes(bl_env)["patient"] == "binlog"
+    assert_all_copies_equal(bl_env)
+    rep = bl_env.mysql(bl_env.replica_db)
+    with rep.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM patient WHERE PatNum IN (7, 9999) OR LName = 'Ghost'")
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT COUNT(*) FROM patient WHERE PatNum IN (2, 5000)")
+        assert cur.fetchone()[0] == 2
+    rep.close()
+
+    # TRUNCATE in the log empties both copies; rows inserted after it arrive.
+    bl_env.source_sql("UPDATE visit SET Code = 'before' WHERE VisitNo = 80; TRUNCATE TABLE visit; "
+                      "INSERT INTO visit VALUES (1, 1, 'again'), (2, 2, 'again');")
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+    pg = bl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT patnum, visitno, code FROM raw.visit ORDER BY 1, 2")
+        assert cur.fetchall() == [(1, 1, "again"), (2, 2, "again")]
+    pg.close()
+
+
+def test_a_large_transaction_an_added_and_a_widened_column(bl_env) -> None:
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env, batch_size=2000)
+    assert bl_env.run() == 0
+    bl_env.source_sql("""
+        START TRANSACTION;
+        INSERT INTO patient SELECT 10000 + seq, CONCAT('Bulk', seq), seq, NULL FROM seq_1_to_12000;
+        COMMIT;
+        ALTER TABLE patient ADD COLUMN Email VARCHAR(60) NULL;
+        UPDATE patient SET Email = CONCAT('p', PatNum, '@x') WHERE PatNum <= 10;
+        ALTER TABLE visit MODIFY Code VARCHAR(200) NOT NULL;
+        UPDATE visit SET Code = REPEAT('w', 150) WHERE VisitNo = 9;
+    """)
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+    bl_env.source_sql("DELETE FROM patient WHERE PatNum > 10000 AND PatNum % 3 = 0; "
+                      "UPDATE visit SET Code = 'short' WHERE VisitNo = 10;")
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+    # The change log keeps nothing both legs have applied.
+    rep = bl_env.mysql(bl_env.replica_db)
+    with rep.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM _etl_binlog_changes")
+        assert cur.fetchone()[0] == 0
+    rep.close()
