@@ -142,6 +142,12 @@ def context(opts: RunOptions) -> plain.RunContext:
         full_refresh=opts.full_refresh, loaded_at_column=opts.loaded_at_column)
 
 
+@task(task_run_name="capture-binlog", cache_policy=NO_CACHE)
+def capture_binlog(opts: RunOptions, cfg: PipelineConfig) -> dict[str, str]:
+    """Binlog mode: the run's one read of the source's log, before any table (tasks/run.capture_binlog)."""
+    return plain.capture_binlog(context(opts), cfg)
+
+
 def _attempt() -> int:
     try:
         return int(runtime_task_run.run_count or 1)
@@ -492,8 +498,10 @@ def etl_pipeline(
 
             outcomes: list[TableOutcome] = []
             loggers = run_loggers(logger)
+            blocked = capture_binlog(opts, cfg)  # binlog mode: once per source per run, not per table
+            outcomes.extend(failed_outcome(t.name, blocked[t.name]) for t in chosen if t.name in blocked)
             for group in cfg.groups_in_order():
-                members = cfg.tables_in_group(group.name, chosen)
+                members = [t for t in cfg.tables_in_group(group.name, chosen) if t.name not in blocked]
                 if not members:
                     continue
                 runner = ThreadPoolTaskRunner(max_workers=group.workers)

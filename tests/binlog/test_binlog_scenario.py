@@ -115,3 +115,25 @@ def test_a_large_transaction_an_added_and_a_widened_column(bl_env) -> None:
         cur.execute("SELECT COUNT(*) FROM _etl_binlog_changes")
         assert cur.fetchone()[0] == 0
     rep.close()
+
+
+def test_the_flow_captures_the_log_once_per_run(bl_env, prefect_harness) -> None:
+    from tasks import binlog_reader
+
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    calls: list[int] = []
+    real = binlog_reader.capture
+
+    def counting(*a, **kw):  # noqa: ANN002, ANN003
+        calls.append(1)
+        return real(*a, **kw)
+    binlog_reader.capture = counting
+    try:
+        assert bl_env.etl("run") == 0
+        bl_env.source_sql("UPDATE patient SET LName = 'Flow' WHERE PatNum <= 3; DELETE FROM visit WHERE VisitNo = 4;")
+        assert bl_env.etl("run") == 0
+    finally:
+        binlog_reader.capture = real
+    assert calls == [1, 1]
+    assert_all_copies_equal(bl_env)
