@@ -138,7 +138,11 @@ def capture(engines: Engines, *, source_db: str, replica_db: str, tables: dict[s
             from tasks import state
             state.mysql_ensure(cur)
             for t in sorted(tables):
-                state.mysql_reset(cur, t)
+                # No binlog sequence: the table copies in full; the next generation makes analytics reload too.
+                old = state.mysql_load(cur, t)
+                if old is not None:
+                    state.mysql_save(cur, t, state.TableState(generation=old.generation, run_count=old.run_count,
+                                                              source_time_zone=old.source_time_zone))
             execute(cur, f"DELETE FROM {mysql_ident(CHANGES)}")
             save_cursor(cur, source_db, sid, end)
             rep.commit()
@@ -176,6 +180,9 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
     # a file and offset). resume_stream: start exactly at `offset`, not at the file's beginning.
     stream = BinLogStreamReader(connection_settings=settings, server_id=READER_SERVER_ID, log_file=start.file,
                                 log_pos=start.offset, resume_stream=True, blocking=False,
+                                # Only key values are used; the library misreads some charsets (utf32 as
+                                # little-endian), which must not stop the capture (README: known limits).
+                                ignore_decode_errors=True,
                                 only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent,
                                              XidEvent, RotateEvent])
     buffer: list[tuple[str, str, str | None]] = []

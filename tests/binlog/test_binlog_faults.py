@@ -1,0 +1,95 @@
+"""Binlog mode's faults: a crash mid-apply or between the legs, a killed process, the log purged."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import wait_for
+from tests.binlog.test_binlog_scenario import SCHEMA, binlog_config
+from tests.test_end_to_end import assert_all_copies_equal
+
+CHURN = """
+UPDATE patient SET Balance = Balance + 7 WHERE PatNum <= 120;
+DELETE FROM patient WHERE PatNum BETWEEN 200 AND 260;
+INSERT INTO patient SELECT 2000 + seq, 'late', 1, NULL FROM seq_1_to_90;
+UPDATE patient SET PatNum = 7000 WHERE PatNum = 150;
+"""
+
+
+def _rows(env, db: str) -> list[tuple]:
+    conn = env.mysql(db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM patient ORDER BY PatNum")
+        rows = cur.fetchall()
+    conn.close()
+    return list(rows)
+
+
+def test_a_crash_in_the_replica_leg_and_one_between_the_legs_converge_on_the_next_run(bl_env) -> None:
+    from tasks import faults
+
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env, batch_size=40)
+    assert bl_env.run() == 0
+    bl_env.source_sql(CHURN)
+    faults.inject(faults.Fault("replica", "patient", 2, "raise"))
+    assert bl_env.run() == 1  # stopped after the 2nd committed batch
+    faults.clear()
+    assert _rows(bl_env, bl_env.replica_db) != _rows(bl_env, bl_env.source_db)
+    bl_env.source_sql("UPDATE patient SET LName = 'meanwhile' WHERE PatNum = 3;")
+    faults.inject(faults.Fault("analytics", "patient", 1, "raise"))
+    assert bl_env.run() == 1  # the replica leg finished; analytics stopped after one batch
+    faults.clear()
+    assert _rows(bl_env, bl_env.replica_db) == _rows(bl_env, bl_env.source_db)
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+
+
+def test_a_sigkilled_apply_converges_with_no_duplicate_and_no_gap(bl_env) -> None:
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env, batch_size=30)
+    assert bl_env.run() == 0
+    bl_env.source_sql(CHURN)
+    env = {**os.environ, "ETL_FAULT": "replica:patient:3:kill"}
+    code = ("from config.models import load_pipeline_config; from config.settings import Settings; "
+            "from tasks.run import run_pipeline; s = Settings(); run_pipeline(s, load_pipeline_config(s.config))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+
+
+def test_the_log_purged_past_the_saved_position_says_what_to_do_then_resnapshots_by_config(bl_env, capsys) -> None:
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    assert bl_env.run() == 0
+    bl_env.source_sql("UPDATE patient SET LName = 'lost' WHERE PatNum <= 5;")
+    conn = bl_env.server.connect()
+    with conn.cursor() as cur:
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("SHOW MASTER STATUS")
+        current = cur.fetchone()[0]
+
+        def purged() -> bool:  # a file is kept until InnoDB's binlog checkpoint has passed it
+            cur.execute("PURGE BINARY LOGS TO %s", (current,))
+            cur.execute("SHOW BINARY LOGS")
+            return [r[0] for r in cur.fetchall()][0] == current
+        assert wait_for(purged, timeout=30)
+    conn.close()
+    capsys.readouterr()
+    assert bl_env.run() == 1
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "patient" in x)
+    assert "is gone" in line and "purged" in line and f"oldest available: {current}:4" in line
+    assert "etl run --full-refresh --tables patient visit" in line
+    cfg = yaml.safe_load(bl_env.config_path.read_text())
+    cfg["binlog"] = {"on_log_gone": "resnapshot"}
+    bl_env.write_config(yaml.safe_dump(cfg, sort_keys=False))
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+    bl_env.source_sql("DELETE FROM patient WHERE PatNum = 9;")
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
