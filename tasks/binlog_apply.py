@@ -218,15 +218,3 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
     stats.watermark_after = f"{SEQ}={seq}"
     stats.seconds = time.monotonic() - started
     return stats
-
-
-def plan_positions(cur: Any, source_db: str, source_cur: Any) -> dict[str, Any]:
-    """For `etl plan`: the reader's saved position, the server's current one, the bytes between."""
-    from tasks.binlog_reader import _bytes_between
-
-    saved = load_cursor(cur, source_db)
-    now = binlog_source.current_position(source_cur)
-    files = binlog_source.log_files(source_cur)
-    if saved is None:
-        return {"saved": None, "current": str(now), "bytes": 0}
-    return {"saved": str(saved[1]), "current": str(now), "bytes": _bytes_between(files, saved[1], now)}

@@ -152,11 +152,11 @@ def capture(engines: Engines, *, source_db: str, replica_db: str, tables: dict[s
         if start.key() >= end.key():
             return result
         _read(engines, cur, rep, source_db=source_db, sid=sid, start=start, end=end, tables=tables, result=result)
-        result.bytes_read = _bytes_between(files, start, end)
+        result.bytes_read = bytes_between(files, start, end)
     return result
 
 
-def _bytes_between(files: list[tuple[str, int]], start: Position, end: Position) -> int:
+def bytes_between(files: list[tuple[str, int]], start: Position, end: Position) -> int:
     total = 0
     for name, size in files:
         p = Position(name, 0)

@@ -10,7 +10,7 @@ from config.models import PipelineConfig
 from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
-from tasks import dbt_run, decide, drift, state, watermarks
+from tasks import binlog_apply, dbt_run, decide, drift, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.job import read_job
 from tasks.mysql_schema import read_table_schema, server_identity, show_create_table, table_exists
@@ -41,6 +41,7 @@ class Plan:
     replica_method: str
     tables: list[TablePlan]
     dbt: str = ""
+    binlog: str = ""  # binlog mode: positions and bytes to read, or what the source lacks for it
 
 
 def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | None, full_refresh: bool,
@@ -87,10 +88,11 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                 st = states.get(t.name)
                 p.watermark = st.describe() if st else None
                 p.chunks = max(1, math.ceil((p.estimated_rows or 0) / t.batch_size)) if p.key else 1
-                route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=st is not None,
+                has_state = st is not None and (mode != "binlog" or binlog_apply.SEQ in st.watermarks)
+                route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=has_state,
                                             replica_live=t.name in replica_schemas)
                 p.reason = route.why
-                if route.path == "incremental":
+                if route.path != "full":
                     d = drift.compare(schema, replica_schemas[t.name], key=p.key)
                     if d.problems:
                         p.problems.append(str(drift.refuse(t.name, d)))
@@ -104,10 +106,12 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                         p.chunks = max(1, math.ceil(p.estimated_rows / t.batch_size))
                         due = t.deletes == "detect" and (st.run_count + 1) % t.deletes_every == 0
                         p.deletes = "checked" if due else ("off" if t.deletes == "off" else "not this run")
+            binlog_line = _binlog_line(settings, conn, source_db, replica_db, chosen,
+                                       any(p.mode == "binlog" for p in out))
     finally:
         src.dispose()
     out.sort(key=lambda p: p.group_order)
-    return Plan(method, out, dbt=dbt_run.describe(cfg.dbt, config_path=config_path or settings.config,
+    return Plan(method, out, binlog=binlog_line, dbt=dbt_run.describe(cfg.dbt, config_path=config_path or settings.config,
                                                   source=(cfg.dbt.source if cfg.dbt else None) or settings.analytics_schema))
 
 
@@ -134,6 +138,47 @@ def _replica_view(settings: Settings, replica_db: str, names: list[str]) -> tupl
     finally:
         eng.dispose()
     return states, schemas
+
+
+def _binlog_line(settings: Settings, conn, source_db: str, replica_db: str, chosen, uses: bool) -> str:  # noqa: ANN001
+    """Binlog mode in the plan: the reader's saved position, the server's, the bytes between; or, when
+    the source cannot serve it, what is missing with the statements that fix it."""
+    from tasks import binlog_reader, binlog_source
+
+    try:
+        missing = binlog_source.missing_settings(conn.connection.driver_connection.cursor())
+    except Exception as e:  # noqa: BLE001 - the plan still shows everything else
+        return f"binlog mode: cannot tell ({type(e).__name__})"
+    finally:
+        conn.rollback()
+    if missing:
+        prefix = "binlog tables would fail" if uses else "binlog mode not available (tables keep their mode)"
+        return f"{prefix}: {'; '.join(missing)}"
+    if not uses:
+        return ""
+    eng = create_engine("replica", settings.url("replica"), pool_size=1)
+    try:
+        with eng.connect() as rc:
+            cur = rc.connection.driver_connection.cursor()
+            cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                        (replica_db, binlog_reader.CURSOR))
+            saved = binlog_reader.load_cursor(cur, source_db) if cur.fetchone()[0] else None
+    except Exception:  # noqa: BLE001 - no replica yet
+        saved = None
+    finally:
+        eng.dispose()
+    scur = conn.connection.driver_connection.cursor()
+    now = binlog_source.current_position(scur)
+    files = binlog_source.log_files(scur)
+    conn.rollback()
+    if saved is None:
+        return f"binlog: no saved position yet (the first run starts reading at {now} or later)"
+    at = saved[1]
+    if saved[0] != binlog_source.server_id(scur) or not binlog_source.still_available(files, at):
+        return (f"binlog: saved position {at} is gone (oldest available: {files[0][0] if files else 'none'}:4); "
+                f"the run fails the binlog tables unless binlog.on_log_gone: resnapshot")
+    return (f"binlog: saved position {at}, server position {now}, "
+            f"{binlog_reader.bytes_between(files, at, now)} bytes of log to read")
 
 
 def _estimate_changed(conn, source_db: str, table: str, st) -> int:  # noqa: ANN001
@@ -186,6 +231,7 @@ def render_plan(plan: Plan) -> str:
     ddl = [f"  {p.table}: {readable(stmt)}" for p in plan.tables for stmt in p.ddl]
     tail = ("\nschema drift DDL the run would apply to the replica:\n" + "\n".join(ddl)) if ddl else ""
     tail += f"\n{len(bad)} table(s) have problems that would fail them" if bad else ""
+    tail += f"\n{plan.binlog}" if plan.binlog else ""
     tail += f"\n{plan.dbt}" if plan.dbt else ""
     return head + "\n" + format_table(
         ["#", "group", "workers", "table", "mode", "rows to move", "batch", "chunks", "key", "watermark", "deletes",

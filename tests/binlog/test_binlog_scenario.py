@@ -137,3 +137,30 @@ def test_the_flow_captures_the_log_once_per_run(bl_env, prefect_harness) -> None
         binlog_reader.capture = real
     assert calls == [1, 1]
     assert_all_copies_equal(bl_env)
+
+
+def test_plan_shows_the_saved_and_current_position_and_the_bytes_to_read(bl_env, capsys) -> None:
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    assert bl_env.run() == 0
+    bl_env.source_sql("UPDATE patient SET LName = 'planned' WHERE PatNum <= 50;")
+    capsys.readouterr()
+    assert bl_env.etl("plan") == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("binlog: saved position"))
+    saved, rest = line.split("saved position ")[1].split(", server position ")
+    current, nbytes = rest.split(", ")
+    assert saved != current and int(nbytes.split()[0]) > 0
+    assert "binlog" in next(x for x in out.splitlines() if " patient " in x)
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)
+
+
+def test_plan_says_what_the_machine_server_lacks_for_binlog_mode(etl_env, capsys) -> None:
+    etl_env.source_sql("CREATE TABLE t (id INT PRIMARY KEY);")
+    assert etl_env.etl("discover") == 0
+    capsys.readouterr()
+    assert etl_env.etl("plan") == 0
+    out = capsys.readouterr().out
+    assert "binlog mode not available (tables keep their mode): binary logging is off: start the server with " \
+           "--log-bin" in out
