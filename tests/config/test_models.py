@@ -60,7 +60,7 @@ def test_defaults_apply_and_tables_override() -> None:
          "tables.patient.lookback: lookback '30 days' is not a duration"),
         ("tables:\n  patient:\n    lookback: 30\n", "tables.patient.lookback: 30 is not a lookback"),
         ("tables:\n  patient:\n    priority: critcal\n", "unknown group 'critcal' (did you mean 'critical'?)"),
-        ("tables:\n  patient:\n    mode: incremantal\n", "t.yml: tables.patient.mode: Input should be 'full' or 'incremental'"),
+        ("tables:\n  patient:\n    mode: incremantal\n", "t.yml: tables.patient.mode: Input should be 'full', 'incremental'"),
         ("defaults:\n  batchsize: 10\n", "t.yml: defaults.batchsize: unknown key 'batchsize' (did you mean 'batch_size'?)"),
         ("tabels:\n  patient: {}\n", "t.yml: tabels: unknown key 'tabels' (did you mean 'tables'?)"),
         ("tables:\n  a: {primary_key: [x, x]}\n", "tables.a.primary_key: a column is listed twice"),
