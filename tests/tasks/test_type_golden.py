@@ -77,7 +77,7 @@ def _synthetic() -> list:
         c("s_mtext", "mediumtext", charset="utf8mb4"), c("s_ltext", "longtext", charset="utf8mb4"),
         c("s_text_ucs2", "text", charset="ucs2"), c("s_text_ascii", "text", charset="ascii"),
         c("s_ljson", "longtext", charset="utf8mb4", is_json=True),
-        c("s_json", "json"),
+        c("s_json", "json", is_json=True),  # as read_table_schema reports every JSON column
         c("s_enum", "enum", "enum('a','b')", charset="utf8mb4"),
         c("s_enum3", "enum", "enum('a','b','c')", charset="utf8mb4"),
         c("s_enum_re", "enum", "enum('b','a')", charset="utf8mb4"),
