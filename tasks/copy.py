@@ -19,12 +19,10 @@ from tasks.errors import DataError, redact
 from tasks.identifiers import copy_expert, execute, mysql_ident
 from tasks.job import PhaseStats
 from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, Prefetcher, read_chunk_blocks
-from tasks.type_mapping import PgColumn
+from tasks.type_mapping import PgColumn, reaches_pg_as_text
 
 log = logging.getLogger("etl.copy")
 
-# Source types whose values reach PostgreSQL as text (where a NUL character is removed).
-TEXT_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"})
 
 
 def copy_chunk(pg: Any, cur: Any, my: Any, *, copy_sql: str, query: LineQuery, after: tuple | None, table: str,
@@ -81,7 +79,7 @@ def report_nul_chars(engines: Engines, table_sql: str, table: str, cols: list[Pg
     and log, naming the columns and how many replica rows hold one, so the source can be fixed."""
     if not stats.nul_chars_removed:
         return
-    text_cols = [c.source.name for c in cols if c.source.data_type in TEXT_TYPES]
+    text_cols = [c.source.name for c in cols if reaches_pg_as_text(c.source)]
     where = ""
     try:
         with engines.replica.connect() as rc:

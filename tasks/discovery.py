@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy.engine import Connection
 
 from tasks.mysql_schema import TableSchema, list_base_tables, read_table_schema
+from tasks.type_mapping import is_time_type
 
 # OpenDental's core clinical and financial tables: what a practice looks at first in the morning.
 CRITICAL_TABLES = {
@@ -25,7 +26,6 @@ BULK_ROWS = 1_000_000  # tables this large run in the sequential `bulk` group, g
 _CHANGE_NAME = re.compile(
     r"^(DateTStamp|SecDateTEdit|DateTEdit|.*updated_?at|.*modified(_?(at|on|date))?|last_?update|.*_?tstamp)$", re.I
 )
-_TEMPORAL = {"timestamp", "datetime"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def change_columns(schema: TableSchema) -> tuple[str, ...]:
     """Columns that look like they record when a row last changed, best first."""
     found: list[str] = []
     for c in schema.columns:
-        if c.data_type in _TEMPORAL and (c.on_update_timestamp or _CHANGE_NAME.match(c.name)):
+        if is_time_type(c.data_type) and c.data_type != "date" and (c.on_update_timestamp or _CHANGE_NAME.match(c.name)):
             found.append(c.name)
     # Server-maintained (ON UPDATE CURRENT_TIMESTAMP) columns first: the application cannot forget them.
     found.sort(key=lambda n: not schema.column(n).on_update_timestamp)

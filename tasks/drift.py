@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from tasks.errors import SchemaError
 from tasks.identifiers import mysql_ident, mysql_quote, sql_text
 from tasks.mysql_schema import Column, TableSchema
+from tasks.type_mapping import widening_order
 
-_INT_ORDER = ["tinyint", "smallint", "mediumint", "int", "bigint"]
-_TEXT_ORDER = ["tinytext", "text", "mediumtext", "longtext"]
-_BLOB_ORDER = ["tinyblob", "blob", "mediumblob", "longblob"]
+_INT_ORDER = widening_order("integer")  # tasks/type_mapping.TYPE_RULES
+_TEXT_ORDER = widening_order("text")
+_BLOB_ORDER = widening_order("blob")
 
 
 @dataclass

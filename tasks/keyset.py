@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from tasks.errors import SchemaError
+from tasks.type_mapping import rule_for_type
 
-# Key column types whose values do not survive the trip to Python and back exactly.
-INEXACT_KEY_TYPES = ("float", "double", "real")
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Keyset:
         sets: set[str] = set()
         for name in columns:
             col = schema.column(name)
-            if col.data_type in INEXACT_KEY_TYPES:
+            if rule_for_type(col.data_type).inexact_key:
                 raise SchemaError(
                     f"table {schema.name!r}: key column {name!r} is {col.column_type}; a floating-point key cannot "
                     f"be compared exactly once read back, so rows could be skipped or merged wrongly; set "

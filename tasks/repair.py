@@ -17,14 +17,11 @@ from tasks.identifiers import copy_expert, execute, mysql_ident, mysql_qualified
 from tasks.mysql_schema import read_table_schema
 from tasks.load_data import fifo_path, load_chunk, load_data_plan
 from tasks.streaming import BLOCK_BYTES, BlockFile, ChunkResult, LineQuery, read_chunk_blocks
-from tasks.type_mapping import copy_line_select, pg_columns
+from tasks.type_mapping import copy_line_select, pg_columns, type_rule
 from tasks.verify import VerifyResult, table_texts
 
 KEY_BATCH = 500  # keys per DELETE / copy statement
 
-_TEXT = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"})
-_BINARY = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
-_INTEGER = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "year"})
 
 
 def _bounds(col: str, low: Any, high: Any, quote) -> tuple[str, list[Any]]:  # noqa: ANN001
@@ -41,16 +38,7 @@ def _bounds(col: str, low: Any, high: Any, quote) -> tuple[str, list[Any]]:  # n
 def _key_binds(pc) -> tuple[str, str] | None:  # noqa: ANN001
     """How a key column's canonical text (tasks/verify.column_text) is bound on each engine to
     match the stored value; None for a type whose text does not bind back (float, time, json...)."""
-    t = pc.source.data_type
-    if pc.as_boolean or t in ("bit", "float", "double", "real", "time", "json") or pc.source.is_json:
-        return None
-    if t in _INTEGER or t in ("decimal", "numeric", "date", "datetime") or t in _TEXT:
-        return "%s", "%s"
-    if t == "timestamp":
-        return "%s", "(%s::timestamp AT TIME ZONE 'UTC')"  # MySQL sessions run in UTC
-    if t in _BINARY:
-        return "UNHEX(%s)", "decode(%s, 'hex')"
-    return None
+    return None if pc.as_boolean else type_rule(pc.source).key_bind
 
 
 def repair_ranges(engines: Engines, table: ResolvedTable, result: VerifyResult, *, source_db: str, replica_db: str,

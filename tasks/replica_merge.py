@@ -31,6 +31,7 @@ from tasks.load_data import fifo_path, load_chunk, load_data_plan, packet_size
 from tasks.mysql_schema import ServerIdentity, TableSchema, relax_unique_sql
 from tasks.state import TableState
 from tasks.streaming import ChunkResult, LineQuery, group_rows_for
+from tasks.type_mapping import rule_for_type
 from tasks.watermarks import Pass, Window, read_window
 
 log = logging.getLogger("etl.replica_merge")
@@ -50,13 +51,10 @@ def odku_clause(columns: list[str], key: tuple[str, ...], *, row_alias: str | No
     return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{mysql_ident(c)} = VALUES({mysql_ident(c)})" for c in sets)
 
 
-# Key column types whose spelling can change while the server still sees the same key (collation:
-# case, accents, trailing spaces under PAD SPACE).
-_TEXT_KEY_TYPES = ("char", "varchar", "tinytext", "text", "mediumtext", "longtext")
-
-
 def respellable_key(schema: TableSchema, key: tuple[str, ...]) -> bool:
-    return any(schema.column(k).data_type in _TEXT_KEY_TYPES and schema.column(k).collation for k in key)
+    """A key whose spelling can change while the server still sees the same key (collation: case,
+    accents, trailing spaces under PAD SPACE)."""
+    return any(rule_for_type(schema.column(k).data_type).collated_text and schema.column(k).collation for k in key)
 
 
 def respelled_table(table: str) -> str:

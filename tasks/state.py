@@ -25,18 +25,16 @@ from typing import Any
 from tasks.checkpoints import decode_key, encode_key
 from tasks.identifiers import mysql_ident, mysql_qualified
 from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
-from tasks.type_mapping import INTEGER_TYPES
+from tasks.type_mapping import INTEGER_TYPES, is_time_type
 
 MYSQL_STATE = "_etl_state"
 MYSQL_HISTORY = "_etl_state_history"
 PG_STATE = "etl.table_state"
 PG_HISTORY = "etl.table_state_history"
 
-_TIME_TYPES = {"date", "datetime", "timestamp"}
-
 
 def watermark_kind(data_type: str) -> str:
-    if data_type in _TIME_TYPES:
+    if is_time_type(data_type):
         return "datetime"
     if data_type in INTEGER_TYPES:
         return "int"

@@ -21,7 +21,6 @@ the one it last loaded.
 from __future__ import annotations
 
 import logging
-import re
 
 import psycopg2.errors
 from sqlalchemy.engine import make_url
@@ -37,6 +36,7 @@ from tasks.mysql_schema import (
     TableSchema, ensure_database, read_table_schema, server_identity, show_create_table, table_exists,
 )
 from tasks.state import TableState
+from tasks.type_mapping import same_pg_type
 
 log = logging.getLogger("etl.sync")
 
@@ -319,8 +319,8 @@ def _widen_in_place(engines: Engines, job: TableJob, rep_schema: TableSchema) ->
             alter = f"ALTER TABLE {q_table} ALTER COLUMN {pg_ident(col.name)}"
             try:
                 # A JSON column the full load made `json` (it holds a document jsonb refuses) stays json.
-                kept_json = _norm(typ) == "json" and col.pg_type == "jsonb"
-                if _norm(typ) != _norm(col.pg_type) and not kept_json:
+                kept_json = same_pg_type(typ, "json") and col.pg_type == "jsonb"
+                if not same_pg_type(typ, col.pg_type) and not kept_json:
                     execute(cur, f"{alter} TYPE {col.pg_type}")
                     notes.append(f"analytics column {col.name} widened to {col.pg_type}")
                 if notnull and col.nullable and col.source.name not in key:
@@ -345,15 +345,6 @@ def _widen_in_place(engines: Engines, job: TableJob, rep_schema: TableSchema) ->
                                  f"are merged (retried next run)")
         pg.commit()
     return notes
-
-
-def _norm(pg_type: str) -> str:
-    """format_type() spelling and ours, made comparable."""
-    t = pg_type.replace("character varying", "varchar").replace("double precision", "float8")
-    t = re.sub(r"timestamp(\(\d+\))? with time zone", r"timestamptz\1", t)
-    t = re.sub(r"timestamp(\(\d+\))? without time zone", r"timestamp\1", t)
-    t = t.replace(" ", "").replace("timestamptz(6)", "timestamptz").replace("timestamp(6)", "timestamp")
-    return t
 
 
 def _propagate_deletes(engines: Engines, job: TableJob, rep_schema: TableSchema) -> int:

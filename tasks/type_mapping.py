@@ -27,18 +27,125 @@ string per row instead of N typed values. The expressions are chosen once per co
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Callable
 
 from tasks.errors import SchemaError
 from tasks.identifiers import PG_MAX_IDENT, mysql_ident, pg_column_name, pg_ident
 from tasks.mysql_schema import Column, TableSchema
 
-INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
-_TEXT_TYPES = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
-_BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
-_TEMPORAL_ZERO = {"date", "datetime", "timestamp"}
-_GEOMETRY = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
-             "multipolygon", "geometrycollection", "geomcollection"}
+_INT_PG = {"tinyint": ("smallint", "smallint"), "smallint": ("smallint", "integer"),
+           "mediumint": ("integer", "integer"), "int": ("integer", "bigint"), "integer": ("integer", "bigint"),
+           "bigint": ("bigint", "numeric(20,0)")}
+
+
+def _unmapped(col: Column) -> str:
+    raise SchemaError(f"column {col.name!r} has MySQL type {col.column_type!r}, which has no mapping yet; "
+                      f"exclude the table or report the type")
+
+
+@dataclass(frozen=True)
+class TypeRule:
+    """Everything the pipeline decides from a column's MySQL type family, in one row.
+
+    The `copy`, `load` and `verify` fields name the shape of SQL that prints the value (built by
+    `copy_text_expr`, `load_data_column` and tasks/verify.py `column_text`); a new type whose values
+    print like an existing family's is one more row here.
+    """
+
+    family: str
+    mysql_types: tuple[str, ...]  # information_schema DATA_TYPE values (aliases included)
+    pg: Callable[[Column], str]  # the PostgreSQL type that holds every value unchanged
+    copy: str  # COPY text field: plain | float | bit | date | timestamp | json | binary | geometry | text
+    load: str  # LOAD DATA field: plain | float | bit | binary | geometry | text
+    verify: str  # canonical text: integer | bit | float | double | time | date | json | decimal | text | ...
+    key_bind: tuple[str, str] | None = None  # how a key's canonical text binds back (MySQL, PostgreSQL)
+    widening_order: tuple[str, ...] = ()  # narrow to wide: each holds every value of the ones before
+    as_text: bool = False  # reaches PostgreSQL as text (where a NUL character is removed)
+    time: bool = False  # a date/time: may be a watermark, zero dates load as NULL
+    integer: bool = False  # integer key: ranges cut on it are the same rows everywhere
+    inexact_key: bool = False  # a key value does not survive the trip to Python and back exactly
+    collated_text: bool = False  # a key whose spelling can change while the server sees the same key
+
+
+_ANY = ("%s", "%s")
+TYPE_RULES: tuple[TypeRule, ...] = (
+    TypeRule("integer", ("tinyint", "smallint", "mediumint", "int", "integer", "bigint"),
+             lambda c: _INT_PG[c.data_type][c.unsigned], "plain", "plain", "integer", _ANY,
+             widening_order=("tinyint", "smallint", "mediumint", "int", "bigint"), integer=True),
+    TypeRule("decimal", ("decimal", "numeric"), lambda c: f"numeric({c.precision},{c.scale})",
+             "plain", "plain", "decimal", _ANY),
+    TypeRule("float", ("float",), lambda c: "real", "float", "float", "float", inexact_key=True),
+    TypeRule("double", ("double", "real"), lambda c: "double precision", "plain", "plain", "double",
+             inexact_key=True),
+    TypeRule("double_alias", ("double precision",), lambda c: "double precision", "plain", "plain", "double"),
+    TypeRule("bit", ("bit",), lambda c: f"bit({c.bit_width})", "bit", "bit", "bit"),
+    TypeRule("year", ("year",), lambda c: "smallint", "plain", "plain", "integer", _ANY),
+    TypeRule("time", ("time",), lambda c: "interval", "plain", "plain", "time"),
+    TypeRule("date", ("date",), lambda c: "date", "date", "plain", "date", _ANY, time=True),
+    TypeRule("datetime", ("datetime",), lambda c: f"timestamp({c.datetime_precision or 0})", "date", "plain",
+             "date", _ANY, time=True),
+    TypeRule("timestamp", ("timestamp",), lambda c: f"timestamptz({c.datetime_precision or 0})", "timestamp",
+             "plain", "timestamp", ("%s", "(%s::timestamp AT TIME ZONE 'UTC')"), time=True),  # sessions run in UTC
+    TypeRule("char", ("char", "varchar"), lambda c: f"varchar({c.char_length})", "text", "text", "text", _ANY,
+             as_text=True, collated_text=True),
+    TypeRule("text", ("tinytext", "text", "mediumtext", "longtext"), lambda c: "text", "text", "text", "text",
+             _ANY, widening_order=("tinytext", "text", "mediumtext", "longtext"), as_text=True, collated_text=True),
+    TypeRule("enum", ("enum", "set"), lambda c: "text", "text", "text", "text", _ANY, as_text=True),
+    # MySQL JSON, and MariaDB's (a LONGTEXT with a JSON_VALID check: `is_json`)
+    TypeRule("json", ("json",), lambda c: "jsonb", "json", "text", "json", as_text=True),
+    TypeRule("binary", ("binary", "varbinary"), lambda c: "bytea", "binary", "binary", "binary",
+             ("UNHEX(%s)", "decode(%s, 'hex')")),
+    TypeRule("blob", ("tinyblob", "blob", "mediumblob", "longblob"), lambda c: "bytea", "binary", "binary",
+             "binary", ("UNHEX(%s)", "decode(%s, 'hex')"),
+             widening_order=("tinyblob", "blob", "mediumblob", "longblob")),
+    TypeRule("geometry", ("geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+                          "multipolygon", "geometrycollection", "geomcollection"), lambda c: "text",
+             "geometry", "geometry", "geometry"),
+    TypeRule("native_text", ("uuid", "inet4", "inet6"), lambda c: "text", "text", "plain", "text"),  # MariaDB 10.7+
+)
+_UNKNOWN = TypeRule("unknown", (), _unmapped, "plain", "plain", "unknown")
+_BY_TYPE = {t: r for r in TYPE_RULES for t in r.mysql_types}
+_JSON = _BY_TYPE["json"]
+INTEGER_TYPES = frozenset(_BY_TYPE["int"].mysql_types)
+
+
+def rule_for_type(data_type: str) -> TypeRule:
+    """The rule of a MySQL DATA_TYPE (a rule that maps nothing for a type the table does not know)."""
+    return _BY_TYPE.get(data_type, _UNKNOWN)
+
+
+def type_rule(col: Column) -> TypeRule:
+    """The rule of one column: its DATA_TYPE's, or JSON's for MariaDB JSON (text with a JSON_VALID check)."""
+    rule = rule_for_type(col.data_type)
+    return _JSON if col.is_json and rule.family in ("char", "text", "enum") else rule
+
+
+def reaches_pg_as_text(col: Column) -> bool:
+    return rule_for_type(col.data_type).as_text
+
+
+def is_time_type(data_type: str) -> bool:
+    return rule_for_type(data_type).time
+
+
+def widening_order(family: str) -> tuple[str, ...]:
+    return next(r.widening_order for r in TYPE_RULES if r.family == family)
+
+
+def normal_pg_type(pg_type: str) -> str:
+    """format_type() spelling and ours, made comparable."""
+    t = pg_type.replace("character varying", "varchar").replace("double precision", "float8")
+    t = re.sub(r"timestamp(\(\d+\))? with time zone", r"timestamptz\1", t)
+    t = re.sub(r"timestamp(\(\d+\))? without time zone", r"timestamp\1", t)
+    t = t.replace(" ", "").replace("timestamptz(6)", "timestamptz").replace("timestamp(6)", "timestamp")
+    return t
+
+
+def same_pg_type(a: str, b: str) -> bool:
+    """Whether two spellings (ours or format_type()'s) name the same PostgreSQL type."""
+    return normal_pg_type(a) == normal_pg_type(b)
 
 
 def is_boolean_candidate(col: Column) -> bool:
@@ -47,61 +154,16 @@ def is_boolean_candidate(col: Column) -> bool:
 
 def pg_type(col: Column, *, as_boolean: bool = False) -> str:
     """The PostgreSQL type that holds every value of `col` unchanged."""
-    t = col.data_type
-    u = col.unsigned
     if as_boolean:
-        if t not in ("tinyint", "bit") or (t == "bit" and col.bit_width != 1):
+        if col.data_type not in ("tinyint", "bit") or (col.data_type == "bit" and col.bit_width != 1):
             raise SchemaError(f"column {col.name!r} is {col.column_type}; only tinyint(1) or bit(1) can be boolean")
         return "boolean"
-    if t == "tinyint":
-        return "smallint"
-    if t == "smallint":
-        return "integer" if u else "smallint"
-    if t == "mediumint":
-        return "integer"
-    if t in ("int", "integer"):
-        return "bigint" if u else "integer"
-    if t == "bigint":
-        return "numeric(20,0)" if u else "bigint"
-    if t in ("decimal", "numeric"):
-        return f"numeric({col.precision},{col.scale})"
-    if t == "float":
-        return "real"
-    if t in ("double", "real", "double precision"):
-        return "double precision"
-    if t == "bit":
-        return f"bit({col.bit_width})"
-    if t == "year":
-        return "smallint"
-    if t == "time":
-        return "interval"
-    if t == "date":
-        return "date"
-    if t == "datetime":
-        return f"timestamp({col.datetime_precision or 0})"
-    if t == "timestamp":
-        return f"timestamptz({col.datetime_precision or 0})"
-    if col.is_json:
-        return "jsonb"
-    if t in ("char", "varchar"):
-        return f"varchar({col.char_length})"
-    if t in _TEXT_TYPES:
-        return "text"
-    if t in _BINARY_TYPES:
-        return "bytea"
-    if t in _GEOMETRY:
-        return "text"
-    if t == "json":
-        return "jsonb"
-    if t in ("uuid", "inet4", "inet6"):  # MariaDB 10.7+ native types
-        return "text"
-    raise SchemaError(f"column {col.name!r} has MySQL type {col.column_type!r}, which has no mapping yet; "
-                      f"exclude the table or report the type")
+    return type_rule(col).pg(col)
 
 
 def pg_nullable(col: Column) -> bool:
     """Temporal columns accept NULL in PostgreSQL: MySQL zero dates arrive as NULL."""
-    return col.nullable or col.data_type in _TEMPORAL_ZERO
+    return col.nullable or is_time_type(col.data_type)
 
 
 # Text travels with its four special bytes swapped, one for one, for bytes that valid UTF-8 never
@@ -163,24 +225,24 @@ def copy_text_expr(col: Column, *, as_boolean: bool = False) -> str:
     is ever replaced by NULL (see `_null_field`).
     """
     q = mysql_ident(col.name)
-    t = col.data_type
-    if t == "bit":
+    kind = type_rule(col).copy
+    if kind == "bit":
         e = f"LPAD(BIN({q} + 0), {col.bit_width}, '0')" if not as_boolean else f"({q} + 0)"
-    elif t in _TEMPORAL_ZERO:
+    elif kind in ("date", "timestamp"):
         e = _zero_date_guard(q, col)
-        if t == "timestamp":
+        if kind == "timestamp":
             e = f"CONCAT({e}, '+00')"  # sessions run with time_zone '+00:00'
         # The guard's NULL is deliberate (a zero or invalid date); a date always prints.
         return f"IFNULL({e},'\\\\N')"
-    elif col.is_json:
+    elif kind == "json":
         e = _placeholders(_utf8(q))
-    elif t in _BINARY_TYPES:
+    elif kind == "binary":
         e = f"CONCAT('\\\\\\\\x', HEX({q}))"
-    elif t in _GEOMETRY:
+    elif kind == "geometry":
         e = f"ST_AsText({q})"
-    elif t in _TEXT_TYPES or t in ("uuid", "inet4", "inet6"):
+    elif kind == "text":
         e = _placeholders(_utf8(q)) if _needs_escape(col) else _utf8(q)
-    elif t == "float":
+    elif kind == "float":
         # MySQL prints FLOAT with 6 significant digits (16777216 shows as 16777200); the double
         # conversion prints the stored value exactly, and PostgreSQL rounds it back to the same float4.
         e = f"CAST({q} AS DOUBLE)"
@@ -224,26 +286,26 @@ def load_data_column(col: Column, index: int) -> LoadDataColumn:
     the replica in the same session settings (utf8mb4, UTC, zero and invalid dates allowed).
     """
     q = mysql_ident(col.name)
-    t = col.data_type
+    kind = type_rule(col).load
     var = f"@v{index}"
-    if t in _BINARY_TYPES:
+    if kind == "binary":
         sel = f"HEX({q})"
         return LoadDataColumn(_nullable(q, sel, col), var, f"{q} = UNHEX({var})")
-    if t == "bit":
+    if kind == "bit":
         sel = f"({q} + 0)"
         return LoadDataColumn(_nullable(q, sel, col), var, f"{q} = CAST({var} AS UNSIGNED)")
-    if t in _GEOMETRY:
+    if kind == "geometry":
         # WKB plus the SRID: ST_AsBinary alone drops the SRID, and CHECKSUM TABLE sees it.
         sel = f"CONCAT(ST_SRID({q}), ':', HEX(ST_AsBinary({q})))"
         return LoadDataColumn(_nullable(q, sel, col), var,
                               f"{q} = ST_GeomFromWKB(UNHEX(SUBSTRING_INDEX({var}, ':', -1)), "
                               f"SUBSTRING_INDEX({var}, ':', 1))")
-    if t in _TEXT_TYPES or col.is_json:
+    if kind == "text":
         if (col.charset or "utf8mb4").lower() not in _UTF8_SAFE:
             return LoadDataColumn(_nullable(q, f"HEX({q})", col), var, f"{q} = UNHEX({var})")
         sel = _placeholders(_utf8(q))
         return LoadDataColumn(_nullable(q, sel, col), q, None)
-    if t == "float":
+    if kind == "float":
         # See copy_text_expr: the double form carries the stored FLOAT bits exactly.
         return LoadDataColumn(_nullable(q, f"CAST({q} AS DOUBLE)", col), q, None)
     return LoadDataColumn(_nullable(q, q, col), q, None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tasks.connections import Engines
 from tasks.identifiers import execute, mysql_qualified, pg_qualified, pg_table_name
-from tasks.type_mapping import INTEGER_TYPES
+from tasks.type_mapping import INTEGER_TYPES, type_rule
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,6 @@ def count_check(engines: Engines, table: str, *, source_db: str | None, replica_
 # dates, NUL characters and JSON text as stored. Replica vs analytics compares what PostgreSQL must
 # hold: zero dates as NULL, NUL removed, FLOAT as the float4 it is.
 
-_TEXT = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"})
-_BINARY = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
-_GEOMETRY = frozenset({"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
-                       "multipolygon", "geometrycollection", "geomcollection"})
 _HASH_HEX = 15  # 60 bits: positive as a signed bigint on both engines, exact in SUM
 
 
@@ -116,36 +112,36 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
     from tasks.identifiers import mysql_ident, pg_ident
 
     q, p = mysql_ident(col.name), pg_ident(pg_name)
-    t = col.data_type
+    kind = type_rule(col).verify  # the shape of canonical text, from tasks/type_mapping.TYPE_RULES
     if as_boolean:
         return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::int::text", plain=True)
-    if t in INTEGER_TYPES or t == "year":
+    if kind == "integer":
         # `+ 0` drops ZEROFILL padding and YEAR's `0000`, as the load's number does.
         return ColumnText(f"CONCAT({q} + 0)", f"CONCAT({q} + 0)", f"{p}::text", plain=True)
-    if t == "bit":
+    if kind == "bit":
         e = f"LPAD(BIN({q} + 0), {col.bit_width}, '0')"
         return ColumnText(e, e, f"{p}::text", plain=True)
-    if t == "float":
+    if kind == "float":
         # The float4 as stored: MySQL widens it to double, PostgreSQL widens real to float8.
         return ColumnText(f"CONCAT(CAST({q} AS DOUBLE))", _my_float(f"CAST({q} AS DOUBLE)"), _pg_float(f"{p}::float8"),
                           plain=True)
-    if t in ("double", "real", "double precision"):
+    if kind == "double":
         return ColumnText(f"CONCAT({q})", _my_float(q), _pg_float(p), plain=True)
-    if t == "time":
+    if kind == "time":
         # Microseconds: TIME spans -838:59:59..838:59:59, PostgreSQL holds it as an interval.
         us = f"CONCAT(ROUND(TIME_TO_SEC({q}) * 1000000))"
         return ColumnText(f"CONCAT({q})", us, f"(extract(epoch FROM {p}) * 1000000)::numeric(30,0)::text", plain=True)
-    if t in ("date", "datetime", "timestamp"):
+    if kind in ("date", "timestamp"):
         # Zero dates, a zero month or day, and year 0 are NULL in PostgreSQL (as the load sends them).
         zero = f"{q} < '0001-01-01' OR MONTH({q}) = 0 OR DAYOFMONTH({q}) = 0"
-        if t == "date":
+        if col.data_type == "date":
             my, pg = f"DATE_FORMAT({q}, '%%Y-%%m-%%d')", f"to_char({p}, 'YYYY-MM-DD')"
         else:
             my = f"DATE_FORMAT({q}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
-            src = f"({p} AT TIME ZONE 'UTC')" if t == "timestamp" else p
+            src = f"({p} AT TIME ZONE 'UTC')" if kind == "timestamp" else p
             pg = f"to_char({src}, 'YYYY-MM-DD HH24:MI:SS.US')"
         return ColumnText(f"CONCAT({q})", f"IF({zero}, NULL, {my})", pg, plain=True)
-    if col.is_json:
+    if kind == "json":
         # jsonb keeps neither key order, duplicate keys, whitespace nor escapes, and MySQL cannot
         # parse text into jsonb's form: replica vs analytics compares the JSON type and an array's
         # length only (README, Verify). Source vs replica compares the text exactly.
@@ -155,15 +151,15 @@ def column_text(col, *, as_boolean: bool, pg_name: str) -> ColumnText:  # noqa: 
         pg = (f"jsonb_typeof({p}) || CASE WHEN jsonb_typeof({p}) = 'array' "
               f"THEN ':' || jsonb_array_length({p}) ELSE '' END")
         return ColumnText(f"CONVERT({q} USING utf8mb4)", my, pg)
-    if t in ("decimal", "numeric"):
+    if kind == "decimal":
         return ColumnText(f"CONCAT({q})", f"CONCAT({q})", f"{p}::text", plain=True)
-    if t in _TEXT or t in ("uuid", "inet4", "inet6"):
+    if kind == "text":
         # PostgreSQL cannot store NUL; the load removes it.
         u = f"CONVERT({q} USING utf8mb4)"
         return ColumnText(u, f"REPLACE({u}, CHAR(0 USING utf8mb4), '')", f"{p}::text")
-    if t in _BINARY:
+    if kind == "binary":
         return ColumnText(f"LOWER(HEX({q}))", f"LOWER(HEX({q}))", f"encode({p}, 'hex')", plain=True)
-    if t in _GEOMETRY:
+    if kind == "geometry":
         return ColumnText(f"LOWER(HEX({q}))", f"ST_AsText({q})", f"{p}::text")
     return ColumnText(f"CONCAT({q})", f"CONCAT({q})", f"{p}::text")
 

@@ -44,6 +44,7 @@ from config.models import LookbackWindow, parse_lookback_seconds
 from tasks.errors import SchemaError
 from tasks.identifiers import execute, mysql_ident, readable
 from tasks.state import as_datetime
+from tasks.type_mapping import is_time_type
 
 DST_SHIFT = dt.timedelta(hours=1)
 LATE_COMMIT_MARGIN = dt.timedelta(seconds=1)
@@ -216,7 +217,7 @@ def _fmt(d: dt.timedelta) -> str:
 def describe_protection(trx: OpenTransactions, kinds: dict[str, str]) -> str:
     """One line for `etl plan`: which protection applies to a table's change columns."""
     parts = []
-    times = [c for c, k in kinds.items() if k in ("date", "datetime", "timestamp")]
+    times = [c for c, k in kinds.items() if is_time_type(k)]
     ints = [c for c, k in kinds.items() if c not in times]
     if trx.readable:
         if times:
@@ -306,7 +307,7 @@ def check_window_column(where: str, column: str, types: dict[str, str], *, fix: 
         m = difflib.get_close_matches(column, list(types), n=1)
         hint = f" (did you mean {m[0]!r}?)" if m else ""
         raise SchemaError(f"{where}: lookback column {column!r} does not exist{hint}; fix {fix}")
-    if kind not in ("date", "datetime", "timestamp"):
+    if not is_time_type(kind):
         raise SchemaError(f"{where}: lookback column {column!r} is {kind}; a lookback window needs a DATE, "
                           f"DATETIME or TIMESTAMP column; fix {fix}")
     return kind

@@ -133,7 +133,7 @@ def _try(fn: Callable[[], Any]) -> Any:
 
 
 def _column_record(col) -> dict[str, Any]:
-    from tasks import copy, discovery, keyset, replica_merge, repair, state, type_mapping, verify
+    from tasks import discovery, keyset, replica_merge, repair, state, type_mapping, verify
     from tasks.identifiers import mysql_ident
     from tasks.mysql_schema import TableSchema
 
@@ -156,7 +156,7 @@ def _column_record(col) -> dict[str, Any]:
         rec[f"repair_key{'_boolean' if as_bool else ''}"] = repair._key_binds(
             SimpleNamespace(source=col, as_boolean=as_bool))
     rec["integer"] = col.data_type in tm.INTEGER_TYPES
-    rec["nul_stripped_text"] = col.data_type in copy.TEXT_TYPES
+    rec["nul_stripped_text"] = tm.reaches_pg_as_text(col)
     rec["watermark_kind"] = _try(lambda: state.watermark_kind(col.data_type))
     ks = _try(lambda: keyset.Keyset.for_table(schema, [col.name], mysql_ident))
     rec["keyset"] = ks if isinstance(ks, str) else [{k: list(v) for k, v in ks.members.items()}, sorted(ks.sets)]
@@ -187,7 +187,7 @@ _PG_INFO = [("character varying", 20, None, None), ("character varying", None, N
 
 
 def _record() -> dict[str, Any]:
-    from tasks import dbt_sources, drift, sync, type_mapping
+    from tasks import dbt_sources, drift, type_mapping
 
     tables = _fixture_columns() + [("synthetic", _synthetic())]
     columns: dict[str, Any] = {}
@@ -214,7 +214,7 @@ def _record() -> dict[str, Any]:
         "drift_widening": widening,
         "drift_tightening": tightening,
         "drift_enum_change": enum_changes,
-        "sync_norm": {t: sync._norm(t) for t in pg_types},
+        "sync_norm": {t: type_mapping.normal_pg_type(t) for t in pg_types},
         "dbt_pg_type": {repr(r): dbt_sources._pg_type(*r) for r in _PG_INFO},
     }
 
