@@ -59,28 +59,45 @@ def register_blocks(settings: Settings, names: BlockNames | None = None) -> dict
     return done
 
 
-def urls_from_blocks(names: BlockNames) -> EngineUrls:
-    """Load the three blocks and return their URLs (with passwords) for the engine factory."""
+def _load_block(name: str, role: str) -> tuple[str, dict]:
+    """One connector block's URL (with its password) and connect_args."""
     from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
 
+    try:
+        block = SqlAlchemyConnector.load(name)
+    except ValueError as e:
+        raise ConfigError(f"block {name!r} ({role}) not found; run `etl blocks register` first") from e
+    info = block.connection_info
+    url = info.create_url() if isinstance(info, ConnectionComponents) else make_url(str(info))
+    return url.render_as_string(hide_password=False), dict(block.connect_args or {})
+
+
+def urls_from_blocks(names: BlockNames) -> EngineUrls:
+    """Load the three blocks and return their URLs (with passwords) for the engine factory."""
     urls = {}
     args = {}
     for role in ("source", "replica", "analytics"):
-        name = getattr(names, role)
-        try:
-            block = SqlAlchemyConnector.load(name)
-        except ValueError as e:
-            raise ConfigError(f"block {name!r} ({role}) not found; run `etl blocks register` first") from e
-        info = block.connection_info
-        if isinstance(info, ConnectionComponents):
-            url = info.create_url()
-        else:
-            url = make_url(str(info))
-        urls[role] = url.render_as_string(hide_password=False)
-        args[f"{role}_connect_args"] = dict(block.connect_args or {})
+        urls[role], args[f"{role}_connect_args"] = _load_block(getattr(names, role), role)
     return EngineUrls(**urls, **args)
 
 
 def urls_from_settings(settings: Settings) -> EngineUrls:
     return EngineUrls(source=settings.url("source"), replica=settings.url("replica"),
                       analytics=settings.url("analytics"))
+
+
+def urls_for_source(source, settings: Settings, blocks: BlockNames | None = None) -> EngineUrls:  # noqa: ANN001
+    """The URLs of one clinic of the sources file (config/sources.py): its source and replica from its
+    URLs or its own blocks, the one warehouse from ETL_ANALYTICS_URL (or, with `blocks`, its analytics block)."""
+    if blocks is not None:
+        analytics, analytics_args = _load_block(blocks.analytics, "analytics")
+    else:
+        analytics, analytics_args = settings.url("analytics"), {}
+    if source.blocks is not None:
+        src, src_args = _load_block(source.blocks.source, f"source of {source.name}")
+        rep, rep_args = _load_block(source.blocks.replica, f"replica of {source.name}")
+        return EngineUrls(source=src, replica=rep, analytics=analytics, source_connect_args=src_args,
+                          replica_connect_args=rep_args, analytics_connect_args=analytics_args)
+    s = source.settings(settings)
+    return EngineUrls(source=s.url("source"), replica=s.url("replica"), analytics=analytics,
+                      analytics_connect_args=analytics_args)

@@ -85,6 +85,10 @@ DDL = [
     f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS prefect_run_name text",
     f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS prefect_run_url text",
     f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS error text",
+    # Added with many clinics (ETL_SOURCES): the source a row belongs to; NULL for a single-source run.
+    f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS source text",
+    f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS source text",
+    f"ALTER TABLE {SCHEMA}.errors ADD COLUMN IF NOT EXISTS source text",
     f"CREATE INDEX IF NOT EXISTS table_runs_started ON {SCHEMA}.table_runs (started_at)",
     f"CREATE INDEX IF NOT EXISTS pipeline_runs_started ON {SCHEMA}.pipeline_runs (started_at)",
 ]
@@ -148,6 +152,7 @@ class MetricsWriter:
     engine: Engine
     run_id: str
     secrets: tuple[str, ...] = ()
+    source: str | None = None  # the clinic (sources file); None for the one source of ETL_SOURCE_URL
 
     def _exec(self, sql: str, params: tuple = ()) -> None:
         with self.engine.connect() as c:
@@ -176,12 +181,12 @@ class MetricsWriter:
             prefect_run_name, prefect_run_url = prefect_identity()
         self._exec(
             f"INSERT INTO {SCHEMA}.pipeline_runs (run_id, status, tables_total, full_refresh, replica_method, worker, "
-            "prefect_run_name, prefect_run_url) VALUES (%s, 'running', %s, %s, %s, %s, %s, %s) "
+            "prefect_run_name, prefect_run_url, source) VALUES (%s, 'running', %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (run_id) DO UPDATE SET status = 'running', started_at = now(), ended_at = NULL, "
             "worker = EXCLUDED.worker, prefect_run_name = EXCLUDED.prefect_run_name, "
             "prefect_run_url = EXCLUDED.prefect_run_url",
             (self.run_id, tables_total, full_refresh, replica_method, worker_identity(), prefect_run_name,
-             prefect_run_url),
+             prefect_run_url, self.source),
         )
 
     def pipeline_failed(self, error: str, *, status: str = "failed") -> None:
@@ -228,10 +233,10 @@ class MetricsWriter:
     def table_started(self, table: str, *, priority: str, mode: str, worker: str | None = None) -> None:
         worker = worker or worker_identity()
         self._exec(
-            f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, priority, mode, status, worker) "
-            "VALUES (%s, %s, %s, %s, 'running', %s) ON CONFLICT (run_id, table_name) DO UPDATE SET "
+            f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, priority, mode, status, worker, source) "
+            "VALUES (%s, %s, %s, %s, 'running', %s, %s) ON CONFLICT (run_id, table_name) DO UPDATE SET "
             "status = 'running', started_at = now(), ended_at = NULL, error = NULL, worker = EXCLUDED.worker",
-            (self.run_id, table, priority, mode, worker),
+            (self.run_id, table, priority, mode, worker, self.source),
         )
 
     def table_connection_usage(self, table: str, usage: dict) -> None:
@@ -258,10 +263,10 @@ class MetricsWriter:
     def error(self, *, table: str | None, phase: str, exc: BaseException, attempt: int) -> None:
         try:
             self._exec(
-                f"INSERT INTO {SCHEMA}.errors (run_id, table_name, phase, error_class, message, retriable, attempt) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO {SCHEMA}.errors (run_id, table_name, phase, error_class, message, retriable, attempt, "
+                "source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (self.run_id, table, phase, type(exc).__name__, self.clean(str(exc)) or type(exc).__name__,
-                 is_retriable(exc), attempt),
+                 is_retriable(exc), attempt, self.source),
             )
         except Exception:  # noqa: BLE001 - losing a metrics row must not hide the real error
             log.warning("could not record an error row for %s/%s", table, phase, exc_info=True)
