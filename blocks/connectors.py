@@ -59,7 +59,7 @@ def register_blocks(settings: Settings, names: BlockNames | None = None) -> dict
     return done
 
 
-def _load_block(name: str, role: str) -> tuple[str, dict]:
+def load_block(name: str, role: str) -> tuple[str, dict]:
     """One connector block's URL (with its password) and connect_args."""
     from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
 
@@ -77,7 +77,7 @@ def urls_from_blocks(names: BlockNames) -> EngineUrls:
     urls = {}
     args = {}
     for role in ("source", "replica", "analytics"):
-        urls[role], args[f"{role}_connect_args"] = _load_block(getattr(names, role), role)
+        urls[role], args[f"{role}_connect_args"] = load_block(getattr(names, role), role)
     return EngineUrls(**urls, **args)
 
 
@@ -90,12 +90,12 @@ def urls_for_source(source, settings: Settings, blocks: BlockNames | None = None
     """The URLs of one clinic of the sources file (config/sources.py): its source and replica from its
     URLs or its own blocks, the one warehouse from ETL_ANALYTICS_URL (or, with `blocks`, its analytics block)."""
     if blocks is not None:
-        analytics, analytics_args = _load_block(blocks.analytics, "analytics")
+        analytics, analytics_args = load_block(blocks.analytics, "analytics")
     else:
         analytics, analytics_args = settings.url("analytics"), {}
     if source.blocks is not None:
-        src, src_args = _load_block(source.blocks.source, f"source of {source.name}")
-        rep, rep_args = _load_block(source.blocks.replica, f"replica of {source.name}")
+        src, src_args = load_block(source.blocks.source, f"source of {source.name}")
+        rep, rep_args = load_block(source.blocks.replica, f"replica of {source.name}")
         return EngineUrls(source=src, replica=rep, analytics=analytics, source_connect_args=src_args,
                           replica_connect_args=rep_args, analytics_connect_args=analytics_args)
     s = source.settings(settings)

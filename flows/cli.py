@@ -39,14 +39,42 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _clinics(args: argparse.Namespace, *, one: bool = False):  # noqa: ANN202
+    """The sources file's clinics `--source` names (default: every one); None without ETL_SOURCES."""
+    from config.sources import sources_from_settings
+
+    names = _split(getattr(args, "source", None))
+    sources = sources_from_settings(Settings())
+    if sources is None:
+        if names:
+            raise ConfigError("--source needs a sources file: set ETL_SOURCES (see README, Many clinics)")
+        return None
+    if one and (not names or len(names) != 1):
+        raise ConfigError(f"etl {args.command} with ETL_SOURCES needs one --source NAME "
+                          f"(one of {', '.join(sources.names)})")
+    return sources.select(names)
+
+
+def _clinic_urls(settings: Settings, clinic):  # noqa: ANN001, ANN202
+    from blocks.connectors import urls_for_source
+
+    return urls_for_source(clinic, settings)
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
-    from tasks.connections import create_engine, describe_url
+    from tasks.connections import check_reachable, create_engine, describe_url
     from tasks.discovery import discover_tables, render_config
 
     settings = Settings()
-    url = settings.url("source")
+    clinics = _clinics(args, one=True)
+    if clinics:
+        [clinic] = clinics
+        url, settings = _clinic_urls(settings, clinic).source, clinic.settings(settings)
+        check_reachable("source", url)
+    else:
+        url = settings.url("source")
     engine = create_engine("source", url, pool_size=1)
     try:
         with engine.connect() as conn:
@@ -68,10 +96,23 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.planning import build_plan, render_plan
+    clinics = _clinics(args)
+    if clinics is None:
+        return _plan_one(Settings(), args)
+    status = 0
+    for clinic in clinics:
+        print(f"== clinic {clinic.name} (schema {clinic.schema})")
+        try:
+            status = max(status, _plan_one(clinic.settings(Settings()), args))
+        except EtlError as e:  # this clinic fails alone; the others are still planned
+            print(f"etl plan: clinic {clinic.name}: {_one_line(e)}", file=sys.stderr)
+            status = max(status, 1)
+    return status
 
-    settings = Settings()
+
+def _plan_one(settings: Settings, args: argparse.Namespace) -> int:
     from config.models import load_pipeline_config
+    from tasks.planning import build_plan, render_plan
 
     cfg = load_pipeline_config(args.config or settings.config)
     plan = build_plan(settings, cfg, tables=_split(args.tables), full_refresh=args.full_refresh,
@@ -86,6 +127,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if _clinics(args) is not None:
+        return _run_clinics(args)
     from config.models import load_pipeline_config
 
     settings = Settings()
@@ -121,6 +164,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
+def _run_clinics(args: argparse.Namespace) -> int:
+    """With ETL_SOURCES: the flow etl-all over the chosen clinics, then the clinics report."""
+    from flows.etl_all import etl_all
+    from tasks.clinics import render_clinics
+    from tasks.schedule_guard import BlackoutRefused
+
+    state = etl_all(sources=_split(args.source), tables=_split(args.tables), full_refresh=args.full_refresh,
+                    blocks=_blocks(args), ignore_blackout=args.ignore_blackout, dispatch=args.dispatch,
+                    max_sources=args.max_sources, metrics_keep_days=args.metrics_keep_days, dbt=not args.no_dbt,
+                    return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BlackoutRefused):
+        print(f"etl run: {result}", file=sys.stderr)
+        return 3
+    if isinstance(result, BaseException):
+        data = getattr(result, "results", None)
+        if data:
+            print(render_clinics(data))
+        print(f"etl run: {redact(' '.join(str(result).split()))}", file=sys.stderr)
+        return 1
+    print(render_clinics(result))
+    return 0
+
+
 def _print_last_run(settings: Settings, blocks=None, *, run_id: str | None = None) -> None:  # noqa: ANN001
     """Print the summary of run `run_id` (or the latest run). A run that failed before it wrote its
     metrics (e.g. a database unreachable) has none: nothing is printed rather than an older run."""
@@ -148,23 +215,39 @@ def _print_last_run(settings: Settings, blocks=None, *, run_id: str | None = Non
 def cmd_verify(args: argparse.Namespace) -> int:
     """Compare every column of every row of source, replica and analytics; with --repair re-copy only the
     key ranges (integer keys) or keys (other keys) that differ."""
+    from blocks.connectors import urls_from_settings
+
+    clinics = _clinics(args)
+    if clinics is not None:
+        status = 0
+        for clinic in clinics:
+            print(f"== clinic {clinic.name} (schema {clinic.schema})")
+            try:
+                status = max(status, _verify_one(clinic.settings(Settings()), args,
+                                                 _clinic_urls(Settings(), clinic), clinic.name))
+            except Exception as e:  # noqa: BLE001 - this clinic fails alone
+                print(f"etl verify: clinic {clinic.name}: {_one_line(e)}", file=sys.stderr)
+                status = 1
+        return status
+    settings = Settings()
+    return _verify_one(settings, args, urls_from_settings(settings), None)
+
+
+def _verify_one(settings: Settings, args: argparse.Namespace, urls, source: str | None) -> int:  # noqa: ANN001
     import datetime as dt
 
     from sqlalchemy.engine import make_url
 
-    from blocks.connectors import urls_from_settings
     from config.models import load_pipeline_config
     from tasks.connections import open_engines
     from tasks.run import choose_replica_method
     from tasks.repair import repair_ranges
     from tasks.verify import render_results, store_results, verify_table
 
-    settings = Settings()
     cfg = load_pipeline_config(args.config or settings.config)
     chosen = cfg.resolved_tables(_split(args.tables))
-    urls = urls_from_settings(settings)
     src_db, rep_db = make_url(urls.source).database, make_url(urls.replica).database
-    run_id = "verify-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = "verify-" + (f"{source}-" if source else "") + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     common = dict(source_db=src_db, replica_db=rep_db, pg_schema=settings.analytics_schema,
                   column_case=cfg.analytics.column_case)
     with open_engines(urls, workers=1, create_replica=False) as engines:
@@ -198,6 +281,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     abandoned), with --strict also when it is still running or no run is recorded."""
     from tasks.reports import last_runs, render_run, runs_as_json
 
+    clinics = _clinics(args)
+    if clinics is not None:
+        return _status_by_clinic(args, [c.name for c in clinics])
     engine = _analytics_engine(Settings(), _blocks(args))
     try:
         runs = last_runs(engine, runs=args.runs, table=args.table)
@@ -218,6 +304,35 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"etl status: the latest run {latest.get('prefect_run_name') or latest['run_id']} is "
               f"{latest['status']}", file=sys.stderr)
     return 1
+
+
+def _status_by_clinic(args: argparse.Namespace, names: list[str]) -> int:
+    """`etl status` grouped by clinic: each clinic's last runs; exit 1 when a clinic's latest run did not succeed."""
+    import json
+
+    from tasks.reports import last_runs, render_run, runs_as_json
+
+    engine = _analytics_engine(Settings(), _blocks(args))
+    try:
+        by_clinic = {n: last_runs(engine, runs=args.runs, table=args.table, source=n) for n in names}
+    finally:
+        engine.dispose()
+    bad = [n for n, runs in by_clinic.items()
+           if (not runs and args.strict) or (runs and runs[0]["status"] != "ok"
+                                            and not (runs[0]["status"] == "running" and not args.strict))]
+    if args.json:
+        print(json.dumps({n: json.loads(runs_as_json(r)) for n, r in by_clinic.items()}, indent=2))
+    else:
+        for n, runs in by_clinic.items():
+            print(f"== clinic {n}")
+            print("\n\n".join(render_run(r, full_errors=bool(args.table)) for r in runs) if runs
+                  else "no runs recorded yet")
+            print()
+    if bad:
+        if not args.json:
+            print(f"etl status: the latest run of clinic(s) {', '.join(bad)} did not succeed", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _blocks(args: argparse.Namespace):  # noqa: ANN202
@@ -265,6 +380,16 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
 
     settings = Settings()
     schema = args.schema or settings.analytics_schema
+    views = False
+    if args.union:
+        from config.sources import sources_from_settings
+
+        sources = sources_from_settings(settings)
+        if sources is None or not sources.union_schema:
+            raise ConfigError("--union needs ETL_SOURCES with a union_schema (see README, Many clinics)")
+        schema, views = args.schema or sources.union_schema, True
+        # Every clinic shares the table config's loaded_at column; read it from the first clinic's config.
+        settings = sources.sources[0].settings(settings)
     loaded_at = "_etl_loaded_at"
     try:
         cfg = load_pipeline_config(args.config or settings.config)
@@ -276,7 +401,7 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
         with engine.connect() as c:
             raw = c.connection.driver_connection
             with raw.cursor() as cur:
-                tables = read_pg_tables(cur, schema)
+                tables = read_pg_tables(cur, schema, views=views)
                 reserved = read_reserved_words(cur)
             raw.rollback()
     finally:
@@ -289,7 +414,7 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
     # Descriptions name the production database the rows come from; the types are read from the
     # replica (same definitions), so production is not queried.
     origin = describe_url(settings.url("source")) if settings.source_url is not None else ""
-    if settings.replica_url is not None:
+    if settings.replica_url is not None and not views:
         url = settings.url("replica")
         try:
             rep = create_engine("replica", url, pool_size=1)
@@ -315,6 +440,28 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
         f.write(text)
     os.replace(tmp, args.output)
     print(f"wrote {len(tables)} tables of schema {schema} to {args.output}")
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    """The clinics of ETL_SOURCES: names only (for scripts, e.g. make deploy), or one line each."""
+    from config.sources import sources_from_settings
+    from flows.etl_all import source_limit_name
+    from tasks.connections import describe_url
+
+    sources = sources_from_settings(Settings())
+    if sources is None:
+        raise ConfigError("ETL_SOURCES is not set; it names the sources file (see README, Many clinics)")
+    for s in sources.sources:
+        if args.names:
+            print(s.name)
+            continue
+        where = (f"blocks {s.blocks.source}/{s.blocks.replica}" if s.blocks else
+                 f"{describe_url(s.source_url.get_secret_value())} -> {describe_url(s.replica_url.get_secret_value())}")
+        print(f"{s.name}: {where}; schema {s.schema}; config {s.config or Settings().config}; "
+              f"limit {source_limit_name(s.name)}")
+    if not args.names:
+        print(f"union schema: {sources.union_schema or '(off)'}")
     return 0
 
 
@@ -360,6 +507,7 @@ ENVIRONMENT = """environment:
   ETL_ANALYTICS_URL     URL of the analytics PostgreSQL database
   ETL_ANALYTICS_SCHEMA  schema receiving the tables (default raw)
   ETL_CONFIG            table config (default config/tables.yml)
+  ETL_SOURCES           sources file: many clinics, one warehouse (etl COMMAND --source NAME[,NAME])
   ETL_REPLICA_METHOD    auto | server | stream (default auto)
   ETL_MAX_SOURCE_QUERIES  concurrent queries against the source (default 4)
   ETL_BLACKOUT, ETL_BLACKOUT_TZ, ETL_BLACKOUT_MANUAL  business-hours guard, e.g. "Mon-Fri 07:00-19:00"
@@ -395,7 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = _sub(sub, "discover", cmd_discover, "write a table config for every source base table",
              "etl discover --output config/tables.yml")
-    d.add_argument("--output", help="where to write (default: ETL_CONFIG or config/tables.yml; '-' = stdout)")
+    d.add_argument("--output", help="where to write (default: ETL_CONFIG or config/tables.yml, or the clinic's "
+                                    "`config`; '-' = stdout)")
+    d.add_argument("--source", help="ETL_SOURCES: the clinic to discover (its `config` is written)")
 
     for name, func, helptext, example in (
             ("plan", cmd_plan, "show what a run would do, touching no data (exit 1: a table would fail)",
@@ -405,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--tables", help="comma-separated table names (default: all enabled)")
         s.add_argument("--full-refresh", action="store_true", help="reload the chosen tables from scratch")
         s.add_argument("--config", help="table config path (default: ETL_CONFIG or config/tables.yml)")
+        s.add_argument("--source", help="ETL_SOURCES: comma-separated clinics (default: every clinic)")
         if name == "run":
+            s.add_argument("--max-sources", type=int, default=2,
+                           help="ETL_SOURCES: clinics running at once in this process (default 2)")
             s.add_argument("--ignore-blackout", action="store_true",
                            help="start even inside the ETL_BLACKOUT window (manual runs only)")
             s.add_argument("--dispatch", choices=["local", "deployment"], default="local",
@@ -420,12 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tables", help="comma-separated table names (default: all enabled)")
     v.add_argument("--config", help="table config path (default: ETL_CONFIG or config/tables.yml)")
     v.add_argument("--repair", action="store_true", help="re-copy only the key ranges that differ")
+    v.add_argument("--source", help="ETL_SOURCES: comma-separated clinics (default: every clinic)")
 
     st = _sub(sub, "status", cmd_status,
               "show the last runs from the etl schema (exit 1: the latest run did not succeed)",
               "etl status --table patient   # that table in the last runs, errors in full")
     st.add_argument("--runs", type=int, default=3, help="how many runs, newest first (default 3)")
     st.add_argument("--table", help="only this table's rows, with its errors in full")
+    st.add_argument("--source", help="ETL_SOURCES: comma-separated clinics (default: every clinic, grouped)")
     st.add_argument("--json", action="store_true", help="the runs and their table rows as JSON")
     st.add_argument("--strict", action="store_true",
                     help="exit 1 also when the latest run is still running or no run is recorded")
@@ -442,11 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--output", default="sources.yml", help="where to write (default: sources.yml; '-' = stdout)")
     ds.add_argument("--name", help="dbt source name (default: the schema name)")
     ds.add_argument("--schema", help="analytics schema (default: ETL_ANALYTICS_SCHEMA)")
+    ds.add_argument("--union", action="store_true",
+                    help="ETL_SOURCES: the union schema (raw_all) with its _source column, instead of one clinic's")
     ds.add_argument("--config", help="table config, for analytics.loaded_at_column (default: ETL_CONFIG)")
     ds.add_argument("--warn-after-hours", type=int, default=26, help="freshness warn_after in hours (default 26)")
     ds.add_argument("--error-after-hours", type=int, default=50, help="freshness error_after in hours (default 50)")
     ds.add_argument("--style", choices=["config", "legacy"], default="config",
                     help="config: loaded_at_field/freshness under config: (dbt >= 1.10); legacy: as table keys")
+
+    so = _sub(sub, "sources", cmd_sources, "list the clinics of the sources file (ETL_SOURCES)",
+              "etl sources --names")
+    so.add_argument("--names", action="store_true", help="only the names, one a line")
 
     b = _sub(sub, "blocks", cmd_blocks, "manage the SqlAlchemyConnector blocks",
              "etl blocks register --analytics-block etl-analytics")
@@ -483,6 +644,8 @@ def _check_databases(args: argparse.Namespace) -> None:
     roles = NEEDS.get(args.command, ())
     if not roles:
         return
+    if Settings().sources and args.command in ("discover", "plan", "verify"):
+        return  # each clinic's databases are checked when its turn comes (one failing clinic fails alone)
     blocks = _blocks(args)
     if blocks is not None:
         from blocks.connectors import urls_from_blocks

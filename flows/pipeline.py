@@ -67,6 +67,31 @@ CONNECT_RETRY_DELAYS = RETRY_DELAYS
 # (`make deploy` creates it; when it does not exist, Prefect logs a warning and does not limit).
 TABLE_DEPLOYMENT = "etl-table/table"
 SOURCE_LIMIT = "etl-source"
+
+
+def source_limit_name(source: str | None) -> str:
+    """The Prefect global concurrency limit of a source server: `etl-source`, or `etl-source-<clinic>` for a
+    clinic of ETL_SOURCES (`make deploy` creates one per clinic), so thirty clinics never mean thirty times
+    the load on one server and one clinic's tables never wait for another's."""
+    return f"{SOURCE_LIMIT}-{source}" if source else SOURCE_LIMIT
+
+
+def _settings_and_urls(source: str | None, blocks: BlockNames | None) -> tuple[Settings, EngineUrls]:
+    """The run's settings and URLs: the environment's, or (`source`) those of that clinic of ETL_SOURCES."""
+    settings = Settings()
+    if source is None:
+        return settings, urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
+    from blocks.connectors import urls_for_source
+    from config.sources import sources_from_settings
+
+    sources = sources_from_settings(settings)
+    if sources is None:
+        raise ConfigError(f"source {source!r} given but ETL_SOURCES is not set on this machine (the worker's "
+                          f"environment needs it too)")
+    clinic = sources.get(source)
+    return clinic.settings(settings), urls_for_source(clinic, settings, blocks)
+
+
 @contextmanager
 def child_without_heartbeat() -> Iterator[None]:
     """Run a child flow (a group, a batch, a table) without a heartbeat thread of its own.
@@ -102,6 +127,7 @@ class RunOptions(BaseModel):
     config_path: str | None = Field(default=None, description="Table config path passed on to dispatched table runs.")
     blocks: dict | None = Field(default=None, description="Connector block names passed on to dispatched table runs.")
     loaded_at_column: str | None = Field(default="_etl_loaded_at", description="Load-time column of analytics tables.")
+    source: str | None = Field(default=None, description="The clinic (ETL_SOURCES) this run loads; None: the one source.")
 
 
 # What happened to one table: the plain runner's dataclass (tasks/run.py), returned by the flows too.
@@ -139,7 +165,7 @@ def context(opts: RunOptions) -> plain.RunContext:
     return plain.RunContext(
         engines=lookup(opts.run_key), run_id=opts.run_id, source_db=opts.source_db, replica_db=opts.replica_db,
         pg_schema=opts.pg_schema, column_case=opts.column_case, replica_method=opts.replica_method,
-        full_refresh=opts.full_refresh, loaded_at_column=opts.loaded_at_column)
+        full_refresh=opts.full_refresh, loaded_at_column=opts.loaded_at_column, source=opts.source)
 
 
 @task(task_run_name="capture-binlog", cache_policy=NO_CACHE)
@@ -302,6 +328,8 @@ def dispatch_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
         params["config_path"] = opts.config_path
     if opts.blocks:
         params["blocks"] = opts.blocks
+    if opts.source:
+        params["source"] = opts.source
     fr = run_deployment(TABLE_DEPLOYMENT, parameters=params, flow_run_name=f"etl-table-{table.name}",
                         poll_interval=1, timeout=None)
     row = _table_row(opts, table.name)
@@ -402,11 +430,11 @@ def _check_table_deployment() -> None:
 
 
 def _finish(urls, run_id: str, outcomes: list[TableOutcome], failed: list[str], usage: dict, *,  # noqa: ANN001
-            keep_days: int, logger: Any, dbt_result: Any = None) -> None:
+            keep_days: int, logger: Any, dbt_result: Any = None, source: str | None = None) -> None:
     """End-of-run bookkeeping on a fresh connection: the run row, retention, the run report artifact."""
     secrets = urls.secrets()
     with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
-        writer = MetricsWriter(final, run_id, secrets)
+        writer = MetricsWriter(final, run_id, secrets, source=source)
         writer.pipeline_finished(
             status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
             rows_replica=sum(o.replica_rows for o in outcomes),
@@ -445,6 +473,7 @@ def etl_pipeline(
     ignore_blackout: bool = False,
     dispatch: Literal["local", "deployment"] = "local",
     dbt: bool = True,
+    source: str | None = None,
 ) -> list[TableOutcome]:
     """Copy every configured table source -> replica -> analytics, priority group by priority group.
 
@@ -459,17 +488,17 @@ def etl_pipeline(
         dispatch: `local` runs the table subflows in this process; `deployment` runs each table as a run of
             the `etl-table/table` deployment, so every worker of the pool can take tables.
         dbt: run the table config's `dbt:` section after the load (False: skip it this run).
+        source: the clinic of the sources file (ETL_SOURCES) to load: its URLs, analytics schema and table config.
     """
     logger = get_run_logger()
     started = time.monotonic()
     # Before anything else: inside a blackout window no database is touched.
     check_blackout(ignore_blackout=ignore_blackout, warn=logger.warning)
-    settings = Settings()
+    settings, urls = _settings_and_urls(source, blocks)
     cfg: PipelineConfig = load_pipeline_config(config_path or settings.config)
     chosen = plain.select_tables(cfg, tables, groups)
     if dispatch == "deployment":
         _check_table_deployment()
-    urls = urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
     run_id = str(runtime_flow_run.id or uuid.uuid4())
     # In-process table flows share these engines; dispatched table runs open their own.
     workers = max((g.workers for g in cfg.priorities), default=1) if dispatch == "local" else 1
@@ -485,12 +514,12 @@ def etl_pipeline(
                 column_case=cfg.analytics.column_case, replica_method=method, full_refresh=full_refresh,
                 dispatch=dispatch, config_path=config_path,
                 blocks=blocks.model_dump() if blocks is not None else None,
-                loaded_at_column=cfg.analytics.loaded_at_column,
+                loaded_at_column=cfg.analytics.loaded_at_column, source=source,
             )
             # Tables whose last sync was incremental move only what changed: they share batch flow runs
             # instead of paying a flow run each (the orchestration, not the copy, dominates them).
             light = set() if full_refresh or dispatch == "deployment" else _incremental_tables(engines, opts.replica_db)
-            metrics = MetricsWriter(engines.analytics, run_id, urls.secrets())
+            metrics = MetricsWriter(engines.analytics, run_id, urls.secrets(), source=source)
             metrics.ensure_schema()
             metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
             logger.info("%d tables; replica copy path: %s; analytics schema %s; dispatch %s", len(chosen), method,
@@ -529,7 +558,8 @@ def etl_pipeline(
                                     config_path=config_path or settings.config, pg_schema=settings.analytics_schema,
                                     logger=logger)
     # Published also when tables failed, before the run is failed below.
-    _finish(urls, run_id, outcomes, failed, usage, keep_days=metrics_keep_days, logger=logger, dbt_result=dbt_result)
+    _finish(urls, run_id, outcomes, failed, usage, keep_days=metrics_keep_days, logger=logger, dbt_result=dbt_result,
+            source=source)
     # The last line of the run's log (keep it last: anything logged after it hides it).
     log_summary(outcomes, seconds=time.monotonic() - started, loggers=loggers)
     if failed:
@@ -553,6 +583,7 @@ def table_entry(
     config_path: str | None = None,
     replica_method: Literal["server", "stream"] | None = None,
     analytics_schema: str | None = None,
+    source: str | None = None,
 ) -> TableOutcome:
     """One table as a flow of its own, for a worker: `etl-pipeline` with dispatch=deployment starts these.
 
@@ -568,12 +599,12 @@ def table_entry(
         config_path: table config file (default: ETL_CONFIG or config/tables.yml of the worker).
         replica_method: the replica copy path the parent chose (default: ETL_REPLICA_METHOD).
         analytics_schema: the analytics schema (default: ETL_ANALYTICS_SCHEMA of the worker).
+        source: the clinic (ETL_SOURCES) of the table; its slot is one of the limit `etl-source-<clinic>`.
     """
     logger = get_run_logger()
-    settings = Settings()
+    settings, urls = _settings_and_urls(source, blocks)
     cfg = load_pipeline_config(config_path or settings.config)
     [resolved] = cfg.resolved_tables([table])
-    urls = urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
     own_id = str(runtime_flow_run.id or uuid.uuid4())
     standalone = run_id is None
     run_id = run_id or own_id
@@ -588,10 +619,10 @@ def table_entry(
             opts = RunOptions(
                 run_key=key, run_id=run_id, source_db=plain.database_of(urls.source), replica_db=plain.database_of(urls.replica),
                 pg_schema=analytics_schema or settings.analytics_schema, column_case=cfg.analytics.column_case,
-                replica_method=method, full_refresh=full_refresh, source_limit=SOURCE_LIMIT,
-                loaded_at_column=cfg.analytics.loaded_at_column,
+                replica_method=method, full_refresh=full_refresh, source_limit=source_limit_name(source),
+                loaded_at_column=cfg.analytics.loaded_at_column, source=source,
             )
-            metrics = MetricsWriter(engines.analytics, run_id, urls.secrets())
+            metrics = MetricsWriter(engines.analytics, run_id, urls.secrets(), source=source)
             metrics.ensure_schema()
             if standalone:
                 metrics.pipeline_started(tables_total=1, full_refresh=full_refresh, replica_method=method)
@@ -604,7 +635,7 @@ def table_entry(
             unregister(key)
     usage = engines.usage()
     with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
-        writer = MetricsWriter(final, run_id, urls.secrets())
+        writer = MetricsWriter(final, run_id, urls.secrets(), source=source)
         writer.table_connection_usage(table, usage)
         if standalone:
             writer.pipeline_finished(

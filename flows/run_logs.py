@@ -63,6 +63,16 @@ _install_quiet_engine_failures()
 
 
 def pipeline_run_name() -> str:
+    """`_base_run_name()`, prefixed by the clinic for a run of one clinic of ETL_SOURCES (`north-manual-...`);
+    a clinic's run started by `etl-all` is named by the clinic alone."""
+    source = (runtime_flow_run.parameters or {}).get("source")
+    base = base_run_name()
+    if not source:
+        return base
+    return source if base == "pipeline" else f"{source}-{base}"
+
+
+def base_run_name() -> str:
     """`nightly-2026-12-02` for a scheduled run of deployment `nightly` (the date it was scheduled for),
     `critical-manual-2026-12-02-0915` when a deployment is run by hand, `manual-2026-12-02-091512` for
     `etl run`, `<parent>-pipeline` when another flow (the repair) runs it: never Prefect's random name."""

@@ -64,11 +64,13 @@ def _pg_type(data_type: str, char_len: int | None, precision: int | None, scale:
     return data_type
 
 
-def read_pg_tables(cur: Any, schema: str) -> list[PgTable]:
-    """Base tables of `schema` (not the ETL's `_etl_*` shadow/work tables), columns in order, primary keys."""
+def read_pg_tables(cur: Any, schema: str, *, views: bool = False) -> list[PgTable]:
+    """Base tables of `schema` (not the ETL's `_etl_*` shadow/work tables), columns in order, primary keys.
+    `views`: views too (the union schema of many clinics holds only views, tasks/union.py)."""
+    kinds = ("BASE TABLE", "VIEW") if views else ("BASE TABLE",)
     cur.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s AND table_type = 'BASE TABLE' "
-        "AND table_name NOT LIKE '\\_etl\\_%%' ORDER BY table_name", (schema,))
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s AND table_type = ANY(%s) "
+        "AND table_name NOT LIKE '\\_etl\\_%%' ORDER BY table_name", (schema, list(kinds)))
     tables = {r[0]: PgTable(r[0]) for r in cur.fetchall()}
     cur.execute(
         "SELECT table_name, column_name, data_type, character_maximum_length, numeric_precision, numeric_scale, "

@@ -273,7 +273,8 @@ def _record_and_read(url: str, connect_args: dict | None, secrets: tuple[str, ..
         with open_metrics_engine(url, connect_args) as engine:
             run = run_report(engine, run_id)
             if event in ("failed", "crashed") and (run is None or run.get("status") == "running"):
-                writer = MetricsWriter(engine, run_id, secrets)
+                writer = MetricsWriter(engine, run_id, secrets,
+                                       source=(getattr(flow_run, "parameters", None) or {}).get("source"))
                 if run is None:
                     writer.ensure_schema()
                     name, link = prefect_identity(flow_run)

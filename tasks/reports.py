@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from tasks.metrics import SCHEMA
 
 # Columns of etl.pipeline_runs added after the first release (read when they exist).
-RUN_EXTRA = ("prefect_run_name", "prefect_run_url", "error")
+RUN_EXTRA = ("prefect_run_name", "prefect_run_url", "error", "source")
 # `etl status` without --table: errors cut to fit a line; with --table they are shown whole.
 ERROR_CHARS = 120
 
@@ -47,19 +47,23 @@ def _has_history(cur) -> bool:  # noqa: ANN001
     return bool(cur.fetchone()[0])
 
 
-def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None) -> list[dict]:
-    """The newest pipeline runs with their table rows, newest first."""
+def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None, source: str | None = None) -> list[dict]:
+    """The newest pipeline runs with their table rows, newest first; `source`: only that clinic's runs."""
     with engine.connect() as c:
         raw = c.connection.driver_connection
         with raw.cursor() as cur:
             if not _has_history(cur):
                 return []
-            run_extra = "".join(f", {c}" for c in _optional_columns(cur, "pipeline_runs", RUN_EXTRA))
+            have = _optional_columns(cur, "pipeline_runs", RUN_EXTRA)
+            run_extra = "".join(f", {c}" for c in have)
+            if source is not None and "source" not in have:
+                return []  # no run of any clinic recorded yet
+            where = " WHERE source = %s" if source is not None else ""
             cur.execute(
                 f"SELECT run_id, started_at, ended_at, status, tables_total, tables_ok, tables_failed, "
                 f"rows_replica, rows_analytics, full_refresh, replica_method, failed_tables, connection_usage"
-                f"{run_extra} FROM {SCHEMA}.pipeline_runs ORDER BY started_at DESC LIMIT %s",
-                (runs,),
+                f"{run_extra} FROM {SCHEMA}.pipeline_runs{where} ORDER BY started_at DESC LIMIT %s",
+                (*([source] if source is not None else []), runs),
             )
             cols = [d[0] for d in cur.description]
             out = [dict(zip(cols, r)) for r in cur.fetchall()]
@@ -83,7 +87,7 @@ def render_run(run: dict, *, full_errors: bool = False) -> str:
     """One run: a head line (status, Prefect run name and link, totals), the run's own error when it
     failed outside the tables, and a row per table. `full_errors`: table errors whole, not cut."""
     secs = (run["ended_at"] - run["started_at"]).total_seconds() if run.get("ended_at") else None
-    head = (f"run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
+    head = (f"{'clinic ' + run['source'] + '  ' if run.get('source') else ''}run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
             f"{f'  {secs:.1f}s' if secs is not None else '  (still running or interrupted)'}  "
             f"tables ok {run['tables_ok']}/{run['tables_total']}  rows {run['rows_analytics']:,}")
     lines = [head]
@@ -241,7 +245,7 @@ def render_connections(runs: list[dict]) -> str:
     for run in runs:
         usage = run["connection_usage"] or {}
         workers = next((u.get("workers") for u in usage.values() if u.get("workers")), None)
-        head = (f"run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
+        head = (f"{'clinic ' + run['source'] + '  ' if run.get('source') else ''}run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
                 f"{f'  workers {workers}' if workers else ''}")
         rows = [[role, u.get("pool_size"), u.get("max_overflow"), u.get("peak_checked_out"), u.get("opened"),
                  u.get("checkouts"), u.get("still_open")] for role, u in usage.items()]

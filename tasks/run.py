@@ -57,10 +57,11 @@ class RunContext:
     replica_method: ReplicaMethod
     full_refresh: bool = False
     loaded_at_column: str | None = "_etl_loaded_at"
+    source: str | None = None  # the clinic of the sources file; None: the one source of ETL_SOURCE_URL
 
     @property
     def metrics(self) -> MetricsWriter:
-        return MetricsWriter(self.engines.analytics, self.run_id, self.engines.urls.secrets())
+        return MetricsWriter(self.engines.analytics, self.run_id, self.engines.urls.secrets(), source=self.source)
 
     def job(self, table: ResolvedTable) -> TableJob:
         """The table's facts for this run (tasks/job.py): read from the source the first time a phase
@@ -292,7 +293,7 @@ def database_of(url: str) -> str:
 
 def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | None = None,
                  groups: list[str] | None = None, full_refresh: bool = False, run_id: str | None = None,
-                 urls: EngineUrls | None = None) -> RunResult:
+                 urls: EngineUrls | None = None, source: str | None = None) -> RunResult:
     """A whole run without Prefect: every group in priority order, the same metrics rows as the flow."""
     from blocks.connectors import urls_from_settings
 
@@ -308,7 +309,7 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
         ctx = RunContext(engines=engines, run_id=run_id, source_db=database_of(urls.source),
                          replica_db=database_of(urls.replica), pg_schema=settings.analytics_schema,
                          column_case=cfg.analytics.column_case, replica_method=method, full_refresh=full_refresh,
-                         loaded_at_column=cfg.analytics.loaded_at_column)
+                         loaded_at_column=cfg.analytics.loaded_at_column, source=source)
         metrics = ctx.metrics
         metrics.ensure_schema()
         metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
@@ -321,7 +322,7 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
     usage = engines.usage()
     failed = [o.table for o in outcomes if o.status != "ok"]
     with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
-        MetricsWriter(final, run_id, urls.secrets()).pipeline_finished(
+        MetricsWriter(final, run_id, urls.secrets(), source=source).pipeline_finished(
             status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
             rows_replica=sum(o.replica_rows for o in outcomes), rows_analytics=sum(o.analytics_rows for o in outcomes),
             connection_usage=usage)
