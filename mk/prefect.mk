@@ -3,7 +3,8 @@
 #
 #   make server   Prefect server + UI on PostgreSQL, in the background   build/prefect-server.{pid,log,db}
 #   make blocks   block types + the three connector blocks from ETL_*_URL
-#   make deploy   the work pool (created if missing), the global concurrency limit `etl-source`,
+#   make deploy   the work pool (created if missing), the global concurrency limit `etl-source` (and
+#                 with ETL_SOURCES one `etl-source-<clinic>` per clinic),
 #                 every deployment in prefect.yaml, and with ETL_NOTIFY_WEBHOOK set the notification
 #                 block `etl-notify` + automations on Failed, Crashed and Late (ETL_NOTIFY_LATE_MINUTES) runs
 #   make worker   a worker polling the pool, in the background, with ETL_CONFIG  build/prefect-worker.{pid,log}
@@ -78,6 +79,8 @@ deploy: setup
 	@if $(PREFECT) global-concurrency-limit inspect etl-source >/dev/null 2>&1; then \
 	  $(PREFECT) global-concurrency-limit update etl-source --limit $(ETL_SOURCE_SLOTS); \
 	else $(PREFECT) global-concurrency-limit create etl-source --limit $(ETL_SOURCE_SLOTS); fi
+	@# Many clinics (ETL_SOURCES): one limit per clinic's source server, etl-source-<clinic>, same slots.
+	@if [ -n "$$ETL_SOURCES" ]; then for n in $$($(PREFECT_ENV) $(BIN)/etl sources --names); do 	  if $(PREFECT) global-concurrency-limit inspect etl-source-$$n >/dev/null 2>&1; then 	    $(PREFECT) global-concurrency-limit update etl-source-$$n --limit $(ETL_SOURCE_SLOTS); 	  else $(PREFECT) global-concurrency-limit create etl-source-$$n --limit $(ETL_SOURCE_SLOTS); fi; done; fi
 	ETL_WORK_POOL='$(ETL_WORK_POOL)' ETL_IMAGE='$(ETL_IMAGE)' ETL_CODE_DIR='$(ETL_CODE_DIR)' \
 	  $(PREFECT) --no-prompt deploy --all
 	@# Failed, Crashed and Late runs reported by the server (a dead worker runs no flow code that could tell).
