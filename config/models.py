@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from config.errors import ConfigError
 
-Mode = Literal["full", "incremental", "binlog"]
+Mode = Literal["full", "incremental", "binlog", "checksum"]
 Deletes = Literal["detect", "off"]
 ColumnCase = Literal["lower", "preserve"]
 DbtCommand = Literal["build", "run", "test"]
@@ -101,7 +101,9 @@ class TableSettings(_Strict):
     mode: Mode | None = Field(
         default=None,
         description="`full` reloads the whole table; `incremental` moves rows whose change columns advanced; "
-                    "`binlog` applies the keys the source's binary log shows changed (tasks/binlog_reader.py).",
+                    "`binlog` applies the keys the source's binary log shows changed (tasks/binlog_reader.py); "
+                    "`checksum` compares key-range checksums of source and replica and re-copies only the ranges "
+                    "that differ (tables without a trustworthy change column; tasks/checksum_sync.py).",
     )
     batch_size: int | None = Field(
         default=None, gt=0, le=5_000_000,

@@ -184,7 +184,8 @@ def _attempt() -> int:
 def _rows_to_move(table: ResolvedTable, opts: RunOptions) -> int:
     """What a progress line counts against: the table's size for a full copy; nothing for an
     incremental window (the table's size says nothing about how much changed)."""
-    return 0 if table.mode == "incremental" and not opts.full_refresh else (table.estimated_rows or 0)
+    # checksum mode (like incremental) moves only what differs
+    return 0 if table.mode in ("incremental", "checksum") and not opts.full_refresh else (table.estimated_rows or 0)
 
 
 @task(task_run_name="replicate-{table.name}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,

@@ -63,10 +63,12 @@ def snapshot_marks(engines: Engines, job: TableJob) -> dict[str, int]:
     return {SEQ: seq, AT: at.encode()}
 
 
-def _batches(cur: Any, table: str, after: int, size: int, *, upto: int | None = None):  # noqa: ANN202
-    """(last sequence, keys, truncate) per batch: keys in sequence order up to a TRUNCATE marker."""
+def _batches(cur: Any, table: str, after: int, size: int, *, upto: int | None = None,  # noqa: ANN202
+             log: str = CHANGES):
+    """(last sequence, keys, truncate) per batch: keys in sequence order up to a TRUNCATE marker.
+    `log`: the change-log table (the checksum mode keeps its own, same shape: tasks/checksum_sync.py)."""
     while True:
-        cur.execute(f"SELECT seq, op, key_json FROM {mysql_ident(CHANGES)} WHERE table_name = %s AND seq > %s "
+        cur.execute(f"SELECT seq, op, key_json FROM {mysql_ident(log)} WHERE table_name = %s AND seq > %s "
                     f"AND seq <= %s ORDER BY seq LIMIT %s", (table, after, (1 << 62) if upto is None else upto, size))
         rows = cur.fetchall()
         if not rows:
@@ -86,6 +88,21 @@ def _batches(cur: Any, table: str, after: int, size: int, *, upto: int | None = 
         if keys:
             yield last, list(keys), False
         after = last
+
+
+def forget_logged(cur: Any, log: str, table: str, upto: int | None) -> None:
+    """Delete the table's log entries up to `upto` (all: None) by their primary key only: a DELETE over
+    a (table_name, seq) range takes gap locks, and another table logging its first keys into that gap at
+    the same time deadlocks with it (InnoDB 1213). Caller commits."""
+    while True:
+        cur.execute(f"SELECT seq FROM {mysql_ident(log)} WHERE table_name = %s AND seq <= %s ORDER BY seq LIMIT 5000",
+                    (table, (1 << 62) if upto is None else upto))
+        seqs = [int(r[0]) for r in cur.fetchall()]
+        if not seqs:
+            return
+        cur.execute(f"DELETE FROM {mysql_ident(log)} WHERE seq IN ({', '.join(['%s'] * len(seqs))})", seqs)
+        if len(seqs) < 5000:
+            return
 
 
 def key_condition(columns: list[str], keys: list[tuple], quote: Callable[[str], str]) -> tuple[str, list[Any]]:
@@ -157,7 +174,7 @@ def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_sta
 
 def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applied: int, upto: int,
                  save_state: SaveFn,
-                 progress: ProgressFn | None = None) -> PhaseStats:
+                 progress: ProgressFn | None = None, log: str = CHANGES) -> PhaseStats:
     """Replica -> analytics for the keys logged since analytics' sequence `applied` up to the replica's
     `upto` (what the replica holds), then the change
     log's keys both legs have passed are deleted."""
@@ -175,7 +192,8 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
         my = rc.connection.driver_connection
         mcur = my.cursor()
         execute(mcur, f"USE {mysql_ident(job.replica_db)}")
-        ensure_tables(mcur)
+        if log == CHANGES:  # another log (checksum mode) is created by its owner
+            ensure_tables(mcur)
         my.commit()
         pg = pc.connection.driver_connection
         pg.autocommit = False
@@ -185,7 +203,8 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
         pg.commit()
         copy_sql = f"COPY {stage} ({', '.join(names)}) FROM STDIN"
         try:
-            for last, keys, truncate in _batches(mcur, table.name, applied, table.batch_size, upto=upto):
+            for last, keys, truncate in _batches(mcur, table.name, applied, table.batch_size, upto=upto,
+                                                  log=log):
                 if truncate:
                     execute(cur, f"DELETE FROM {live}")
                 else:
@@ -213,7 +232,7 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
             rc.invalidate()
             raise
         # Both legs are past `seq` now (analytics never passes the replica): those keys are done.
-        execute(mcur, f"DELETE FROM {mysql_ident(CHANGES)} WHERE table_name = %s AND seq <= %s", (table.name, seq))
+        forget_logged(mcur, log, table.name, seq)
         my.commit()
     stats.watermark_after = f"{SEQ}={seq}"
     stats.seconds = time.monotonic() - started

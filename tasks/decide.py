@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Path = Literal["full", "incremental", "binlog"]
+Path = Literal["full", "incremental", "binlog", "checksum"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ def replica_path(*, mode: Path, why: str, full_refresh: bool, has_state: bool, r
         return ReplicaPath("full", f"first run: full refresh, then {why}")
     if drift_added:
         return ReplicaPath("full", "column added in the source: full reload back-fills it", apply_drift=True)
-    return ReplicaPath("binlog" if mode == "binlog" else "incremental", why, apply_drift=drift_widened)
+    if mode in ("binlog", "checksum"):
+        return ReplicaPath(mode, why, apply_drift=drift_widened)
+    return ReplicaPath("incremental", why, apply_drift=drift_widened)
 
 
 def analytics_path(*, mode: Path, full_refresh: bool, live: bool, state_generation: int | None,
@@ -44,4 +46,4 @@ def analytics_path(*, mode: Path, full_refresh: bool, live: bool, state_generati
         return "full"
     if state_generation is None or replica_generation is None or state_generation != replica_generation:
         return "full"
-    return "binlog" if mode == "binlog" else "incremental"
+    return mode if mode in ("binlog", "checksum") else "incremental"

@@ -52,10 +52,14 @@ def choose_mode(schema: TableSchema, changes: tuple[str, ...]) -> tuple[str, str
                and "current_timestamp" in str(schema.column(c).default or "").lower()]
     if trusted:
         return "incremental", f"incremental: {trusted[0]} is maintained by the server on insert and update"
+    # A keyed table without a column to trust: key-range checksums find in-place edits and deletes
+    # that no timestamp shows, and only the ranges that differ are copied (README, "Checksum mode").
     if changes:
-        return "full", (f"full: {', '.join(changes)} not maintained by the server (nullable or written by the "
-                        f"application); set mode: incremental with a lookback if you trust it")
-    return "full", "full: no change-tracking column"
+        return "checksum", (f"checksum: {', '.join(changes)} not maintained by the server (nullable or written by "
+                            f"the application), so key-range checksums find what changed; set mode: incremental "
+                            f"with a lookback if you trust it")
+    return "checksum", ("checksum: no change-tracking column; key-range checksums find edits, inserts and deletes, "
+                        "only ranges that differ are copied")
 
 
 def change_columns(schema: TableSchema) -> tuple[str, ...]:

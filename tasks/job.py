@@ -36,7 +36,7 @@ from tasks.keyset import Keyset
 from tasks.mysql_schema import TableSchema
 from tasks.type_mapping import PgColumn, pg_columns
 
-Mode = Literal["full", "incremental", "binlog"]
+Mode = Literal["full", "incremental", "binlog", "checksum"]
 ProgressFn = Callable[[int], None]
 
 
@@ -77,6 +77,12 @@ def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ..
             raise SchemaError(f"table {table.name!r}: incremental column {c!r}: {e}") from None
     if table.mode == "full":
         return "full", "mode: full"
+    if table.mode == "checksum":  # checksum hook (tasks/checksum_sync.py); a keyless table is compared whole
+        if not key:
+            return "checksum", ("checksum: no primary key, so the table is compared whole (one checksum) and copied "
+                                "again in full only when it differs")
+        return "checksum", ("checksum: key-range checksums of source and replica; only ranges that differ are "
+                            "copied again (in-place edits and deletes included)")
     if not key:
         return "full", "no primary key: full refresh every run (rows cannot be merged)"
     if table.mode == "binlog":

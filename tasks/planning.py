@@ -10,7 +10,7 @@ from config.models import PipelineConfig
 from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
-from tasks import binlog_apply, dbt_run, decide, drift, state, watermarks
+from tasks import binlog_apply, checksum_sync, dbt_run, decide, drift, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.job import read_job
 from tasks.mysql_schema import read_table_schema, server_identity, show_create_table, table_exists
@@ -89,6 +89,8 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                 p.watermark = st.describe() if st else None
                 p.chunks = max(1, math.ceil((p.estimated_rows or 0) / t.batch_size)) if p.key else 1
                 has_state = st is not None and (mode != "binlog" or binlog_apply.SEQ in st.watermarks)
+                # checksum hook: as in tasks/sync.py, a state without the checksum log's sequence copies first
+                has_state = has_state and (mode != "checksum" or checksum_sync.SEQ in st.watermarks)
                 route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=has_state,
                                             replica_live=t.name in replica_schemas)
                 p.reason = route.why
@@ -101,6 +103,9 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                     route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=True,
                                                 replica_live=True, drift_added=bool(d.added))
                     p.mode, p.reason = route.path, route.why
+                    if p.mode == "checksum":  # what differs is found by the run's range checksums
+                        p.estimated_rows, p.chunks = None, None
+                        p.deletes = "off" if t.deletes == "off" else "found by range checksums"
                     if p.mode == "incremental":
                         p.estimated_rows = _estimate_changed(conn, source_db, t.name, st)
                         p.chunks = max(1, math.ceil(p.estimated_rows / t.batch_size))

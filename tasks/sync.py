@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from config.models import ColumnCase, ResolvedTable
 from tasks import analytics_full, analytics_merge, decide, deletes, drift, locks, replica_full, replica_merge, state
-from tasks import binlog_apply, watermarks
+from tasks import binlog_apply, checksum_sync, watermarks
 from tasks.connections import Engines
 from tasks.errors import SchemaError, is_retriable
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, pg_ident, pg_qualified, pg_regclass, pg_table_name
@@ -70,6 +70,8 @@ def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bo
         rep_server = server_identity(rc)
         # binlog hook: a state without a binlog sequence (e.g. the table was incremental) copies first.
         has_state = current is not None and (mode != "binlog" or binlog_apply.SEQ in current.watermarks)
+        # checksum hook: likewise a state without the checksum log's sequence copies first.
+        has_state = has_state and (mode != "checksum" or checksum_sync.SEQ in current.watermarks)
         route = decide.replica_path(mode=mode, why=why, full_refresh=full_refresh, has_state=has_state,
                                     replica_live=live)
         # The replica's own shape (another table than the source's): what drift compares against.
@@ -103,6 +105,16 @@ def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bo
                                                    save_state=save_seq, progress=progress)
             stats.notes = notes + stats.notes
             return stats
+        if route.path == "checksum":  # checksum hook: only the key ranges that differ (tasks/checksum_sync.py)
+            def save_marks(cur, marks) -> None:  # noqa: ANN001
+                state.mysql_save(cur, table.name, TableState(
+                    generation=current.generation, watermarks={**current.watermarks, **marks},
+                    run_count=current.run_count + 1, source_time_zone=job.source_time_zone))
+            stats = checksum_sync.replicate_ranges(engines, job, save_state=save_marks, progress=progress)
+            if stats is not None:
+                stats.notes = notes + stats.notes
+                return stats
+            notes.append("checksum: the keyless table differs from the source, copied again in full")
         if route.path == "incremental":
             window = _source_window(engines, job, kind="incremental", previous=current.watermarks, resume=resume)
 
@@ -132,6 +144,8 @@ def _replicate(engines: Engines, job: TableJob, *, method: str, full_refresh: bo
                      source_time_zone=job.source_time_zone)
 
     def after_swap(cur) -> None:  # noqa: ANN001
+        if mode == "checksum":  # checksum hook: the copy holds every logged range; the log starts over
+            new.watermarks.update(checksum_sync.snapshot_marks(cur, table.name))
         state.mysql_save(cur, table.name, new)
         state.mysql_clear_pending(cur, table.name)
     stats = replica_full.copy_full(engines, job, method=method, resume=resume, progress=progress,
@@ -205,7 +219,20 @@ def _load(engines: Engines, job: TableJob, *, full_refresh: bool, resume: bool,
     if decide.analytics_path(mode=mode, full_refresh=full_refresh, live=live,
                              state_generation=current.generation if current else None,
                              replica_generation=rep_state.generation if rep_state else None) != "full":
+        if mode == "checksum" and not checksum_sync.pending(rep_state.watermarks, current.watermarks):
+            # checksum hook: nothing logged since analytics' last load, so nothing is read or written.
+            return PhaseStats(method="checksum", mode="checksum", notes=["checksum: unchanged"])
         notes = _widen_in_place(engines, job, rep_schema)
+        if mode == "checksum":  # checksum hook: the keys of the re-copied ranges (tasks/checksum_sync.py)
+            def save_marks(cur, marks) -> None:  # noqa: ANN001
+                state.pg_save(cur, pg_schema, pg_name, TableState(
+                    generation=current.generation, watermarks={**current.watermarks, **marks},
+                    run_count=current.run_count + 1))
+            stats = checksum_sync.load_ranges(
+                engines, job, schema=rep_schema, applied=int(current.watermarks.get(checksum_sync.SEQ) or 0),
+                upto=int(rep_state.watermarks.get(checksum_sync.SEQ) or 0), save_state=save_marks, progress=progress)
+            stats.notes = notes + stats.notes
+            return stats
         if mode == "binlog":  # binlog hook: the keys the replica leg applied (tasks/binlog_apply.py)
             def save_seq(cur, marks) -> None:  # noqa: ANN001
                 state.pg_save(cur, pg_schema, pg_name, TableState(
@@ -232,7 +259,7 @@ def _load(engines: Engines, job: TableJob, *, full_refresh: bool, resume: bool,
         return stats
 
     highs: dict = {}
-    if mode in ("incremental", "binlog") and rep_state is not None:
+    if mode in ("incremental", "binlog", "checksum") and rep_state is not None:
         highs = dict(rep_state.watermarks)  # the replica was static since its own state was written
     new = TableState(generation=rep_state.generation if rep_state else 0, watermarks=highs)
 

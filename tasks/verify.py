@@ -193,6 +193,19 @@ def _pg_sum(row: str) -> str:
     return f"('x' || left(md5({row}), {_HASH_HEX}))::bit({_HASH_HEX * 4})::bigint"
 
 
+def exact_row_sql(schema) -> str:  # noqa: ANN001 - a TableSchema
+    """MySQL SQL printing a row of `schema` as its canonical text, stored values exactly (the text
+    source vs replica compare). Public for the checksum sync mode (tasks/range_checksum.py)."""
+    texts = [column_text(c, as_boolean=False, pg_name=c.name) for c in schema.columns]
+    return _my_fields([(t.my_exact, t.plain) for t in texts])
+
+
+def row_hash_sql(row: str) -> str:
+    """MySQL SQL of a row's 60-bit hash (an unsigned integer) from its canonical text `row`: summed
+    over a range, with COUNT(*), it is the range's checksum (order free, computed by the server)."""
+    return _my_sum(row)
+
+
 @dataclass(frozen=True)
 class TableTexts:
     """The SQL verify and repair need for one table, built once from its replica schema."""
