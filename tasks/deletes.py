@@ -135,12 +135,12 @@ def propagate_deletes(src_cur: Any, rep: Any, pg: Any, *, source_sql: str, repli
     ks, key = keyset, keyset.columns
     differing, result = find_deleted_ranges(src_cur, rep_cur, source_sql, replica_sql, ks, page)
     at_least = sum(d[2] for d in differing)
-    _guard(table, at_least, result.replica_rows, max_fraction, min_rows)
+    guard(table, at_least, result.replica_rows, max_fraction, min_rows)
     doomed: list[tuple] = []
     for low, high, _ in differing:
         where, params = _range_where(ks, low, high)
         doomed.extend(_vanished(src_cur, rep_cur, source_sql, replica_sql, ks, where, params))
-    _guard(table, len(doomed), result.replica_rows, max_fraction, min_rows)
+    guard(table, len(doomed), result.replica_rows, max_fraction, min_rows)
     if not doomed:
         return result
     pcur = pg.cursor()
@@ -162,7 +162,7 @@ def propagate_deletes(src_cur: Any, rep: Any, pg: Any, *, source_sql: str, repli
     return result
 
 
-def _guard(table: str, n: int, total: int, max_fraction: float, min_rows: int) -> None:
+def guard(table: str, n: int, total: int, max_fraction: float, min_rows: int) -> None:
     if n > min_rows and total and n > max_fraction * total:
         raise DataError(
             f"table {table!r}: refusing to delete {n:,} of {total:,} rows ({100.0 * n / total:.1f}%) in one run; "

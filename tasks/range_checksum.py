@@ -109,8 +109,7 @@ def differing_ranges(src_cur: Any, rep_cur: Any, *, source_sql: str, replica_sql
             sn, ss = pool.submit(_aggregate, src_cur, source_sql, hash_sql, ks, where, params, rn + 1).result()
             result.ranges += 1
             result.queries += 1
-            r = Range(low, high, rn, sn)
-            return r if (rn, rs) != (sn, ss) else None
+            return Range(low, high, rn, sn), (rn, rs) != (sn, ss)
 
         def drill(r: Range) -> None:
             stack = [r]
@@ -127,8 +126,8 @@ def differing_ranges(src_cur: Any, rep_cur: Any, *, source_sql: str, replica_sql
                         cuts.append(b)
                 parts = []
                 for lo, hi in subranges(cur_r.low, cur_r.high, cuts):
-                    d = compare(lo, hi)
-                    if d is not None:
+                    d, differs = compare(lo, hi)
+                    if differs:
                         parts.append(d)
                 stack.extend(reversed(parts))  # depth first, key order kept
 
@@ -136,8 +135,9 @@ def differing_ranges(src_cur: Any, rep_cur: Any, *, source_sql: str, replica_sql
         while True:
             where, params = ks.after(low)
             high = _boundary(rep_cur, replica_sql, ks, where, params, page)
-            d = compare(low, high)
-            if d is not None:
+            d, differs = compare(low, high)
+            result.replica_rows += d.replica_rows
+            if differs:
                 drill(d)
             if high is None:
                 break

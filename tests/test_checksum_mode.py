@@ -270,3 +270,28 @@ def test_sakila_through_checksum_mode(etl_env) -> None:
     _damage_replica(etl_env, ["actor", "language"])
     etl_env.run_plain()
     assert_all_copies_equal(etl_env)
+
+
+def test_an_emptied_source_table_does_not_empty_the_copies(etl_env) -> None:
+    _fill(etl_env)
+    etl_env.write_config(CONFIG.replace("visits: {primary_key: [id]}",
+                                        "visits: {primary_key: [id], deletes_min_rows: 100}"))
+    etl_env.run_plain()
+    conn = etl_env.mysql()
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM visits WHERE id > 300")
+    conn.commit()
+    conn.close()
+    result = etl_env.run_plain(check=False)
+    failed = {o.table: o.error for o in result.outcomes if o.status != "ok"}
+    assert list(failed) == ["visits"] and "refusing to delete" in failed["visits"], failed
+    for conn, sql in ((mysql_connect(etl_env.replica_db), "SELECT COUNT(*) FROM visits"),):
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            assert cur.fetchone()[0] == 3000
+        conn.close()
+    pg = etl_env.pg()
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM raw.visits")
+        assert cur.fetchone()[0] == 3000
+    pg.close()
