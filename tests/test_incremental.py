@@ -169,9 +169,10 @@ def test_incremental_scenario_on_sakila(etl_env) -> None:
     )
     assert etl_env.run() == 0
     assert_all_copies_equal(etl_env)
-    # payment.last_update is nullable, so discover keeps payment on full refresh (and its deletes
-    # arrive with the reload); film was widened in place and stays incremental.
-    assert "mode" not in cfg["tables"]["payment"]  # discover writes `mode:` only for incremental tables
+    # payment.last_update is nullable, so discover puts payment on checksum mode (its deletes are found
+    # by the range checksums); film was widened in place and stays incremental.
+    assert cfg["tables"]["payment"]["mode"] == "checksum"
+    assert _table_run(etl_env, "payment")["mode"] == "checksum"
     assert _table_run(etl_env, "film")["mode"] == "incremental"
     assert "widened title" in _table_run(etl_env, "film")["notes"]
     assert _table_run(etl_env, "rental")["mode"] == "incremental"
