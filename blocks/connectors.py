@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from config.settings import Settings
 from tasks.connections import EngineUrls, describe_url
@@ -30,7 +30,7 @@ class BlockNames(BaseModel):
     analytics: str = Field(default="etl-analytics", description="Block with the analytics PostgreSQL connection.")
 
 
-def _components(url: str):  # noqa: ANN202 - prefect_sqlalchemy import kept lazy
+def _components(url):  # noqa: ANN001 - a sqlalchemy URL  # noqa: ANN202 - prefect_sqlalchemy import kept lazy
     from prefect_sqlalchemy import ConnectionComponents
 
     u = make_url(url)
@@ -59,8 +59,8 @@ def register_blocks(settings: Settings, names: BlockNames | None = None) -> dict
     return done
 
 
-def load_block(name: str, role: str) -> tuple[str, dict]:
-    """One connector block's URL (with its password) and connect_args."""
+def load_block(name: str, role: str) -> tuple[URL, dict]:
+    """One connector block's URL and connect_args (a URL object: printed, its password shows as ***)."""
     from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
 
     try:
@@ -69,7 +69,7 @@ def load_block(name: str, role: str) -> tuple[str, dict]:
         raise ConfigError(f"block {name!r} ({role}) not found; run `etl blocks register` first") from e
     info = block.connection_info
     url = info.create_url() if isinstance(info, ConnectionComponents) else make_url(str(info))
-    return url.render_as_string(hide_password=False), dict(block.connect_args or {})
+    return url, dict(block.connect_args or {})
 
 
 def urls_from_blocks(names: BlockNames) -> EngineUrls:

@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from config.errors import ConfigError
 
@@ -67,20 +68,26 @@ class Settings(BaseSettings):
         "turned Late is reported by the Prefect automation; 0 reports it as soon as it is Late.",
     )
 
-    def url(self, role: Role) -> str:
+    def url(self, role: Role) -> URL:
+        """The role's URL as a sqlalchemy URL: str() and messages show `***` for the password; only
+        the engine factory (tasks/connections.create_engine) hands it to the driver."""
         value = getattr(self, f"{role}_url")
         if value is None:
             raise ConfigError(f"ETL_{role.upper()}_URL is not set; set it, or pass `--blocks` to read the "
                               f"{role} connector block")
-        return value.get_secret_value()
+        try:
+            return make_url(value.get_secret_value())
+        except ArgumentError:
+            raise ConfigError(f"ETL_{role.upper()}_URL: not a valid SQLAlchemy URL (expected e.g. "
+                              f"mysql+pymysql://user@host:3306/db)") from None
 
     def describe(self, role: Role) -> str:
         """The URL with its password hidden, for messages."""
         return safe_url(self.url(role))
 
 
-def safe_url(url: str) -> str:
+def safe_url(url: URL | str) -> str:
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return (url if isinstance(url, URL) else make_url(url)).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL must still never be printed whole
         return "<unparsable URL>"

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from tasks.errors import ConfigError, redact
@@ -42,36 +42,46 @@ MYSQL_NET_TIMEOUT = 3600
 MYSQL_GROUP_CONCAT_MAX = 1 << 30
 
 
+def as_url(url: URL | str) -> URL | str:
+    """A sqlalchemy URL (its str() shows the password as ***); a string that does not parse stays
+    as it is, for `create_engine` to refuse with the variable's name."""
+    if isinstance(url, URL):
+        return url
+    try:
+        return make_url(url)
+    except ArgumentError:
+        return url
+
+
 @dataclass(frozen=True)
 class EngineUrls:
-    """Resolved connection URLs (may contain passwords: never print them, use `describe`)."""
+    """Resolved connection URLs as sqlalchemy URL objects: printing one shows `***` for the
+    password, which only `create_engine` hands to the driver. Strings are accepted and parsed."""
 
-    source: str
-    replica: str
-    analytics: str
+    source: URL
+    replica: URL
+    analytics: URL
     source_connect_args: dict = field(default_factory=dict)
     replica_connect_args: dict = field(default_factory=dict)
     analytics_connect_args: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for role in ("source", "replica", "analytics"):
+            object.__setattr__(self, role, as_url(getattr(self, role)))
 
     def describe(self, role: str) -> str:
         return describe_url(getattr(self, role))
 
     def secrets(self) -> tuple[str, ...]:
-        out = []
-        for role in ("source", "replica", "analytics"):
-            try:
-                pw = make_url(getattr(self, role)).password
-            except Exception:  # noqa: BLE001
-                pw = None
-            if pw:
-                out.append(str(pw))
-        return tuple(out)
+        """The passwords, for `redact` (the last guard on messages built elsewhere)."""
+        urls = (getattr(self, role) for role in ("source", "replica", "analytics"))
+        return tuple(str(u.password) for u in urls if isinstance(u, URL) and u.password)
 
 
-def describe_url(url: str) -> str:
+def describe_url(url: URL | str) -> str:
     """host:port/database of a URL, never the password."""
     try:
-        u = make_url(url)
+        u = url if isinstance(url, URL) else make_url(url)
     except Exception:  # noqa: BLE001
         return "<unparsable URL>"
     port = u.port or {"mysql": 3306, "postgresql": 5432}.get(u.get_backend_name(), "")
@@ -159,12 +169,12 @@ def _mysql_session_setup(engine: Engine, *, read_only: bool) -> None:
         dbapi_conn.commit()
 
 
-def create_engine(role: str, url: str, *, pool_size: int, connect_args: dict | None = None,
+def create_engine(role: str, url: URL | str, *, pool_size: int, connect_args: dict | None = None,
                   max_overflow: int | None = None, pool_timeout: int = 120) -> Engine:
     """An engine for one database role, with our session settings. Raises ConfigError on a bad URL."""
     env = f"ETL_{role.upper()}_URL"
     try:
-        u = make_url(url)
+        u = url if isinstance(url, URL) else make_url(url)
     except ArgumentError:
         raise ConfigError(f"{env}: not a valid SQLAlchemy URL (expected e.g. mysql+pymysql://user@host:3306/db)") from None
     backend = u.get_backend_name()
@@ -216,7 +226,7 @@ class Engines:
             e.dispose()
 
 
-def ensure_replica_database(url: str, connect_args: dict | None = None) -> None:
+def ensure_replica_database(url: URL | str, connect_args: dict | None = None) -> None:
     """CREATE DATABASE IF NOT EXISTS for the replica, through a short-lived server-level connection."""
     u = make_url(url)
     engine = create_engine("replica", url, pool_size=1, connect_args=connect_args)
@@ -297,7 +307,7 @@ def lookup(key: str) -> Engines:
             raise RuntimeError(f"no open engines for run {key!r}; table flows run inside the pipeline flow") from None
 
 
-def connection_error(role: str, url: str, exc: BaseException) -> Exception:
+def connection_error(role: str, url: URL | str, exc: BaseException) -> Exception:
     """A one-line error naming the database (host, port, name) and the server's reason, never the password."""
     from tasks.errors import LoadError, is_retriable
 
@@ -308,7 +318,7 @@ def connection_error(role: str, url: str, exc: BaseException) -> Exception:
                      table="*", phase="connect", retriable=is_retriable(exc))
 
 
-def check_reachable(role: str, url: str, connect_args: dict | None = None) -> None:
+def check_reachable(role: str, url: URL | str, connect_args: dict | None = None) -> None:
     """Log in to one database and run `SELECT 1`; nothing is created or written.
 
     Raises a one-line LoadError naming the role, host, port and database and the server's reason,
@@ -330,7 +340,7 @@ def check_reachable(role: str, url: str, connect_args: dict | None = None) -> No
 
 
 @contextmanager
-def open_metrics_engine(url: str, connect_args: dict | None = None) -> Iterator[Engine]:
+def open_metrics_engine(url: URL | str, connect_args: dict | None = None) -> Iterator[Engine]:
     """A one-connection analytics engine for bookkeeping outside a run's pools (not tracked)."""
     engine = create_engine("analytics", url, pool_size=1, connect_args=connect_args)
     try:

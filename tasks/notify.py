@@ -191,7 +191,7 @@ def _analytics_target(parameters: dict) -> tuple[str, dict | None, tuple[str, ..
         s = Settings()
         if s.analytics_url is None:
             return None
-        url = s.analytics_url.get_secret_value()
+        url = s.url("analytics")
         secrets = tuple(str(getattr(s, f"{r}_url").get_secret_value()) for r in ("source", "replica", "analytics")
                         if getattr(s, f"{r}_url") is not None)
         return url, None, _passwords(secrets)

@@ -287,7 +287,7 @@ class RunResult:
         return [o.table for o in self.outcomes if o.status != "ok"]
 
 
-def database_of(url: str) -> str:
+def database_of(url) -> str:  # noqa: ANN001 - a sqlalchemy URL or its string
     return make_url(url).database or ""
 
 

@@ -62,3 +62,25 @@ def test_missing_url_says_which_variable(etl_env, prefect_harness, monkeypatch, 
     monkeypatch.delenv("ETL_REPLICA_URL")
     assert etl_env.etl("run") == 1
     assert "ETL_REPLICA_URL is not set" in capsys.readouterr().err
+
+
+def test_urls_stay_sqlalchemy_urls_whose_text_hides_the_password(monkeypatch) -> None:
+    """Settings and EngineUrls hand out URL objects: printing, repr and describe never show the
+    password; only the engine factory passes it to the driver (secrets() feeds the last-guard redact)."""
+    from sqlalchemy.engine import URL
+
+    from config.settings import Settings
+    from tasks.connections import EngineUrls, describe_url
+
+    pw = "Pw-t0p@s3cret"
+    url = f"mysql+pymysql://etl:{pw.replace('@', '%40')}@db1:3306/clinic"
+    monkeypatch.setenv("ETL_SOURCE_URL", url)
+    s = Settings(_env_file=None)
+    got = s.url("source")
+    assert isinstance(got, URL) and got.password == pw and got.database == "clinic"
+    urls = EngineUrls(source=got, replica=url, analytics="postgresql+psycopg2://a:b-pw@h/db")
+    assert all(isinstance(getattr(urls, r), URL) for r in ("source", "replica", "analytics"))
+    for text in (str(got), repr(got), repr(urls), str(urls), describe_url(got), urls.describe("replica"),
+                 s.describe("source")):
+        assert pw not in text and "t0p%40s3cret" not in text, text
+    assert urls.secrets() == (pw, pw, "b-pw")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from config.settings import Settings
 from config.sources import load_sources, parse_sources, sources_from_settings
@@ -40,9 +41,11 @@ def test_settings_of_a_source() -> None:
     f = parse_sources(GOOD, "sources.yml", env=ENV)
     base = Settings(analytics_url="postgresql+psycopg2://x@h/db", config="config/tables.yml", max_source_queries=2)
     s = f.get("north").settings(base)
-    assert (s.url("source"), s.url("replica")) == (ENV["NORTH_SRC"], ENV["NORTH_REP"])
+    # Settings.url() is a sqlalchemy URL (its password shows as *** when printed); the same URL as given.
+    assert (s.url("source"), s.url("replica")) == (make_url(ENV["NORTH_SRC"]), make_url(ENV["NORTH_REP"]))
+    assert "n%40rth-pw" not in str(s.url("source")) and "n@rth-pw" not in str(s.url("source"))
     assert (s.analytics_schema, s.config, s.max_source_queries) == ("raw_north", "config/north.yml", 2)
-    assert s.url("analytics") == "postgresql+psycopg2://x@h/db"
+    assert s.url("analytics") == make_url("postgresql+psycopg2://x@h/db")
     s2 = f.get("south_2").settings(base)
     assert (s2.analytics_schema, s2.config, s2.source_url) == ("clinic_south", "config/tables.yml", None)
 
