@@ -47,3 +47,11 @@ def analytics_path(*, mode: Path, full_refresh: bool, live: bool, state_generati
     if state_generation is None or replica_generation is None or state_generation != replica_generation:
         return "full"
     return mode if mode in ("binlog", "checksum") else "incremental"
+
+
+def probe_skips(*, full_refresh: bool, probe_same: bool, replica_live: bool, analytics_live: bool) -> str | None:
+    """Why a table is skipped this run ("nothing to do"), or None to run it: the probe (tasks/probe.py)
+    read the same as recorded after its last finished run, and both copies are still there."""
+    if full_refresh or not probe_same or not replica_live or not analytics_live:
+        return None
+    return "unchanged since its last run (probe: same count and change-column maxima or whole-table hash)"

@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 
 from config.models import ColumnCase, PipelineConfig, ResolvedTable
 from config.settings import Settings
-from tasks import sync
+from tasks import decide, probe, sync
 from tasks.connections import Engines, EngineUrls, check_reachable, open_engines, open_metrics_engine
 from tasks.errors import LoadError, redact
 from tasks.job import PhaseStats, TableJob, build_job
@@ -160,11 +160,96 @@ class Phases:
     replicate: Callable[[ResolvedTable], PhaseStats]
     load: Callable[[ResolvedTable], PhaseStats]
     verify: Callable[[ResolvedTable], float]
+    probe: Callable[[ResolvedTable], Look] | None = None  # default: probe_phase, called plainly
 
     @classmethod
     def plain(cls, ctx: RunContext) -> Phases:
         return cls(replicate=lambda t: replicate_phase(ctx, t), load=lambda t: load_phase(ctx, t),
                    verify=lambda t: verify_phase(ctx, t))
+
+
+# --- fixed cost: the probe decides "nothing to do" before any DDL, state, checkpoint or lock work ---
+
+@dataclass(frozen=True)
+class Look:
+    """What the probe found for one table: skip it (`skip` says why) or run it and record `probe` after."""
+
+    probe: probe.Probe | None
+    skip: str | None = None
+    seconds: float = 0.0
+
+
+class _RunBook:
+    """Once per run (engines + run id): the probe table made sure of, the replica's tables listed."""
+
+    _runs: dict[tuple[int, str], _RunBook] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def of(cls, engines: Engines, run_id: str) -> _RunBook:
+        key = (id(engines), run_id)
+        with cls._lock:
+            book = cls._runs.get(key)
+            if book is None:
+                book = cls._runs[key] = cls()
+                weakref.finalize(engines, cls._runs.pop, key, None)
+            return book
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pg_ready = False
+        self.replica_tables: set[str] | None = None
+
+
+def _probe_book(ctx: RunContext) -> _RunBook:
+    book = _RunBook.of(ctx.engines, ctx.run_id)
+    with book.lock:
+        if not book.pg_ready:
+            with ctx.engines.analytics.connect() as pc:
+                cur = pc.connection.driver_connection.cursor()
+                probe.pg_ensure(cur)
+                pc.connection.driver_connection.commit()
+            book.pg_ready = True
+        if book.replica_tables is None:
+            with ctx.engines.replica.connect() as rc:
+                cur = rc.connection.driver_connection.cursor()
+                cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                            "AND TABLE_TYPE = 'BASE TABLE'", (ctx.replica_db,))
+                book.replica_tables = {r[0] for r in cur.fetchall()}
+                rc.rollback()
+    return book
+
+
+def probe_phase(ctx: RunContext, table: ResolvedTable) -> Look:
+    """One read on the source, one in analytics: is there anything to do for this table?"""
+    from tasks.identifiers import pg_regclass
+
+    t0 = time.monotonic()
+    job = ctx.job(table)
+    if not probe.probed(job):
+        return Look(probe=None)
+    book = _probe_book(ctx)
+    with ctx.engines.source.connect() as sc:
+        found = probe.read_probe(sc.connection.driver_connection.cursor(), job)
+        sc.rollback()
+    with ctx.engines.analytics.connect() as pc:
+        recorded, live = probe.pg_recorded(pc.connection.driver_connection.cursor(), ctx.pg_schema, job.pg_name,
+                                           pg_regclass(ctx.pg_schema, job.pg_name))
+        pc.rollback()
+    skip = decide.probe_skips(full_refresh=ctx.full_refresh, probe_same=found.same_as(recorded),
+                              replica_live=table.name in (book.replica_tables or ()), analytics_live=live)
+    return Look(probe=found, skip=skip, seconds=time.monotonic() - t0)
+
+
+def record_probe(ctx: RunContext, table: ResolvedTable, look: Look) -> None:
+    """After a table finished and was verified: what its next run compares against (an untrusted
+    probe is recorded too: it never matches, so the next run syncs the table)."""
+    if look.probe is None:
+        return
+    with ctx.engines.analytics.connect() as pc:
+        pg = pc.connection.driver_connection
+        probe.pg_record(pg.cursor(), ctx.pg_schema, ctx.job(table).pg_name, look.probe)
+        pg.commit()
 
 
 def run_table(ctx: RunContext, table: ResolvedTable, *, phases: Phases | None = None,
@@ -175,10 +260,16 @@ def run_table(ctx: RunContext, table: ResolvedTable, *, phases: Phases | None = 
     metrics.table_started(table.name, priority=table.priority, mode=table.mode)
     t0 = time.monotonic()
     try:
+        look = (phases.probe or (lambda t: probe_phase(ctx, t)))(table)  # fixed cost: nothing to do?
+        if look.skip:
+            metrics.table_finished(table.name, {"status": "ok", "mode": "unchanged", "replica_rows": 0,
+                                                "analytics_rows": 0, "notes": look.skip})
+            return TableOutcome(table=table.name, status="ok", seconds=time.monotonic() - t0, notes=[look.skip])
         with source_slot():
             rep = phases.replicate(table)
         ana = phases.load(table)
         verify_seconds = phases.verify(table)
+        record_probe(ctx, table, look)
     except Exception as e:
         metrics.table_finished(table.name, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise

@@ -206,6 +206,12 @@ def row_hash_sql(row: str) -> str:
     return _my_sum(row)
 
 
+def row_hash_sum_sql(schema) -> str:  # noqa: ANN001
+    """MySQL: the sum of the 60-bit row hashes of every row, stored values exactly (the probe's
+    whole-table checksum, tasks/probe.py); NULL for an empty table."""
+    return f"SUM({row_hash_sql(exact_row_sql(schema))})"
+
+
 @dataclass(frozen=True)
 class TableTexts:
     """The SQL verify and repair need for one table, built once from its replica schema."""
