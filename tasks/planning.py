@@ -10,7 +10,7 @@ from config.models import PipelineConfig
 from config.settings import Settings
 from tasks.connections import create_engine
 from tasks.errors import SchemaError
-from tasks import binlog_apply, checksum_sync, dbt_run, decide, drift, state, watermarks
+from tasks import binlog_apply, checksum_sync, dbt_run, decide, drift, probe, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.job import read_job
 from tasks.mysql_schema import read_table_schema, server_identity, show_create_table, table_exists
@@ -63,13 +63,14 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
             # Whether INNODB_TRX is readable decides the late-commit protection of every table.
             trx = watermarks.open_transactions(conn.connection.driver_connection.cursor())
             conn.rollback()
+            recorded = _recorded_probes(settings)
             for t in chosen:
                 gi, workers = order[t.priority]
                 p = TablePlan(t.name, t.priority, gi, workers, "full", None, t.batch_size, None, (), "")
                 out.append(p)
                 try:
                     job = read_job(conn, t, source_db=source_db, replica_db=replica_db,
-                                   column_case=cfg.analytics.column_case,
+                                   pg_schema=settings.analytics_schema, column_case=cfg.analytics.column_case,
                                    loaded_at_column=cfg.analytics.loaded_at_column)
                     schema, p.key, mode, why = job.source, job.key, job.mode, job.why
                     p.estimated_rows = schema.estimated_rows
@@ -111,6 +112,11 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                         p.chunks = max(1, math.ceil(p.estimated_rows / t.batch_size))
                         due = t.deletes == "detect" and (st.run_count + 1) % t.deletes_every == 0
                         p.deletes = "checked" if due else ("off" if t.deletes == "off" else "not this run")
+                if not p.problems and not full_refresh and probe.probed(job):
+                    skip = _probe_skip(settings, conn, job, replica_live=t.name in replica_schemas, recorded=recorded)
+                    if skip:  # the run's probe (tasks/run.py probe_phase) would find nothing to do
+                        p.mode, p.reason, p.estimated_rows, p.chunks, p.deletes, p.ddl = \
+                            "unchanged", skip, 0, 0, "-", []
             binlog_line = _binlog_line(settings, conn, source_db, replica_db, chosen,
                                        any(p.mode == "binlog" for p in out))
     finally:
@@ -118,6 +124,37 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
     out.sort(key=lambda p: p.group_order)
     return Plan(method, out, binlog=binlog_line, dbt=dbt_run.describe(cfg.dbt, config_path=config_path or settings.config,
                                                   source=(cfg.dbt.source if cfg.dbt else None) or settings.analytics_schema))
+
+
+def _recorded_probes(settings: Settings) -> dict[str, tuple[dict | None, bool]]:
+    """Every table's recorded probe and whether its analytics table exists (empty when analytics
+    has none yet or cannot be read: the run would then sync every table)."""
+    out: dict[str, tuple[dict | None, bool]] = {}
+    try:
+        eng = create_engine("analytics", settings.url("analytics"), pool_size=1)
+    except Exception:  # noqa: BLE001 - no analytics configured: nothing recorded
+        return out
+    try:
+        with eng.connect() as pc:
+            cur = pc.connection.driver_connection.cursor()
+            cur.execute(f"SELECT table_name, probe, to_regclass(quote_ident(target_schema) || '.' || "
+                        f"quote_ident(table_name)) IS NOT NULL FROM {probe.PG_TABLE} WHERE target_schema = %s",
+                        (settings.analytics_schema,))
+            out = {name: (rec, bool(live)) for name, rec, live in cur.fetchall()}
+            pc.rollback()
+    except Exception:  # noqa: BLE001 - no probe table yet
+        pass
+    finally:
+        eng.dispose()
+    return out
+
+
+def _probe_skip(settings: Settings, conn, job, *, replica_live: bool, recorded: dict) -> str | None:  # noqa: ANN001
+    rec, live = recorded.get(job.pg_name, (None, False))
+    found = probe.read_probe(conn.connection.driver_connection.cursor(), job)
+    conn.rollback()
+    return decide.probe_skips(full_refresh=False, probe_same=found.same_as(rec), replica_live=replica_live,
+                              analytics_live=live)
 
 
 def _replica_view(settings: Settings, replica_db: str, names: list[str]) -> tuple[dict, dict]:

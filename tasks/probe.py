@@ -14,11 +14,12 @@ checkpoint or lock work, no write to the replica or analytics) when the probe re
 the shape digest is the same, the run is not a full refresh, and the replica and analytics tables
 still exist. Anything else runs the table as before, and records the new probe after it.
 
-A change-column probe is recorded as *trusted* only when it cannot miss a later edit: no source
-transaction that has written was open when it was read (it could commit rows stamped below MAX,
-the late commits of tasks/watermarks.py), and each time column's MAX lies before the earliest
-stamp a new edit can carry (TIMESTAMP: UTC now less a second; DATE/DATETIME, a local time in some
-zone: UTC now less 14 h and an hour of daylight saving). An untrusted probe is never skipped on.
+A change-column probe is recorded as *trusted* only when it cannot miss a later edit: each time
+column's MAX lies before the earliest stamp a later commit can carry, i.e. before both now and the
+start of the oldest source transaction still open that has written (it could commit rows stamped
+below MAX: the late commits of tasks/watermarks.py), less a margin (TIMESTAMP: 2 s; DATE/DATETIME,
+a local time in some zone: 15 h more, for UTC+14 and an hour of daylight saving repeated); an
+integer change column only when no such transaction is open. An untrusted probe is never skipped on.
 Without the PROCESS privilege (INNODB_TRX unreadable) change-column probes are never trusted.
 """
 from __future__ import annotations
@@ -76,23 +77,32 @@ def shape_digest(job: TableJob) -> str:
     return hashlib.sha1(json.dumps(facts, default=str, sort_keys=True).encode()).hexdigest()
 
 
-def probe_sql(job: TableJob) -> tuple[str, list[str]]:
-    """The probe's SELECT on the source, and the names of what it returns after the count."""
+_OLDEST_WRITER = f"(SELECT MIN(trx_started) FROM information_schema.INNODB_TRX WHERE {_WRITERS})"
+
+
+def probe_sql(job: TableJob, *, writers: bool = True) -> tuple[str, list[str]]:
+    """The probe's SELECT on the source, and the names of what it returns after the count.
+    `writers=False`: without reading INNODB_TRX (no PROCESS privilege; never trusted then)."""
     t = job.source_sql
     if kind_of(job) == "hash":
         return f"SELECT COUNT(*), COALESCE({row_hash_sum_sql(job.source)}, 0) FROM {t}", ["hash"]
     exprs, names = [], []
     types = {c.name: c.data_type for c in job.source.columns}
+    # A writer still open started at `oldest`: it can only stamp rows at or after its start (trx_started
+    # is truncated to the second, hence the margins), so a MAX before that start cannot be passed by it.
+    horizon = f"LEAST(UTC_TIMESTAMP(6), IFNULL({_OLDEST_WRITER}, UTC_TIMESTAMP(6)))" if writers else None
     for c in job.table.incremental_columns:
         q = mysql_ident(c)
         exprs.append(f"MAX({q})")
         names.append(f"max:{c}")
-        if types[c] in _TIME:
-            exprs.append(f"IFNULL(MAX({q}) < UTC_TIMESTAMP(6) - INTERVAL 1 SECOND, 1)")
-        elif types[c] in _LOCAL_TIME:
-            exprs.append(f"IFNULL(MAX({q}) < UTC_TIMESTAMP(6) - INTERVAL 15 HOUR - INTERVAL 1 SECOND, 1)")
-        elif types[c] in INTEGER_TYPES:
-            exprs.append("1")
+        if not writers:
+            exprs.append("0")
+        elif types[c] in _TIME:
+            exprs.append(f"IFNULL(MAX({q}) < {horizon} - INTERVAL 2 SECOND, 1)")
+        elif types[c] in _LOCAL_TIME:  # a local time in some zone: UTC+14 at most, an hour of DST repeat
+            exprs.append(f"IFNULL(MAX({q}) < {horizon} - INTERVAL 15 HOUR - INTERVAL 2 SECOND, 1)")
+        elif types[c] in INTEGER_TYPES:  # ids are handed out at INSERT and committed in any order
+            exprs.append(f"{_OLDEST_WRITER} IS NULL")
         else:
             exprs.append("0")
         names.append(f"settled:{c}")
@@ -100,28 +110,25 @@ def probe_sql(job: TableJob) -> tuple[str, list[str]]:
 
 
 def read_probe(cur: Any, job: TableJob) -> Probe:
-    """One statement on the source (a change-column probe also counts the open writers in it)."""
+    """One statement on the source."""
     sql, names = probe_sql(job)
-    kind = kind_of(job)
-    writers = f", (SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE {_WRITERS})" if kind == "change" else ""
     try:
-        cur.execute(sql.replace(" FROM ", f"{writers} FROM ", 1) if writers else sql)
-        row = list(cur.fetchone())
-        open_writers = int(row.pop()) if writers else 0
+        cur.execute(sql)
     except (pymysql.err.OperationalError, pymysql.err.ProgrammingError, pymysql.err.InternalError) as e:
         code = e.args[0] if e.args and isinstance(e.args[0], int) else None
-        if not writers or code not in _NO_PRIVILEGE:
+        if kind_of(job) != "change" or code not in _NO_PRIVILEGE:
             raise
+        sql, names = probe_sql(job, writers=False)
         cur.execute(sql)
-        row, open_writers = list(cur.fetchone()), None
+    row = cur.fetchone()
     values = {"count": int(row[0])}
-    trusted = open_writers == 0
+    trusted = True
     for name, v in zip(names, row[1:]):
         if name.startswith("settled:"):
             trusted = trusted and bool(int(v or 0))
         else:
             values[name] = encode_key((v,)) if not isinstance(v, (int, float)) or isinstance(v, bool) else str(v)
-    return Probe(kind=kind, values=json.dumps(values, sort_keys=True), shape=shape_digest(job), trusted=trusted)
+    return Probe(kind=kind_of(job), values=json.dumps(values, sort_keys=True), shape=shape_digest(job), trusted=trusted)
 
 
 # --- the record in analytics ---------------------------------------------------------------------
