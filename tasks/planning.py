@@ -116,7 +116,7 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                     skip = _probe_skip(settings, conn, job, replica_live=t.name in replica_schemas, recorded=recorded)
                     if skip:  # the run's probe (tasks/run.py probe_phase) would find nothing to do
                         p.mode, p.reason, p.estimated_rows, p.chunks, p.deletes, p.ddl = \
-                            "unchanged", skip, 0, 0, "-", []
+                            "unchanged", f"{skip}; once it changes: {p.reason}", 0, 0, "-", []
             binlog_line = _binlog_line(settings, conn, source_db, replica_db, chosen,
                                        any(p.mode == "binlog" for p in out))
     finally:

@@ -122,7 +122,7 @@ def test_the_probe_does_not_skip_a_change(etl_env) -> None:
                        "UPDATE audit SET what = 'changed' WHERE what = 'event 5'")
     _run()
     modes = _modes(etl_env)
-    assert modes["codes"] == "full" and modes["audit"] == "full" and modes["patient"] == "unchanged", modes
+    assert modes["codes"] != "unchanged" and modes["audit"] == "full" and modes["patient"] == "unchanged", modes
     assert_all_copies_equal(etl_env)
     # A delete plus an insert that keeps the count in a table without a change column.
     etl_env.source_sql("DELETE FROM audit WHERE what = 'event 6'; INSERT INTO audit VALUES ('2030-01-01', 'x')")
@@ -132,7 +132,7 @@ def test_the_probe_does_not_skip_a_change(etl_env) -> None:
     # Swapping two values between rows keeps count and every column's multiset: the row hash still differs.
     etl_env.source_sql("UPDATE codes SET descr = IF(code = 'D1', 'tab\\there 2', 'tab\\there 1') WHERE code IN ('D1', 'D2')")
     _run()
-    assert _modes(etl_env)["codes"] == "full"
+    assert _modes(etl_env)["codes"] != "unchanged"
     assert_all_copies_equal(etl_env)
     _run()
     assert set(_modes(etl_env).values()) == {"unchanged"}
