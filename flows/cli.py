@@ -295,6 +295,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no runs recorded yet (etl schema is empty)")
     else:
         print("\n\n".join(render_run(r, full_errors=bool(args.table)) for r in runs))
+    if not args.json and not _blocks(args):
+        from tasks.binlog_reader import describe_lag
+
+        settings = Settings()
+        lag = (describe_lag(settings.url("source"), settings.url("replica"))
+               if settings.source_url and settings.replica_url else None)
+        if lag:
+            print(lag)
     if not runs:
         return 1 if args.strict else 0
     latest = runs[0]

@@ -230,3 +230,39 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, (bytes, bytearray)) else str(v or "")
+
+
+def describe_lag(source_url: str, replica_url: str) -> str | None:
+    """`etl status`: how far the replica's binlog cursor is behind the source's log (bytes, and seconds
+    since the cursor last moved when bytes remain); None when binlog mode is not in use."""
+    from tasks.connections import create_engine
+
+    src, rep = create_engine("source", source_url, pool_size=1), create_engine("replica", replica_url, pool_size=1)
+    try:
+        with rep.connect() as rc:
+            cur = rc.connection.driver_connection.cursor()
+            cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                        "AND TABLE_NAME = %s", (CURSOR,))
+            if not cur.fetchone()[0]:
+                return None
+            source_db = make_url(source_url).database or ""
+            saved = load_cursor(cur, source_db)
+            cur.execute(f"SELECT TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)) FROM {mysql_ident(CURSOR)} "
+                        "WHERE source_db = %s", (source_db,))
+            row = cur.fetchone()
+            rc.rollback()
+        if saved is None or row is None:
+            return None
+        with src.connect() as sc:
+            scur = sc.connection.driver_connection.cursor()
+            now = binlog_source.current_position(scur)
+            files = binlog_source.log_files(scur)
+            sc.rollback()
+        behind = bytes_between(files, saved[1], now)
+        seconds = int(row[0]) if behind else 0
+        return f"binlog lag of {source_db}: {behind} bytes, {seconds} s (read up to {saved[1]}, server at {now})"
+    except Exception as e:  # noqa: BLE001 - status still shows the runs
+        return f"binlog lag: unknown ({type(e).__name__})"
+    finally:
+        src.dispose()
+        rep.dispose()

@@ -164,3 +164,17 @@ def test_plan_says_what_the_machine_server_lacks_for_binlog_mode(etl_env, capsys
     out = capsys.readouterr().out
     assert "binlog mode not available (tables keep their mode): binary logging is off: start the server with " \
            "--log-bin" in out
+
+
+def test_status_shows_the_lag_of_the_source(bl_env, capsys) -> None:
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    assert bl_env.run() == 0
+    assert bl_env.run() == 0
+    capsys.readouterr()
+    bl_env.etl("status")
+    assert f"binlog lag of {bl_env.source_db}: 0 bytes, 0 s" in capsys.readouterr().out
+    bl_env.source_sql("UPDATE patient SET LName = 'lagging' WHERE PatNum <= 30;")
+    bl_env.etl("status")
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("binlog lag"))
+    assert int(line.split(": ")[1].split()[0]) > 0
