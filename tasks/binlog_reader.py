@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from config.errors import SchemaError
-from tasks import binlog_source, locks
+from tasks import binlog_source, faults, locks
 from tasks.binlog_source import Position
 from tasks.connections import Engines
 from tasks.identifiers import execute, mysql_ident
@@ -186,6 +186,7 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
                                 only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent,
                                              XidEvent, RotateEvent])
     buffer: list[tuple[str, str, str | None]] = []
+    flushes = [0]
 
     def flush(at: Position | None) -> None:
         if buffer:
@@ -196,6 +197,8 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
         if at is not None:
             save_cursor(cur, source_db, sid, at)
         rep.commit()
+        flushes[0] += 1
+        faults.check("binlog", source_db, flushes[0])
 
     try:
         for ev in stream:

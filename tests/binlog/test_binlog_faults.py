@@ -93,3 +93,27 @@ def test_the_log_purged_past_the_saved_position_says_what_to_do_then_resnapshots
     bl_env.source_sql("DELETE FROM patient WHERE PatNum = 9;")
     assert bl_env.run() == 0
     assert_all_copies_equal(bl_env)
+
+
+def test_a_lost_reader_connection_is_retried_and_resumes_at_its_cursor(bl_env, monkeypatch) -> None:
+    from tasks import faults
+
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    assert bl_env.run() == 0
+    bl_env.source_sql(";".join(f"UPDATE patient SET Balance = Balance + {i} WHERE PatNum = {i}" for i in range(1, 40)))
+    fired: list[int] = []
+    real = faults.check
+
+    def once(phase: str, table: str, n: int) -> None:  # the injected drop happens on the first attempt only
+        if phase == "binlog" and not fired and n == 5:
+            fired.append(n)
+            faults.inject(faults.Fault("binlog", table, n, "drop"))
+        try:
+            real(phase, table, n)
+        finally:
+            faults.clear()
+    monkeypatch.setattr(faults, "check", once)
+    assert bl_env.run() == 0
+    assert fired == [5]
+    assert_all_copies_equal(bl_env)
