@@ -34,7 +34,7 @@ from config.models import ColumnCase, PipelineConfig, ResolvedTable
 from config.settings import Settings
 from tasks import decide, probe, sync
 from tasks.connections import Engines, EngineUrls, check_reachable, open_engines, open_metrics_engine
-from tasks.errors import LoadError, redact
+from tasks.errors import EtlError, LoadError, redact
 from tasks.job import PhaseStats, TableJob, build_job
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
@@ -225,7 +225,12 @@ def probe_phase(ctx: RunContext, table: ResolvedTable) -> Look:
     from tasks.identifiers import pg_regclass
 
     t0 = time.monotonic()
-    job = ctx.job(table)
+    try:
+        job = ctx.job(table)
+    except EtlError:
+        # The table cannot be read as configured (gone from the source, no key...): no probe; the
+        # replica phase raises the same error where it is retried, recorded and reported.
+        return Look(probe=None)
     if not probe.probed(job):
         return Look(probe=None)
     book = _probe_book(ctx)
