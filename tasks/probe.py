@@ -112,14 +112,16 @@ def probe_sql(job: TableJob, *, writers: bool = True) -> tuple[str, list[str]]:
 def read_probe(cur: Any, job: TableJob) -> Probe:
     """One statement on the source."""
     sql, names = probe_sql(job)
+    # Arguments (none) make the driver read the statement in format form, as the identifiers are
+    # written (`%` doubled): without them a table name with `%` would reach the server doubled.
     try:
-        cur.execute(sql)
+        cur.execute(sql, ())
     except (pymysql.err.OperationalError, pymysql.err.ProgrammingError, pymysql.err.InternalError) as e:
         code = e.args[0] if e.args and isinstance(e.args[0], int) else None
         if kind_of(job) != "change" or code not in _NO_PRIVILEGE:
             raise
         sql, names = probe_sql(job, writers=False)
-        cur.execute(sql)
+        cur.execute(sql, ())
     row = cur.fetchone()
     values = {"count": int(row[0])}
     trusted = True
