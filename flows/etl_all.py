@@ -22,7 +22,8 @@ from pydantic import Field
 from blocks.connectors import BlockNames
 from config.settings import Settings
 from config.sources import SourcesFile, sources_from_settings
-from flows.pipeline import child_without_heartbeat, etl_pipeline, source_limit_name  # noqa: F401 - re-exported
+from flows.dispatch import source_limit_name  # noqa: F401 - re-exported
+from flows.pipeline import child_without_heartbeat, etl_pipeline
 from tasks.clinics import (
     ClinicResult, clinic_error, clinics_failed_message, order_results, render_clinics, union_for,
 )

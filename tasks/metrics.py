@@ -89,6 +89,9 @@ DDL = [
     f"ALTER TABLE {SCHEMA}.pipeline_runs ADD COLUMN IF NOT EXISTS source text",
     f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS source text",
     f"ALTER TABLE {SCHEMA}.errors ADD COLUMN IF NOT EXISTS source text",
+    # Added later: the notes as a list (`notes` joins them with "; " for people), so a dispatching run
+    # reads a table run's outcome back as it was made (tasks/outcomes.read_outcome).
+    f"ALTER TABLE {SCHEMA}.table_runs ADD COLUMN IF NOT EXISTS note_list jsonb",
     f"CREATE INDEX IF NOT EXISTS table_runs_started ON {SCHEMA}.table_runs (started_at)",
     f"CREATE INDEX IF NOT EXISTS pipeline_runs_started ON {SCHEMA}.pipeline_runs (started_at)",
 ]
@@ -250,10 +253,11 @@ class MetricsWriter:
         allowed = {
             "status", "replica_seconds", "analytics_seconds", "verify_seconds", "replica_rows", "analytics_rows",
             "bytes", "rows_per_second", "replica_method", "watermark_before", "watermark_after", "verified",
-            "notes", "error", "mode",
+            "notes", "error", "mode", "note_list",
         }
         cols = [k for k in values if k in allowed]
-        vals = [self.clean(values[k]) if k in ("error", "notes") else values[k] for k in cols]
+        vals = [self.clean(values[k]) if k in ("error", "notes")
+                else json.dumps([self.clean(n) for n in values[k]]) if k == "note_list" else values[k] for k in cols]
         sets = ", ".join(f"{k} = %s" for k in cols)
         self._exec(
             f"UPDATE {SCHEMA}.table_runs SET ended_at = now(), {sets} WHERE run_id = %s AND table_name = %s",

@@ -25,23 +25,26 @@ import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import make_url
 
 from config.models import ColumnCase, PipelineConfig, ResolvedTable
 from config.settings import Settings
 from tasks import decide, probe, sync
-from tasks.connections import Engines, EngineUrls, check_reachable, open_engines, open_metrics_engine
+from tasks.connections import Engines, EngineUrls, check_reachable, lookup, open_engines, open_metrics_engine
 from tasks.errors import EtlError, LoadError, redact
 from tasks.job import PhaseStats, TableJob, build_job
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
+from tasks.outcomes import TableOutcome, TableStatus, failed_outcome, failed_tables  # noqa: F401 - TableStatus re-exported
+from tasks.reports import run_report
 from tasks.verify import count_check
 
 ReplicaMethod = Literal["server", "stream"]
-TableStatus = Literal["ok", "failed"]
+Dispatch = Literal["local", "deployment"]
 
 
 @dataclass(frozen=True)
@@ -106,17 +109,40 @@ class JobCache:
             return self._jobs.setdefault(name, job)
 
 
-@dataclass
-class TableOutcome:
-    """What happened to one table in one run."""
+class RunOptions(BaseModel):
+    """A run's context as plain data (what a flow's table subflows and tasks get, so Prefect can record
+    it); `context()` turns it back into the RunContext, with the engines registered under `run_key`."""
 
-    table: str
-    status: TableStatus
-    replica_rows: int = 0
-    analytics_rows: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
+    run_key: str = Field(description="Key of this run's engines in the process registry (tasks/connections.register).")
+    run_id: str = Field(description="Pipeline run id (the Prefect flow run id) used in metrics.")
+    source_db: str = Field(description="Source database name.")
+    replica_db: str = Field(description="Replica database name.")
+    pg_schema: str = Field(description="Analytics schema.")
+    column_case: ColumnCase = Field(description="`lower` or `preserve` (analytics.column_case).")
+    replica_method: ReplicaMethod = Field(description="`server` (INSERT..SELECT) or `stream` (LOAD DATA).")
+    full_refresh: bool = Field(default=False, description="Reload from scratch.")
+    dispatch: Dispatch = Field(
+        default="local", description="`local` (subflows in this process) or `deployment` (runs of etl-table/table).")
+    source_limit: str | None = Field(default=None, description="Global concurrency limit held while reading the source.")
+    config_path: str | None = Field(default=None, description="Table config path passed on to dispatched table runs.")
+    blocks: dict | None = Field(default=None, description="Connector block names passed on to dispatched table runs.")
+    loaded_at_column: str | None = Field(default="_etl_loaded_at", description="Load-time column of analytics tables.")
+    source: str | None = Field(default=None, description="The clinic (ETL_SOURCES) this run loads; None: the one source.")
+
+    @classmethod
+    def for_run(cls, *, run_key: str, run_id: str, urls: EngineUrls, cfg: PipelineConfig, pg_schema: str,
+                replica_method: ReplicaMethod, full_refresh: bool, **extra: Any) -> RunOptions:
+        """The options of a run on `urls` with table config `cfg` (extra: dispatch, source_limit, ...)."""
+        return cls(run_key=run_key, run_id=run_id, source_db=database_of(urls.source),
+                   replica_db=database_of(urls.replica), pg_schema=pg_schema, column_case=cfg.analytics.column_case,
+                   replica_method=replica_method, full_refresh=full_refresh,
+                   loaded_at_column=cfg.analytics.loaded_at_column, **extra)
+
+    def context(self) -> RunContext:
+        return RunContext(
+            engines=lookup(self.run_key), run_id=self.run_id, source_db=self.source_db, replica_db=self.replica_db,
+            pg_schema=self.pg_schema, column_case=self.column_case, replica_method=self.replica_method,
+            full_refresh=self.full_refresh, loaded_at_column=self.loaded_at_column, source=self.source)
 
 
 def replicate_phase(ctx: RunContext, table: ResolvedTable, *, attempt: int = 1,
@@ -286,14 +312,10 @@ def run_table(ctx: RunContext, table: ResolvedTable, *, phases: Phases | None = 
         "bytes": ana.bytes, "rows_per_second": ana.rows / seconds if seconds else None,
         "replica_method": rep.method, "verified": True, "notes": "; ".join(notes) or None,
         "mode": rep.mode, "watermark_before": rep.watermark_before, "watermark_after": rep.watermark_after,
+        "note_list": notes,
     })
     return TableOutcome(table=table.name, status="ok", replica_rows=rep.rows, analytics_rows=ana.rows,
                         seconds=seconds, notes=notes)
-
-
-def failed_outcome(table: str, exc: BaseException | str) -> TableOutcome:
-    message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return TableOutcome(table=table, status="failed", error=redact(message))
 
 
 def run_group(ctx: RunContext, tables: list[ResolvedTable], *, workers: int) -> list[TableOutcome]:
@@ -372,6 +394,58 @@ def capture_binlog(ctx: RunContext, cfg: PipelineConfig, *, attempts: int = 3) -
     return {}
 
 
+def warn_leaks(engines: Engines, warn: Callable[..., Any], *, after: str = "the run") -> None:
+    """Call after the engines are disposed: warns when a connection outlived them."""
+    leaked = leaked_connections(engines)
+    if leaked:
+        warn("connections still open after %s: %s", after, leaked)
+
+
+def finish_run(urls: EngineUrls, run_id: str, outcomes: list[TableOutcome], usage: dict, *, keep_days: int = 0,
+               report: bool = False, logger: Any = None, source: str | None = None) -> dict | None:
+    """End-of-run bookkeeping on a fresh connection (the run's engines are gone): the run row, then
+    history older than `keep_days` (0: none removed), then with `report` the run's rows for the run
+    report (None when they cannot be read; a warning says why). Neither step fails the run."""
+    secrets = urls.secrets()
+    failed = failed_tables(outcomes)
+    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
+        writer = MetricsWriter(final, run_id, secrets, source=source)
+        writer.pipeline_finished(
+            status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
+            rows_replica=sum(o.replica_rows for o in outcomes),
+            rows_analytics=sum(o.analytics_rows for o in outcomes),
+            connection_usage=usage,
+        )
+        if keep_days > 0:
+            try:
+                removed = writer.cleanup_old_metrics(keep_days)
+                if removed:
+                    logger.info("metrics retention: removed %d pipeline runs older than %d days", removed, keep_days)
+            except Exception as e:  # noqa: BLE001 - history cleanup must not fail a run that loaded its tables
+                logger.warning("metrics retention failed: %s", redact(str(e), secrets))
+        if not report:
+            return None
+        try:
+            return run_report(final, run_id)
+        except Exception as e:  # noqa: BLE001 - the report then says what the outcomes say
+            logger.warning("could not read the run's table rows for the report: %s", redact(str(e), secrets))
+            return None
+
+
+def finish_table_run(urls: EngineUrls, run_id: str, table: str, usage: dict, *, standalone: bool,
+                     outcome: TableOutcome | None, error: BaseException | None, source: str | None = None) -> None:
+    """After a table ran as a flow of its own (its own engines): its connection counters on its row and,
+    when it was not part of a pipeline run, the run row of its one-table run."""
+    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
+        writer = MetricsWriter(final, run_id, urls.secrets(), source=source)
+        writer.table_connection_usage(table, usage)
+        if standalone:
+            writer.pipeline_finished(
+                status="failed" if error else "ok", tables_ok=0 if error else 1, failed=[table] if error else [],
+                rows_replica=outcome.replica_rows if outcome else 0,
+                rows_analytics=outcome.analytics_rows if outcome else 0, connection_usage=usage)
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -380,7 +454,25 @@ class RunResult:
 
     @property
     def failed(self) -> list[str]:
-        return [o.table for o in self.outcomes if o.status != "ok"]
+        return failed_tables(self.outcomes)
+
+
+def settings_and_urls(source: str | None, blocks: Any = None) -> tuple[Settings, EngineUrls]:
+    """A run's settings and URLs: the environment's (or its connector blocks'), or (`source`) those of that
+    clinic of ETL_SOURCES (its own URLs, analytics schema and table config)."""
+    from blocks.connectors import urls_for_source, urls_from_blocks, urls_from_settings
+    from config.sources import sources_from_settings
+    from tasks.errors import ConfigError
+
+    settings = Settings()
+    if source is None:
+        return settings, urls_from_blocks(blocks) if blocks else urls_from_settings(settings)
+    sources = sources_from_settings(settings)
+    if sources is None:
+        raise ConfigError(f"source {source!r} given but ETL_SOURCES is not set on this machine (the worker's "
+                          f"environment needs it too)")
+    clinic = sources.get(source)
+    return clinic.settings(settings), urls_for_source(clinic, settings, blocks)
 
 
 def database_of(url) -> str:  # noqa: ANN001 - a sqlalchemy URL or its string
@@ -416,10 +508,5 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
             if members:
                 outcomes.extend(run_group(ctx, members, workers=group.workers))
     usage = engines.usage()
-    failed = [o.table for o in outcomes if o.status != "ok"]
-    with open_metrics_engine(urls.analytics, urls.analytics_connect_args) as final:
-        MetricsWriter(final, run_id, urls.secrets(), source=source).pipeline_finished(
-            status="failed" if failed else "ok", tables_ok=len(outcomes) - len(failed), failed=failed,
-            rows_replica=sum(o.replica_rows for o in outcomes), rows_analytics=sum(o.analytics_rows for o in outcomes),
-            connection_usage=usage)
+    finish_run(urls, run_id, outcomes, usage, source=source)
     return RunResult(run_id=run_id, outcomes=outcomes, connection_usage=usage)

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from flows.pipeline import SOURCE_LIMIT
+from flows.dispatch import SOURCE_LIMIT
 from tests.conftest import PG, EtlEnv, pg_connect
 from tests.deploy.prefect_server import ROOT, PrefectStack
 

@@ -293,7 +293,7 @@ def test_incremental_tables_share_batch_flow_runs_one_per_worker(etl_env, prefec
 
 def test_batches_are_balanced_by_estimated_rows_and_capped() -> None:
     from config.models import parse_pipeline_config
-    from flows.pipeline import SMALL_TABLE_BATCH, deal_batches
+    from tasks.batches import SMALL_TABLE_BATCH, deal_batches
 
     sizes = {"procedurelog": 2_000_000, "appointment": 400_000, "paysplit": 200_000, "claim": 150_000,
              "provider": 50, "definition": None}

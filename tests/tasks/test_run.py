@@ -72,3 +72,42 @@ def test_a_failing_table_fails_alone_and_is_named(etl_env) -> None:
     assert "ghost" in ghost.error and "does not exist" in ghost.error
     assert {o.table for o in result.outcomes if o.status == "ok"} == {"patient", "codes", "audit"}
     assert_all_copies_equal(etl_env)
+
+
+def test_an_outcome_read_back_from_table_runs_is_the_one_the_run_returned(etl_env) -> None:
+    """What a dispatching run (flows/dispatch.py) returns for a table that ran elsewhere: read from
+    etl.table_runs, notes as the list they were (a note holding "; " stays one note)."""
+    from sqlalchemy import create_engine
+
+    from tasks.outcomes import read_outcome
+
+    etl_env.source_sql(SCHEMA)
+    _config(etl_env)
+    result = _run()
+    assert result.failed == []
+    engine = create_engine(etl_env.analytics_url)
+    try:
+        for o in result.outcomes:
+            read, error = read_outcome(engine, result.run_id, o.table)
+            assert error is None and read is not None
+            assert (read.table, read.status, read.replica_rows, read.analytics_rows, read.notes) == (
+                o.table, "ok", o.replica_rows, o.analytics_rows, o.notes)
+            assert 0 <= read.seconds <= o.seconds + 5
+        assert any(o.notes for o in result.outcomes)  # something to compare
+        # A note holding the old separator stays one note.
+        pg = etl_env.pg()
+        with pg.cursor() as cur:
+            cur.execute("UPDATE etl.table_runs SET note_list = '[\"a; b\", \"c\"]' WHERE run_id = %s AND table_name = 'codes'",
+                        (result.run_id,))
+        pg.close()
+        assert read_outcome(engine, result.run_id, "codes")[0].notes == ["a; b", "c"]
+        # A failed row gives no outcome but its error; a missing row neither.
+        pg = etl_env.pg()
+        with pg.cursor() as cur:
+            cur.execute("UPDATE etl.table_runs SET status = 'failed', error = 'LoadError: boom' "
+                        "WHERE run_id = %s AND table_name = 'audit'", (result.run_id,))
+        pg.close()
+        assert read_outcome(engine, result.run_id, "audit") == (None, "LoadError: boom")
+        assert read_outcome(engine, result.run_id, "nope") == (None, None)
+    finally:
+        engine.dispose()
