@@ -75,6 +75,18 @@ class RunContext:
             column_case=self.column_case, loaded_at_column=self.loaded_at_column))
 
 
+def _of_run(registry: dict, lock: threading.Lock, engines: Engines, run_id: str, make: Callable[[], Any]) -> Any:
+    """The object a run keeps in `registry` (keyed by its engines and run id), made on first use and
+    dropped with the engines, so a later object at the same address starts empty."""
+    key = (id(engines), run_id)
+    with lock:
+        obj = registry.get(key)
+        if obj is None:
+            obj = registry[key] = make()
+            weakref.finalize(engines, registry.pop, key, None)
+        return obj
+
+
 class JobCache:
     """One TableJob per table name, built once even when phases of several tables run in threads.
 
@@ -86,14 +98,7 @@ class JobCache:
 
     @classmethod
     def of(cls, engines: Engines, run_id: str) -> JobCache:
-        key = (id(engines), run_id)
-        with cls._runs_lock:
-            cache = cls._runs.get(key)
-            if cache is None:
-                cache = cls._runs[key] = cls()
-                # Dropped with the engines, so a later object at the same address starts empty.
-                weakref.finalize(engines, cls._runs.pop, key, None)
-            return cache
+        return _of_run(cls._runs, cls._runs_lock, engines, run_id, cls)
 
     def __init__(self) -> None:
         self._jobs: dict[str, TableJob] = {}
@@ -213,13 +218,7 @@ class _RunBook:
 
     @classmethod
     def of(cls, engines: Engines, run_id: str) -> _RunBook:
-        key = (id(engines), run_id)
-        with cls._lock:
-            book = cls._runs.get(key)
-            if book is None:
-                book = cls._runs[key] = cls()
-                weakref.finalize(engines, cls._runs.pop, key, None)
-            return book
+        return _of_run(cls._runs, cls._lock, engines, run_id, cls)
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
