@@ -36,7 +36,7 @@ from tasks.identifiers import mysql_ident
 from tasks.job import TableJob
 from tasks.type_mapping import INTEGER_TYPES
 from tasks.verify import row_hash_sum_sql
-from tasks.watermarks import _NO_PRIVILEGE, _WRITERS
+from tasks.watermarks import NO_PRIVILEGE_CODES, OPEN_WRITERS
 
 PG_TABLE = "etl.table_probe"
 _TIME = {"timestamp"}
@@ -77,7 +77,7 @@ def shape_digest(job: TableJob) -> str:
     return hashlib.sha1(json.dumps(facts, default=str, sort_keys=True).encode()).hexdigest()
 
 
-_OLDEST_WRITER = f"(SELECT MIN(trx_started) FROM information_schema.INNODB_TRX WHERE {_WRITERS})"
+_OLDEST_WRITER = f"(SELECT MIN(trx_started) FROM information_schema.INNODB_TRX WHERE {OPEN_WRITERS})"
 
 
 def probe_sql(job: TableJob, *, writers: bool = True) -> tuple[str, list[str]]:
@@ -118,7 +118,7 @@ def read_probe(cur: Any, job: TableJob) -> Probe:
         cur.execute(sql, ())
     except (pymysql.err.OperationalError, pymysql.err.ProgrammingError, pymysql.err.InternalError) as e:
         code = e.args[0] if e.args and isinstance(e.args[0], int) else None
-        if kind_of(job) != "change" or code not in _NO_PRIVILEGE:
+        if kind_of(job) != "change" or code not in NO_PRIVILEGE_CODES:
             raise
         sql, names = probe_sql(job, writers=False)
         cur.execute(sql, ())

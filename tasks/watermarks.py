@@ -54,9 +54,9 @@ INT_SETTLE_SECONDS = 2.0
 # Transactions that may commit a stamped row later: not our own session, not an autocommit read, not
 # READ ONLY, and one that has written or locked rows or is running a statement now (an idle
 # transaction that has written nothing stamps its future rows after now, above any saved watermark).
-_WRITERS = ("trx_mysql_thread_id <> CONNECTION_ID() AND trx_autocommit_non_locking = 0 AND trx_is_read_only = 0 "
+OPEN_WRITERS = ("trx_mysql_thread_id <> CONNECTION_ID() AND trx_autocommit_non_locking = 0 AND trx_is_read_only = 0 "
             "AND (trx_rows_modified > 0 OR trx_rows_locked > 0 OR trx_query IS NOT NULL)")
-_NO_PRIVILEGE = {1227, 1142, 1044, 1045}  # access denied (PROCESS missing) in its MySQL/MariaDB spellings
+NO_PRIVILEGE_CODES = {1227, 1142, 1044, 1045}  # access denied (PROCESS missing) in its MySQL/MariaDB spellings
 
 
 @dataclass(frozen=True)
@@ -114,10 +114,10 @@ def open_transactions(cur: Any) -> OpenTransactions:
     makes the age longer (safe)."""
     try:
         cur.execute(f"SELECT MAX(TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6))) FROM information_schema.INNODB_TRX "
-                    f"WHERE {_WRITERS}")
+                    f"WHERE {OPEN_WRITERS}")
     except (pymysql.err.OperationalError, pymysql.err.ProgrammingError, pymysql.err.InternalError) as e:
         code = e.args[0] if e.args and isinstance(e.args[0], int) else None
-        if code not in _NO_PRIVILEGE:
+        if code not in NO_PRIVILEGE_CODES:
             raise
         return OpenTransactions(False, None, "information_schema.INNODB_TRX is not readable (grant PROCESS)")
     v = cur.fetchone()[0]
@@ -125,7 +125,7 @@ def open_transactions(cur: Any) -> OpenTransactions:
 
 
 def _writers_started_by(cur: Any, at: dt.datetime) -> int:
-    cur.execute(f"SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE {_WRITERS} AND trx_started <= %s", (at,))
+    cur.execute(f"SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE {OPEN_WRITERS} AND trx_started <= %s", (at,))
     return int(cur.fetchone()[0])
 
 
