@@ -69,13 +69,15 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
     settings = Settings()
     clinics = _clinics(args, one=True)
+    connect_args: dict | None = None
     if clinics:
         [clinic] = clinics
-        url, settings = _clinic_urls(settings, clinic).source, clinic.settings(settings)
-        check_reachable("source", url)
+        urls, settings = _clinic_urls(settings, clinic), clinic.settings(settings)
+        url, connect_args = urls.source, urls.source_connect_args
+        check_reachable("source", url, connect_args)
     else:
         url = settings.url("source")
-    engine = create_engine("source", url, pool_size=1)
+    engine = create_engine("source", url, pool_size=1, connect_args=connect_args)
     try:
         with engine.connect() as conn:
             found = discover_tables(conn, make_url(url).database)
@@ -99,24 +101,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
     clinics = _clinics(args)
     if clinics is None:
         return _plan_one(Settings(), args)
+    from tasks.connections import check_reachable
+
     status = 0
     for clinic in clinics:
         print(f"== clinic {clinic.name} (schema {clinic.schema})")
         try:
-            status = max(status, _plan_one(clinic.settings(Settings()), args))
+            own = clinic.settings(Settings())
+            # A clinic in connector blocks (sources file `blocks:`) has no URLs in its settings.
+            urls = _clinic_urls(Settings(), clinic) if clinic.blocks else None
+            for role in ("source", "replica"):  # an unreachable clinic is one line, then the next clinic
+                check_reachable(role, *((getattr(urls, role), getattr(urls, f"{role}_connect_args")) if urls
+                                        else (own.url(role), None)))
+            status = max(status, _plan_one(own, args, urls=urls))
         except EtlError as e:  # this clinic fails alone; the others are still planned
             print(f"etl plan: clinic {clinic.name}: {_one_line(e)}", file=sys.stderr)
             status = max(status, 1)
     return status
 
 
-def _plan_one(settings: Settings, args: argparse.Namespace) -> int:
+def _plan_one(settings: Settings, args: argparse.Namespace, *, urls=None) -> int:  # noqa: ANN001
     from config.models import load_pipeline_config
     from tasks.planning import build_plan, render_plan
 
     cfg = load_pipeline_config(args.config or settings.config)
     plan = build_plan(settings, cfg, tables=_split(args.tables), full_refresh=args.full_refresh,
-                      config_path=args.config or settings.config)
+                      config_path=args.config or settings.config, urls=urls)
     print(render_plan(plan))
     bad = [p.table for p in plan.tables if p.problems]
     if bad:

@@ -123,8 +123,9 @@ def worker_identity() -> str:
 
 def prefect_identity(flow_run: Any = None) -> tuple[str | None, str | None]:
     """(name, UI link) of the Prefect run an operator knows this run by: the outermost flow run (a
-    repair deployment run wraps the pipeline as a subflow). `flow_run` (an API flow run) or the current
-    run; (None, None) outside Prefect."""
+    repair deployment run wraps the pipeline as a subflow), except that a clinic's run (a flow run with
+    a `source` parameter, under `etl-all`) is its own: each clinic's row names its own run, not etl-all's.
+    `flow_run` (an API flow run) or the current run; (None, None) outside Prefect."""
     try:
         from prefect.client.orchestration import get_client
         from prefect.runtime import flow_run as current
@@ -138,7 +139,7 @@ def prefect_identity(flow_run: Any = None) -> tuple[str | None, str | None]:
             run = flow_run if flow_run is not None else client.read_flow_run(run_id)
             # Up through parent task runs to the root flow run (a handful of API reads at most).
             for _ in range(10):
-                if not run.parent_task_run_id:
+                if not run.parent_task_run_id or (run.parameters or {}).get("source"):
                     break
                 parent = client.read_task_run(run.parent_task_run_id)
                 run = client.read_flow_run(parent.flow_run_id)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from config.models import PipelineConfig
 from config.settings import Settings
-from tasks.connections import create_engine
-from tasks.errors import SchemaError
+from tasks.connections import EngineUrls, create_engine
+from tasks.errors import ConfigError, SchemaError
 from tasks import binlog_apply, checksum_sync, dbt_run, decide, drift, probe, state, watermarks
 from tasks.identifiers import mysql_ident, mysql_qualified, readable
 from tasks.job import read_job
@@ -44,26 +44,48 @@ class Plan:
     binlog: str = ""  # binlog mode: positions and bytes to read, or what the source lacks for it
 
 
+# Where the plan reads one database: its URL (None: not configured) and the driver's connect_args.
+Endpoint = tuple[URL | None, dict]
+
+
+def _endpoints(settings: Settings, urls: EngineUrls | None = None) -> dict[str, Endpoint]:
+    """`urls` (a clinic's, from its sources-file URLs or its connector blocks), else ETL_*_URL; the
+    analytics URL may be unset for a plan (nothing recorded is read then)."""
+    if urls is not None:
+        return {r: (getattr(urls, r), dict(getattr(urls, f"{r}_connect_args"))) for r in ("source", "replica", "analytics")}
+    out: dict[str, Endpoint] = {"source": (settings.url("source"), {}), "replica": (settings.url("replica"), {})}
+    try:
+        out["analytics"] = (settings.url("analytics"), {})
+    except ConfigError:
+        out["analytics"] = (None, {})
+    return out
+
+
+def _engine(role: str, at: Endpoint):  # noqa: ANN202 - a sqlalchemy Engine
+    return create_engine(role, at[0], pool_size=1, connect_args=at[1])
+
+
 def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | None, full_refresh: bool,
-               config_path: str | None = None) -> Plan:
-    """Read metadata only (information_schema, SHOW CREATE TABLE, EXPLAIN, our state rows)."""
+               config_path: str | None = None, urls: EngineUrls | None = None) -> Plan:
+    """Read metadata only (information_schema, SHOW CREATE TABLE, EXPLAIN, our state rows). `urls`: the
+    databases of one clinic (sources file, its URLs or blocks); default ETL_*_URL of `settings`."""
     chosen = cfg.resolved_tables(tables)
-    src_url = settings.url("source")
-    source_db = make_url(src_url).database
-    replica_db = make_url(settings.url("replica")).database
+    at = _endpoints(settings, urls)
+    source_db = make_url(at["source"][0]).database
+    replica_db = make_url(at["replica"][0]).database
     order = {g.name: (i, g.workers) for i, g in enumerate(cfg.priorities, start=1)}
-    src = create_engine("source", src_url, pool_size=1)
+    src = _engine("source", at["source"])
     out: list[TablePlan] = []
     method = settings.replica_method
     try:
         with src.connect() as conn:
             if method == "auto":
-                method = _auto_method(settings, conn)
-            states, replica_schemas = _replica_view(settings, replica_db, [t.name for t in chosen])
+                method = _auto_method(at["replica"], conn)
+            states, replica_schemas = _replica_view(at["replica"], replica_db, [t.name for t in chosen])
             # Whether INNODB_TRX is readable decides the late-commit protection of every table.
             trx = watermarks.open_transactions(conn.connection.driver_connection.cursor())
             conn.rollback()
-            recorded = _recorded_probes(settings)
+            recorded = _recorded_probes(at["analytics"], settings.analytics_schema)
             for t in chosen:
                 gi, workers = order[t.priority]
                 p = TablePlan(t.name, t.priority, gi, workers, "full", None, t.batch_size, None, (), "")
@@ -117,7 +139,7 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                     if skip:  # the run's probe (tasks/run.py probe_phase) would find nothing to do
                         p.mode, p.reason, p.estimated_rows, p.chunks, p.deletes, p.ddl = \
                             "unchanged", f"{skip}; once it changes: {p.reason}", 0, 0, "-", []
-            binlog_line = _binlog_line(settings, conn, source_db, replica_db, chosen,
+            binlog_line = _binlog_line(at["replica"], conn, source_db, replica_db, chosen,
                                        any(p.mode == "binlog" for p in out))
     finally:
         src.dispose()
@@ -126,12 +148,14 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                                                   source=(cfg.dbt.source if cfg.dbt else None) or settings.analytics_schema))
 
 
-def _recorded_probes(settings: Settings) -> dict[str, tuple[dict | None, bool]]:
+def _recorded_probes(analytics: Endpoint, pg_schema: str) -> dict[str, tuple[dict | None, bool]]:
     """Every table's recorded probe and whether its analytics table exists (empty when analytics
     has none yet or cannot be read: the run would then sync every table)."""
     out: dict[str, tuple[dict | None, bool]] = {}
+    if analytics[0] is None:
+        return out
     try:
-        eng = create_engine("analytics", settings.url("analytics"), pool_size=1)
+        eng = _engine("analytics", analytics)
     except Exception:  # noqa: BLE001 - no analytics configured: nothing recorded
         return out
     try:
@@ -139,7 +163,7 @@ def _recorded_probes(settings: Settings) -> dict[str, tuple[dict | None, bool]]:
             cur = pc.connection.driver_connection.cursor()
             cur.execute(f"SELECT table_name, probe, to_regclass(quote_ident(target_schema) || '.' || "
                         f"quote_ident(table_name)) IS NOT NULL FROM {probe.PG_TABLE} WHERE target_schema = %s",
-                        (settings.analytics_schema,))
+                        (pg_schema,))
             out = {name: (rec, bool(live)) for name, rec, live in cur.fetchall()}
             pc.rollback()
     except Exception:  # noqa: BLE001 - no probe table yet
@@ -157,11 +181,11 @@ def _probe_skip(settings: Settings, conn, job, *, replica_live: bool, recorded: 
                               analytics_live=live)
 
 
-def _replica_view(settings: Settings, replica_db: str, names: list[str]) -> tuple[dict, dict]:
+def _replica_view(replica: Endpoint, replica_db: str, names: list[str]) -> tuple[dict, dict]:
     """Our state rows and the replica's table shapes, if the replica database exists yet."""
     states: dict = {}
     schemas: dict = {}
-    eng = create_engine("replica", settings.url("replica"), pool_size=1)
+    eng = _engine("replica", replica)
     try:
         with eng.connect() as rc:
             cur = rc.connection.driver_connection.cursor()
@@ -182,7 +206,7 @@ def _replica_view(settings: Settings, replica_db: str, names: list[str]) -> tupl
     return states, schemas
 
 
-def _binlog_line(settings: Settings, conn, source_db: str, replica_db: str, chosen, uses: bool) -> str:  # noqa: ANN001
+def _binlog_line(replica: Endpoint, conn, source_db: str, replica_db: str, chosen, uses: bool) -> str:  # noqa: ANN001
     """Binlog mode in the plan: the reader's saved position, the server's, the bytes between; or, when
     the source cannot serve it, what is missing with the statements that fix it."""
     from tasks import binlog_reader, binlog_source
@@ -198,7 +222,7 @@ def _binlog_line(settings: Settings, conn, source_db: str, replica_db: str, chos
         return f"{prefix}: {'; '.join(missing)}"
     if not uses:
         return ""
-    eng = create_engine("replica", settings.url("replica"), pool_size=1)
+    eng = _engine("replica", replica)
     try:
         with eng.connect() as rc:
             cur = rc.connection.driver_connection.cursor()
@@ -245,13 +269,14 @@ def _unindexed(conn, source_db: str, table: str, columns: tuple[str, ...]) -> li
     return [c for c in columns if c.lower() not in leading]
 
 
-def _auto_method(settings: Settings, src_conn) -> str:  # noqa: ANN001
+def _auto_method(replica: Endpoint, src_conn) -> str:  # noqa: ANN001
     try:
         # The replica database may not exist yet: connect to its server without naming it.
         from sqlalchemy import create_engine as sa_create_engine
         from sqlalchemy.pool import NullPool
 
-        server = sa_create_engine(make_url(settings.url("replica")).set(database=""), poolclass=NullPool)
+        server = sa_create_engine(make_url(replica[0]).set(database=""), poolclass=NullPool,
+                                  connect_args=replica[1])
         try:
             with server.connect() as r:
                 same = server_identity(src_conn).same_server(server_identity(r))

@@ -52,14 +52,22 @@ class Clinics:
     def analytics_url(self) -> str:
         return f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{self.pg_db}"
 
-    def write_sources(self, *, unreachable: str | None = None) -> None:
+    def block(self, name: str, role: str) -> str:
+        return f"{self.prefix}-{name}-{role}".replace("_", "-")
+
+    def write_sources(self, *, unreachable: str | None = None, blocks: tuple[str, ...] = ()) -> None:
+        """The sources file; clinics named in `blocks` are given as connector blocks (see save_blocks)."""
         lines = ["version: 1", "sources:"]
         for n in self.names:
             url = _mysql_url(self.src(n))
             if n == unreachable:  # a port nobody listens on
                 url = url.replace(f":{MYSQL['port']}/", ":1/")
-            lines += [f"  - name: {n}", f"    source_url: {url}", f"    replica_url: {_mysql_url(self.rep(n))}",
-                      f"    config: {self.config(n)}"]
+            lines += [f"  - name: {n}"]
+            if n in blocks:
+                lines += [f"    blocks: {{source: {self.block(n, 'source')}, replica: {self.block(n, 'replica')}}}"]
+            else:
+                lines += [f"    source_url: {url}", f"    replica_url: {_mysql_url(self.rep(n))}"]
+            lines += [f"    config: {self.config(n)}"]
         self.sources_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def pg_rows(self, sql: str) -> list[tuple]:
@@ -260,3 +268,47 @@ def test_etl_all_flow_in_process(clinics: Clinics, prefect_harness) -> None:  # 
     assert c.pg_rows("SELECT _source, count(*) FROM raw_all.document GROUP BY 1 ORDER BY 1")[0][0] == "north"
     assert dict(c.pg_rows("SELECT source, status FROM etl.pipeline_runs")) == {
         "north": "ok", "south": "ok", "east": "failed"}
+    # Each clinic's row names its own flow run (the one named by the clinic), not etl-all's.
+    assert dict(c.pg_rows("SELECT source, prefect_run_name FROM etl.pipeline_runs")) == {
+        "north": "north", "south": "south", "east": "east"}
+
+
+def test_plan_and_verify_read_a_clinic_from_its_blocks(clinics: Clinics, prefect_harness,  # noqa: ANN001
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """A clinic given as connector blocks (`blocks:` in the sources file): `etl discover`, `etl plan` and
+    `etl verify --source` read its databases from the blocks, as its run does; verify finds a damaged
+    analytics value and --repair puts the source's back."""
+    from blocks.connectors import BlockNames, register_blocks
+    from flows.cli import main
+
+    c = clinics
+    c.names = ["north", "east"]
+    register_blocks(Settings(source_url=_mysql_url(c.src("north")), replica_url=_mysql_url(c.rep("north")),
+                             analytics_url=c.analytics_url),
+                    BlockNames(**{r: c.block("north", r) for r in ("source", "replica", "analytics")}))
+    c.write_sources(blocks=("north",))
+    assert load_sources(c.sources_path).get("north").source_url is None
+    _discover(c)
+    capsys.readouterr()
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    north, east = out[out.index("== clinic north"):out.index("== clinic east")], out[out.index("== clinic east"):]
+    for part in (north, east):
+        assert "patient" in part and "procedurelog" in part and "have problems" not in part
+    assert "document" in north and "document" not in east
+    results, _ = run_clinics(Settings(), load_sources(c.sources_path))
+    assert all(r.status == "ok" for r in results), render_clinics(results)
+    _assert_clinic_equal(c, "north")
+    assert main(["verify", "--source", "north", "--tables", "patient,procedurelog"]) == 0
+    pg = pg_connect(c.pg_db)
+    with pg.cursor() as cur:
+        cur.execute("UPDATE raw_north.patient SET lname = 'damaged' WHERE patnum = (SELECT min(patnum) "
+                    "FROM raw_north.patient)")
+    pg.close()
+    capsys.readouterr()
+    assert main(["verify", "--source", "north", "--tables", "patient"]) == 1
+    assert "1 table(s) differ: patient" in capsys.readouterr().err
+    assert main(["verify", "--source", "north", "--tables", "patient", "--repair"]) == 0
+    _assert_clinic_equal(c, "north")
+    assert c.pg_rows("SELECT ok FROM etl.verify_results WHERE run_id LIKE 'verify-north-%' AND table_name = 'patient' "
+                     "ORDER BY checked_at DESC LIMIT 1") == [(True,)]
