@@ -64,12 +64,13 @@ _install_quiet_engine_failures()
 
 def pipeline_run_name() -> str:
     """`_base_run_name()`, prefixed by the clinic for a run of one clinic of ETL_SOURCES (`north-manual-...`);
-    a clinic's run started by `etl-all` is named by the clinic alone."""
+    a clinic's run started by `etl-all` is named by the clinic alone, in its process or as a run of the
+    deployment etl-pipeline/clinic on a worker (which would otherwise be `north-clinic-manual-...`)."""
     source = (runtime_flow_run.parameters or {}).get("source")
     base = base_run_name()
     if not source:
         return base
-    return source if base == "pipeline" else f"{source}-{base}"
+    return source if base == "pipeline" or runtime_flow_run.parent_flow_run_id else f"{source}-{base}"
 
 
 def base_run_name() -> str:

@@ -48,8 +48,10 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectS
             "ETL_WORK_POOL": stack.pool, "ETL_IMAGE": "unused-by-process-pools", "ETL_CODE_DIR": str(ROOT)})
         stack.timings["deploy"] = time.monotonic() - t1
         stack.config_path = run_dir / "tables.yml"
+        stack.sources_path = run_dir / "sources.yml"  # the workers' ETL_SOURCES (test_scale_out.py's clinics)
         for _ in range(2):
-            stack.start_worker(env={"ETL_CONFIG": str(stack.config_path)}, limit=1, wait=False)
+            stack.start_worker(env={"ETL_CONFIG": str(stack.config_path), "ETL_SOURCES": str(stack.sources_path)},
+                               limit=1, wait=False)
         stack.wait_for_workers()
         stack.timings["total"] = time.monotonic() - t0
         yield stack
