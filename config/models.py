@@ -187,6 +187,24 @@ class AnalyticsOptions(_Strict):
         default="_etl_loaded_at",
         description="Extra timestamptz column on every analytics table: when the row was last loaded.",
     )
+    adopt: bool = Field(
+        default=False,
+        description="Load into an analytics schema that already holds tables the ETL did not create (e.g. "
+                    "`public`): the ETL then owns it and replaces its tables of the same names. Off: such a "
+                    "schema is refused before anything is written (tasks/guard.py).",
+    )
+
+
+class ReplicaOptions(_Strict):
+    """The replica MySQL database."""
+
+    adopt: bool = Field(
+        default=False,
+        description="Take over a replica database that already holds the source's tables without the ETL's "
+                    "state (`_etl_state`): its tables of the source's names are recorded as the ETL's and "
+                    "replaced by full copies. Off: such a database looks like an application database and is "
+                    "refused before anything is written (tasks/guard.py).",
+    )
 
 
 class DbtOptions(_Strict):
@@ -252,6 +270,7 @@ class PipelineConfig(_Strict):
         description="Priority groups in the order they run.",
     )
     analytics: AnalyticsOptions = Field(default_factory=AnalyticsOptions, description="PostgreSQL naming options.")
+    replica: ReplicaOptions = Field(default_factory=ReplicaOptions, description="Replica database options.")
     defaults: TableSettings = Field(default_factory=TableSettings, description="Applied to every table.")
     tables: dict[str, TableConfig] = Field(default_factory=dict, description="Source table name -> settings.")
     dbt: DbtOptions | None = Field(default=None, description="Run dbt after a load; absent: dbt is not run.")
@@ -342,6 +361,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(PriorityGroup.model_fields)
     if loc[0] == "analytics":
         return list(AnalyticsOptions.model_fields)
+    if loc[0] == "replica":
+        return list(ReplicaOptions.model_fields)
     if loc[0] == "dbt":
         return list(DbtOptions.model_fields)
     return list(PipelineConfig.model_fields)

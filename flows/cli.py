@@ -104,8 +104,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.connections import check_reachable
 
     status = 0
+    refused = _cross_check(clinics)
     for clinic in clinics:
         print(f"== clinic {clinic.name} (schema {clinic.schema})")
+        if clinic.name in refused:
+            print(f"etl plan: clinic {clinic.name}: {refused[clinic.name]}", file=sys.stderr)
+            status = max(status, 2)
+            continue
         try:
             own = clinic.settings(Settings())
             # A clinic in connector blocks (sources file `blocks:`) has no URLs in its settings.
@@ -113,18 +118,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
             for role in ("source", "replica"):  # an unreachable clinic is one line, then the next clinic
                 check_reachable(role, *((getattr(urls, role), getattr(urls, f"{role}_connect_args")) if urls
                                         else (own.url(role), None)))
-            status = max(status, _plan_one(own, args, urls=urls))
+            status = max(status, _plan_one(own, args, urls=urls, clinic=clinic))
         except EtlError as e:  # this clinic fails alone; the others are still planned
             print(f"etl plan: clinic {clinic.name}: {_one_line(e)}", file=sys.stderr)
             status = max(status, 1)
     return status
 
 
-def _plan_one(settings: Settings, args: argparse.Namespace, *, urls=None) -> int:  # noqa: ANN001
+def _cross_check(clinics) -> dict[str, str]:  # noqa: ANN001
+    """Clinics whose replica is another clinic's source or replica (tasks/guard.check_clinics)."""
+    from config.sources import sources_from_settings
+    from tasks.guard import check_clinics
+
+    settings = Settings()
+    return check_clinics(settings, sources_from_settings(settings), clinics)
+
+
+def _plan_one(settings: Settings, args: argparse.Namespace, *, urls=None, clinic=None) -> int:  # noqa: ANN001
+    from blocks.connectors import urls_from_settings
     from config.models import load_pipeline_config
+    from tasks.guard import check_run
     from tasks.planning import build_plan, render_plan
 
     cfg = load_pipeline_config(args.config or settings.config)
+    # The plan writes nothing, but a plan that looks fine for a replica that is the source would mislead.
+    checked = urls or (_clinic_urls(Settings(), clinic) if clinic is not None else urls_from_settings(settings))
+    check_run(settings, cfg, checked, source=clinic.name if clinic is not None else None)
     plan = build_plan(settings, cfg, tables=_split(args.tables), full_refresh=args.full_refresh,
                       config_path=args.config or settings.config, urls=urls)
     print(render_plan(plan))
@@ -230,8 +249,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     clinics = _clinics(args)
     if clinics is not None:
         status = 0
+        refused = _cross_check(clinics) if args.repair else {}
         for clinic in clinics:
             print(f"== clinic {clinic.name} (schema {clinic.schema})")
+            if clinic.name in refused:
+                print(f"etl verify: clinic {clinic.name}: {refused[clinic.name]}", file=sys.stderr)
+                status = max(status, 2)
+                continue
             try:
                 status = max(status, _verify_one(clinic.settings(Settings()), args,
                                                  _clinic_urls(Settings(), clinic), clinic.name))
@@ -260,6 +284,10 @@ def _verify_one(settings: Settings, args: argparse.Namespace, urls, source: str 
     run_id = "verify-" + (f"{source}-" if source else "") + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     common = dict(source_db=src_db, replica_db=rep_db, pg_schema=settings.analytics_schema,
                   column_case=cfg.analytics.column_case)
+    if args.repair:  # repair writes the replica and analytics: the same checks as a run (tasks/guard.py)
+        from tasks.guard import check_run
+
+        check_run(settings, cfg, urls, source=source, claim=True)
     with open_engines(urls, workers=1, create_replica=False) as engines:
         results = [verify_table(engines, t, **common) for t in chosen]
         if args.repair:
@@ -489,9 +517,22 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     if args.action != "register":
         raise EtlError(f"unknown blocks action {args.action!r}; use `etl blocks register`")
     names = BlockNames(source=args.source_block, replica=args.replica_block, analytics=args.analytics_block)
-    for role, desc in register_blocks(Settings(), names).items():
+    settings = Settings()
+    _check_block_targets(settings)
+    for role, desc in register_blocks(settings, names).items():
         print(f"saved {role} block {desc}")
     return 0
+
+
+def _check_block_targets(settings: Settings) -> None:
+    """Blocks that name production as the replica would make every later `--blocks` run write it: the
+    same checks as a run, with the table config's `adopt` options when the config file exists."""
+    from blocks.connectors import urls_from_settings
+    from config.models import PipelineConfig, load_pipeline_config
+    from tasks.guard import check_run
+
+    cfg = load_pipeline_config(settings.config) if os.path.exists(settings.config) else PipelineConfig()
+    check_run(settings, cfg, urls_from_settings(settings))
 
 
 def cmd_notifications(args: argparse.Namespace) -> int:

@@ -121,6 +121,11 @@ def table_entry(
     error: BaseException | None = None
     outcome: TableOutcome | None = None
     reach_databases(urls)
+    if standalone:  # a table run of a pipeline run was checked by it (tasks/guard.py)
+        from tasks.guard import check_run
+
+        own = settings.model_copy(update={"analytics_schema": analytics_schema}) if analytics_schema else settings
+        check_run(own, cfg, urls, source=source, blocks=blocks, claim=True)
     with open_engines(urls, workers=1) as engines:
         register(key, engines)
         try:

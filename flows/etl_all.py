@@ -28,6 +28,7 @@ from tasks.clinics import (
     ClinicResult, clinic_error, clinics_failed_message, order_results, render_clinics, union_for,
 )
 from tasks.errors import ConfigError, EtlError, redact
+from tasks.guard import check_clinics
 from tasks.reports import run_report
 from tasks.schedule_guard import check_blackout
 from tasks.union import render_union
@@ -152,8 +153,11 @@ def etl_all(
                 max_sources, dispatch)
     gate = threading.BoundedSemaphore(max_sources)
     analytics = _analytics(settings, blocks)
+    # A clinic whose replica is another clinic's source or replica fails alone, before it runs (tasks/guard.py).
+    refused = check_clinics(settings, file, chosen, blocks=blocks)
+    results = [ClinicResult(source=n, status="failed", error=clinic_error(n, e)) for n, e in refused.items()]
+    chosen = [s for s in chosen if s.name not in refused]
     futures = [run_clinic.submit(s.name, params, gate, dispatch, analytics) for s in chosen]
-    results = []
     for s, fut in zip(chosen, futures):
         fut.wait()
         try:

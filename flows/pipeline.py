@@ -1,6 +1,6 @@
 """The flows: wiring only. Ordering, concurrency and retries live here; the work is in `tasks/`.
 
-    etl-pipeline                      parent flow: blackout guard, config, engines, groups in priority order
+    etl-pipeline                      parent flow: blackout guard, config, target check, engines, groups in order
       group-<name>                    one subflow per priority group, ThreadPoolTaskRunner(workers)
         run-<table>  (task)           dispatch=local: runs the table's subflow on a worker thread
           table-<table>               one flow run per table
@@ -46,6 +46,7 @@ from tasks.batches import deal_batches, light_tables, rows_to_move, split_batche
 from tasks.connections import EngineUrls, check_reachable, open_engines, register, unregister
 from tasks.dbt_run import run_dbt_after_load
 from tasks.errors import DbtFailed, LoadError, TablesFailed, retry_condition
+from tasks.guard import check_run
 from tasks.job import PhaseStats
 from tasks.metrics import MetricsWriter
 from tasks.outcomes import TableOutcome, failed_outcome, failed_summary, failed_tables, failure_details
@@ -256,6 +257,9 @@ def etl_pipeline(
     workers = max((g.workers for g in cfg.priorities), default=1) if dispatch == "local" else 1
 
     reach_databases(urls)
+    # Never write to production: the replica is not the source, nor an application database; the
+    # analytics schema is ours (tasks/guard.py). Before open_engines creates the replica database.
+    check_run(settings, cfg, urls, source=source, blocks=blocks, claim=True)
     with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
         register(run_id, engines)
         try:

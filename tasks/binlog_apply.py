@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from tasks import binlog_source, faults
+from tasks import binlog_source, faults, owned
 from tasks.binlog_reader import CHANGES, decode_key, ensure_tables, load_cursor, save_cursor
 from tasks.connections import Engines
 from tasks.copy import copy_chunk
@@ -130,7 +130,7 @@ def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_sta
         cur = rep.cursor()
         execute(cur, f"USE {mysql_ident(job.replica_db)}")
         ensure_tables(cur)
-        execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+        owned.drop_scratch(cur, stage)
         execute(cur, f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
         cur.execute("SET SESSION max_error_count = 65535")
         rep.commit()
@@ -165,7 +165,7 @@ def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_sta
             rep.rollback()
             raise
         finally:
-            execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+            owned.drop_scratch(cur, stage)
     stats.watermark_after = f"{SEQ}={seq}"
     stats.notes.append(f"binlog: {stats.chunks} batch(es) of logged keys applied, {stats.rows} rows re-read")
     stats.seconds = time.monotonic() - started

@@ -96,10 +96,18 @@ def run_clinics(settings: Settings, sources: SourcesFile, *, names: list[str] | 
                 tables: list[str] | None = None, full_refresh: bool = False,
                 max_sources: int = 2) -> tuple[list[ClinicResult], list[UnionView]]:
     """The chosen clinics, `max_sources` at a time, then the union views; results failed first."""
+    from tasks.guard import check_clinics
+
     chosen = sources.select(names)
+    # A clinic whose replica is another clinic's source or replica fails alone, before it runs.
+    refused = check_clinics(settings, sources, chosen)
+    results = [ClinicResult(source=n, status="failed", error=clinic_error(n, e)) for n, e in refused.items()]
+    for n, e in refused.items():
+        record_failed_run(settings, str(uuid.uuid4()), n, clinic_error(n, e), full_refresh=full_refresh)
+    chosen = [s for s in chosen if s.name not in refused]
     with ThreadPoolExecutor(max_workers=max(1, max_sources), thread_name_prefix="etl-clinic") as pool:
-        results = list(pool.map(lambda s: run_clinic(settings, s, tables=tables, full_refresh=full_refresh),
-                                chosen))
+        results += list(pool.map(lambda s: run_clinic(settings, s, tables=tables, full_refresh=full_refresh),
+                                 chosen))
     union: list[UnionView] = []
     if sources.union_schema:
         from tasks.connections import create_engine

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from tasks import checkpoints, faults
+from tasks import checkpoints, faults, owned
 from tasks.connections import Engines
 from tasks.errors import is_retriable, redact
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, shadow_name
@@ -48,23 +48,11 @@ def _prepare_shadow(cur: Any, src_ddl: str, replica_db: str, table: str, shadow:
         if cp and cp[0] == shadow and cur.fetchone()[0]:
             log.info("%s: resuming replica copy after %d committed rows", table, cp[2])
             return cp[1], cp[2], split.add_indexes
-    execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(shadow)}")
+    owned.drop_scratch(cur, shadow)
     execute(cur, split.create)
     checkpoints.mysql_save(cur, table, shadow, None, 0)
     cur.connection.commit()
     return None, 0, split.add_indexes
-
-
-def _swap(cur: Any, table: str, shadow: str, live_exists: bool) -> None:
-    """RENAME TABLE swaps both names in one atomic step; readers never see a missing table."""
-    old = shadow_name(table, "old")
-    execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(old)}")
-    if live_exists:
-        execute(cur, f"RENAME TABLE {mysql_ident(table)} TO {mysql_ident(old)}, "
-                     f"{mysql_ident(shadow)} TO {mysql_ident(table)}")
-        execute(cur, f"DROP TABLE {mysql_ident(old)}")
-    else:
-        execute(cur, f"RENAME TABLE {mysql_ident(shadow)} TO {mysql_ident(table)}")
 
 
 def copy_full(engines: Engines, job: TableJob, *, method: str, resume: bool = False,
@@ -101,7 +89,7 @@ def _discard_shadow(engines: Engines, replica_db: str, table: str, shadow: str) 
         with engines.replica.connect() as rc:
             rep = rc.connection.driver_connection
             cur = rep.cursor()
-            execute(cur, f"DROP TABLE IF EXISTS {mysql_qualified(replica_db, shadow)}")
+            owned.drop_scratch(cur, shadow, database=replica_db)
             execute(cur, f"USE {mysql_ident(replica_db)}")
             checkpoints.mysql_clear(cur, table)
             rep.commit()
@@ -118,6 +106,7 @@ def _copy_into_shadow_and_swap(engines: Engines, job: TableJob, *, ddl: str, sha
         cur = rep.cursor()
         ensure_database(rc, replica_db)
         execute(cur, f"USE {mysql_ident(replica_db)}")
+        owned.refuse_unowned(cur, replica_db, table.name)  # before any work: the swap would refuse it anyway
         keep = key if key != job.source.primary_key else ()
         after, done, add_indexes = _prepare_shadow(cur, ddl, replica_db, table.name, shadow, resume=resume and bool(key),
                                                    keep_unique=keep)
@@ -142,7 +131,9 @@ def _copy_into_shadow_and_swap(engines: Engines, job: TableJob, *, ddl: str, sha
             if time.monotonic() - t0 >= 1.0:
                 stats.notes.append(f"secondary indexes built after the load in {time.monotonic() - t0:.1f}s")
         live_exists = table_exists(rc, replica_db, table.name)
-        _swap(cur, table.name, shadow, live_exists)
+        # RENAME TABLE swaps both names in one atomic step (readers never see a missing table), and
+        # only over a table the ETL owns (tasks/owned.py).
+        owned.swap_in(cur, database=replica_db, table=table.name, shadow=shadow, live_exists=live_exists)
         checkpoints.mysql_clear(cur, table.name)
         if after_swap:
             after_swap(cur)

@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Any
 
-from tasks import faults
+from tasks import faults, owned
 from tasks.connections import Engines
 from tasks.identifiers import execute, mysql_ident, shadow_name
 from tasks.job import PhaseStats, ProgressFn, TableJob, column_types
@@ -198,7 +198,7 @@ def _merge_streamed(job: TableJob, *, src: Any, cur: Any, rep: Any, passes: list
     update = odku_clause(schema.column_names, key, row_alias=alias)
     respell = respellable_key(schema, key)
     key_list = ", ".join(mysql_ident(k) for k in key)
-    execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+    owned.drop_scratch(cur, stage)
     execute(cur, f"CREATE TABLE {mysql_ident(stage)} LIKE {mysql_ident(table.name)}")
     cur.execute("SET SESSION max_error_count = 65535")
     plan = load_data_plan(schema, stage)
@@ -236,4 +236,4 @@ def _merge_streamed(job: TableJob, *, src: Any, cur: Any, rep: Any, passes: list
                         break
                     after = chunk.last_key
     finally:
-        execute(cur, f"DROP TABLE IF EXISTS {mysql_ident(stage)}")
+        owned.drop_scratch(cur, stage)

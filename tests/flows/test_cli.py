@@ -93,6 +93,24 @@ def test_run_with_a_wrong_password_ends_in_one_line_without_traceback(etl_env, p
     assert "(no table started)" in status.out and "prefect run " in status.out
 
 
+def test_run_refuses_a_replica_that_is_the_source_before_anything_is_written(etl_env, prefect_harness,
+                                                                            monkeypatch, capfd) -> None:
+    """The flow runs the same check as the plain runner (tests/tasks/test_guard.py), before open_engines."""
+    etl_env.source_sql(SOURCE)
+    etl_env.write_config(CONFIG)
+    monkeypatch.setenv("ETL_REPLICA_URL", etl_env.source_url.replace(f"@{MYSQL['host']}:", "@localhost:"))
+    assert main(["run"]) == 1
+    out = capfd.readouterr()
+    last = out.err.strip().splitlines()[-1]
+    assert last.startswith("etl run: ETL_REPLICA_URL names the source database itself"), last
+    assert "Traceback" not in out.out + out.err
+    conn = etl_env.mysql()
+    with conn.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (etl_env.source_db,))
+        assert [r[0] for r in cur.fetchall()] == ["patient"]
+    conn.close()
+
+
 def _record_run(env, run_id: str, *, status: str, error: str | None = None) -> None:  # noqa: ANN001
     from tasks.connections import create_engine
 
