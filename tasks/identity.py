@@ -148,6 +148,7 @@ def source_cursor(url: URL | str, connect_args: dict | None) -> Iterator[Any]:
 @contextmanager
 def server_cursor(role: str, url: URL | str, connect_args: dict | None) -> Iterator[Any]:
     """A cursor on the replica's server without naming the database (it may not exist yet)."""
+    create_engine(role, url, pool_size=1, connect_args=connect_args).dispose()  # a bad URL: ConfigError naming it
     u = make_url(url)
     engine = sa.create_engine(u.set(database=""), poolclass=sa.pool.NullPool,
                               connect_args={"charset": "utf8mb4", "connect_timeout": 10, **(connect_args or {})})

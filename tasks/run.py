@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from config.models import ColumnCase, PipelineConfig, ResolvedTable
 from config.settings import Settings
 from tasks import decide, guard, probe, sync
-from tasks.connections import Engines, EngineUrls, check_reachable, lookup, open_engines, open_metrics_engine
+from tasks.connections import Engines, EngineUrls, lookup, open_engines, open_metrics_engine
 from tasks.errors import EtlError, LoadError, redact
 from tasks.job import PhaseStats, TableJob, build_job
 from tasks.metrics import MetricsWriter
@@ -487,9 +487,9 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
     chosen = select_tables(cfg, tables, groups)
     urls = urls or urls_from_settings(settings)
     run_id = run_id or str(uuid.uuid4())
-    for role in ("source", "replica", "analytics"):
-        check_reachable(role, getattr(urls, role), getattr(urls, f"{role}_connect_args"))
-    guard.check_run(settings, cfg, urls, source=source, claim=True)  # never write to production: before any write
+    # Never write to production (tasks/guard.py), before anything is written. Its connections, source
+    # first, are also the reachability check (the same one-line errors as check_reachable).
+    guard.check_run(settings, cfg, urls, source=source, claim=True)
     workers = max((g.workers for g in cfg.priorities), default=1)
     outcomes: list[TableOutcome] = []
     with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
