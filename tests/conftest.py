@@ -203,9 +203,9 @@ def new_env(tmp_path: Path) -> EtlEnv:
     return env
 
 
-@pytest.fixture
-def etl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EtlEnv]:
-    env = new_env(tmp_path)
+def env_in_use(env: EtlEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[EtlEnv]:
+    """Point the pipeline's ETL_* settings at `env` for one test, then clear injected faults and drop its
+    databases (the body of `etl_env`, and of tests/binlog's `bl_env` whose source is on another server)."""
     monkeypatch.setenv("ETL_SOURCE_URL", env.source_url)
     monkeypatch.setenv("ETL_REPLICA_URL", env.replica_url)
     monkeypatch.setenv("ETL_ANALYTICS_URL", env.analytics_url)
@@ -218,6 +218,11 @@ def etl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EtlEnv]
 
         faults.clear()
         _drop_everything(env)
+
+
+@pytest.fixture
+def etl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EtlEnv]:
+    yield from env_in_use(new_env(tmp_path), monkeypatch)
 
 
 def load_sakila(db: str) -> None:
