@@ -110,10 +110,14 @@ def test_same_url_for_source_and_replica_is_refused_and_nothing_is_created(
     assert before["triggers"] == ["patient_edits"] and before["fks"] == [("fk_claim_patient", "patient")]
     # Nothing in analytics either: no schema raw, no metrics schema.
     assert not {"raw", "etl"} & _pg_schemas(etl_env)
-    # `etl plan` refuses it the same way (exit 2, one line), and writes nothing.
-    assert etl_env.etl("plan") == 2
-    assert "names the source database itself" in capsys.readouterr().err
+    # `etl plan`, `etl verify --repair` and `etl blocks register` refuse it the same way (exit 2, one
+    # line, before any block is saved), and write nothing.
+    for command in (["plan"], ["verify", "--repair"], ["blocks", "register"]):
+        assert etl_env.etl(*command) == 2, command
+        err = capsys.readouterr().err
+        assert "names the source database itself" in err and len(err.strip().splitlines()) == 1, (command, err)
     assert _catalog(etl_env.source_db) == before
+    assert not {"raw", "etl"} & _pg_schemas(etl_env)
 
 
 class _Forwarder:
