@@ -86,8 +86,10 @@ class Identities:
 
 
 def _tables(cur: Any, database: str) -> list[str]:
-    cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
-                "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME", (database,))
+    """The database's table (and view) names. Names only: the server lists them without opening a
+    table definition (`Skip_open_table`), so 450 tables cost a directory read, not 450 opens."""
+    cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME",
+                (database,))
     return [str(r[0]) for r in cur.fetchall()]
 
 
