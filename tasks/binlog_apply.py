@@ -6,7 +6,9 @@ through the full copy's LOAD DATA path (exact values, see tasks/binlog_reader.py
 table, then in one replica transaction: the batch's keys deleted from the live table, the rows
 found inserted (a key no longer in the source stays deleted; a primary-key change is the old key
 deleted and the new one inserted), and the sequence saved in the replica's state. A TRUNCATE
-marker empties the table at its place in the sequence.
+marker empties the table at its place in the sequence; a DROP/RENAME/replace marker stops the
+table (TableReplaced, naming the `--full-refresh` that copies it again): rows re-read by key cannot
+remove what the old table held.
 
 Analytics leg (`load_changes`): the same keys past analytics' own saved sequence, re-read from the
 replica through COPY, deleted and inserted in one PostgreSQL transaction with the sequence in
@@ -22,8 +24,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from config.errors import SchemaError
 from tasks import binlog_source, faults, owned
-from tasks.binlog_reader import CHANGES, decode_key, ensure_tables, load_cursor, save_cursor
+from tasks.binlog_reader import CHANGES, decode_key, ensure_tables, save_cursor
 from tasks.connections import Engines
 from tasks.copy import copy_chunk
 from tasks.identifiers import execute, mysql_ident, pg_ident, shadow_name
@@ -63,10 +66,20 @@ def snapshot_marks(engines: Engines, job: TableJob) -> dict[str, int]:
     return {SEQ: seq, AT: at.encode()}
 
 
+class TableReplaced(SchemaError):
+    """The source table was dropped, renamed or replaced since its copy was taken."""
+
+
+def replaced_message(table: str, what: str) -> str:
+    return (f"table {table!r}: dropped, renamed or replaced in the source since its copy was taken ({what}); "
+            f"its copies cannot be kept by key: run `etl run --full-refresh --tables {table}` to copy it again")
+
+
 def _batches(cur: Any, table: str, after: int, size: int, *, upto: int | None = None,  # noqa: ANN202
              log: str = CHANGES):
-    """(last sequence, keys, truncate) per batch: keys in sequence order up to a TRUNCATE marker.
-    `log`: the change-log table (the checksum mode keeps its own, same shape: tasks/checksum_sync.py)."""
+    """(last sequence, keys, marker) per batch: keys in sequence order up to a marker, which comes
+    alone: ('t', None) for a TRUNCATE, ('d', where) for a DROP/RENAME/replace (tasks/binlog_reader.
+    ddl_markers). `log`: the change-log table (the checksum mode keeps its own, same shape)."""
     while True:
         cur.execute(f"SELECT seq, op, key_json FROM {mysql_ident(log)} WHERE table_name = %s AND seq > %s "
                     f"AND seq <= %s ORDER BY seq LIMIT %s", (table, after, (1 << 62) if upto is None else upto, size))
@@ -76,17 +89,17 @@ def _batches(cur: Any, table: str, after: int, size: int, *, upto: int | None = 
         keys: dict[tuple, None] = {}
         last = after
         for seq, op, key_json in rows:
-            if op == "t":
+            if op in ("t", "d"):
                 if keys:
-                    yield last, list(keys), False
-                yield int(seq), [], True
+                    yield last, list(keys), None
+                yield int(seq), [], (op, key_json)
                 last = int(seq)
                 keys = {}
                 break
             keys[decode_key(key_json)] = None
             last = int(seq)
         if keys:
-            yield last, list(keys), False
+            yield last, list(keys), None
         after = last
 
 
@@ -114,12 +127,44 @@ def key_condition(columns: list[str], keys: list[tuple], quote: Callable[[str], 
             [v for k in keys for v in k])
 
 
+def commit_batch(conn: Any, cur: Any, stats: PhaseStats, *, save_state: SaveFn, marks: dict,
+                 progress: ProgressFn | None, phase: str, table: str) -> None:
+    """A batch's end, the same in every leg that applies logged keys (binlog and checksum mode): the
+    sequence saved with the batch's rows in one commit, then progress and the tests' fault point."""
+    save_state(cur, marks)
+    conn.commit()
+    stats.chunks += 1
+    if progress:
+        progress(stats.rows)
+    faults.check(phase, table, stats.chunks)
+
+
+def _logged_since(engines: Engines, job: TableJob, applied: int) -> bool:
+    with engines.replica.connect() as rc:
+        rep = rc.connection.driver_connection
+        cur = rep.cursor()
+        execute(cur, f"USE {mysql_ident(job.replica_db)}")
+        ensure_tables(cur)
+        cur.execute(f"SELECT 1 FROM {mysql_ident(CHANGES)} WHERE table_name = %s AND seq > %s LIMIT 1",
+                    (job.table.name, applied))
+        found = cur.fetchone() is not None
+        rep.commit()
+    return found
+
+
 def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_state: SaveFn,
                       progress: ProgressFn | None = None) -> PhaseStats:
     """Source -> replica for the keys logged since sequence `applied`; see the module docstring."""
     started = time.monotonic()
     table, key = job.table, list(job.key)
     stats = PhaseStats(method="binlog", mode="binlog", watermark_before=f"{SEQ}={applied}")
+    if not _logged_since(engines, job, applied):
+        # Nothing to apply: no source connection, no stage table, no write (the common case for most
+        # tables of a run every few minutes).
+        stats.watermark_after = stats.watermark_before
+        stats.notes.append("binlog: nothing logged for this table since its last run")
+        stats.seconds = time.monotonic() - started
+        return stats
     stage = shadow_name(table.name, "stage")
     plan = load_data_plan(job.source, stage)
     cols = ", ".join(mysql_ident(c) for c in writable_columns(job.source))
@@ -136,8 +181,10 @@ def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_sta
         rep.commit()
         try:
             with fifo_path() as fifo:
-                for last, keys, truncate in _batches(cur, table.name, applied, table.batch_size):
-                    if truncate:
+                for last, keys, marker in _batches(cur, table.name, applied, table.batch_size):
+                    if marker and marker[0] == "d":  # the batches before it are committed; nothing after
+                        raise TableReplaced(replaced_message(table.name, marker[1] or "in the log"))
+                    if marker:
                         execute(cur, f"DELETE FROM {mysql_ident(table.name)}")
                         stats.notes.append("TRUNCATE in the source: replica emptied at its place in the log")
                     else:
@@ -155,12 +202,8 @@ def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_sta
                         stats.rows += chunk.rows
                         stats.bytes += chunk.bytes
                     seq = last
-                    save_state(cur, {SEQ: seq})
-                    rep.commit()
-                    stats.chunks += 1
-                    if progress:
-                        progress(stats.rows)
-                    faults.check("replica", table.name, stats.chunks)
+                    commit_batch(rep, cur, stats, save_state=save_state, marks={SEQ: seq}, progress=progress,
+                                 phase="replica", table=table.name)
         except BaseException:
             rep.rollback()
             raise
@@ -181,6 +224,10 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
     started = time.monotonic()
     table = job.table
     stats = PhaseStats(method="binlog", mode="binlog", watermark_before=f"{SEQ}={applied}")
+    if upto <= applied:  # the replica leg applied nothing since analytics' last load: nothing to read or write
+        stats.watermark_after = stats.watermark_before
+        stats.seconds = time.monotonic() - started
+        return stats
     cols = job.pg_columns(schema)
     by_source = {c.source.name: c for c in cols}
     names = [pg_ident(c.name) for c in cols]
@@ -203,9 +250,10 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
         pg.commit()
         copy_sql = f"COPY {stage} ({', '.join(names)}) FROM STDIN"
         try:
-            for last, keys, truncate in _batches(mcur, table.name, applied, table.batch_size, upto=upto,
-                                                  log=log):
-                if truncate:
+            for last, keys, marker in _batches(mcur, table.name, applied, table.batch_size, upto=upto, log=log):
+                if marker and marker[0] == "d":  # not reached: the replica leg stops there until a full copy
+                    raise TableReplaced(replaced_message(table.name, marker[1] or "in the log"))
+                if marker:
                     execute(cur, f"DELETE FROM {live}")
                 else:
                     mwhere, mparams = key_condition(list(job.key), keys, mysql_ident)
@@ -221,12 +269,8 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
                     stats.bytes += chunk.bytes
                     stats.nul_chars_removed += chunk.nul_chars_removed
                 seq = last
-                save_state(cur, {SEQ: seq})
-                pg.commit()
-                stats.chunks += 1
-                if progress:
-                    progress(stats.rows)
-                faults.check("analytics", table.name, stats.chunks)
+                commit_batch(pg, cur, stats, save_state=save_state, marks={SEQ: seq}, progress=progress,
+                             phase="analytics", table=table.name)
         except BaseException:
             pg.rollback()
             rc.invalidate()

@@ -4,10 +4,10 @@
 `capture-binlog` task). It records *which keys* changed, not the values: every row event of a
 binlog-mode table adds its key(s) to the replica table `_etl_binlog_changes` (a sequence number per
 key, in commit order; an UPDATE that changes the key adds the old and the new key), a TRUNCATE adds
-a marker. The cursor (`_etl_binlog_cursor`: server id, file, offset) moves in the same replica
-transaction as the keys of the transactions it passed, so a crash re-reads at most the last
-transaction and a key logged twice is harmless: the apply (tasks/binlog_apply.py) re-reads keys
-from the source. Rolled-back InnoDB transactions never reach the log.
+a marker, and so does a DROP, RENAME or CREATE OR REPLACE of the table (`ddl_markers`). The cursor
+(`_etl_binlog_cursor`: server id, file, offset) moves in the same replica transaction as the keys
+of the transactions it passed, so a crash re-reads at most the last transaction and a key logged
+twice is harmless: the apply (tasks/binlog_apply.py) re-reads keys from the source. Rolled-back InnoDB transactions never reach the log.
 
 Values are never taken from the log: the apply re-reads the rows by key through the same typed
 paths as a full copy, so JSON, BIT, TIME, TIMESTAMP, zero dates and latin1 bytes stay exact.
@@ -37,7 +37,13 @@ CURSOR = "_etl_binlog_cursor"
 FLUSH_KEYS = 5_000  # keys buffered before they are written (bounded memory in a huge transaction)
 READER_SERVER_ID = 4_100_000_001  # the id our reader announces; must differ from every real replica's
 
-_TRUNCATE = re.compile(r"^\s*TRUNCATE\s+(?:TABLE\s+)?((?:`[^`]+`|\w+)(?:\s*\.\s*(?:`[^`]+`|\w+))?)", re.I)
+_IDENT = r"(?:`(?:[^`]|``)+`|[\w$]+)"
+_NAME = re.compile(rf"({_IDENT})(?:\s*\.\s*({_IDENT}))?")
+_COMMENT = re.compile(r"/\*.*?\*/|--[^\n]*|#[^\n]*", re.S)
+_DDL = re.compile(r"^\s*(TRUNCATE(?:\s+TABLE)?|DROP\s+TABLES?(?:\s+IF\s+EXISTS)?|RENAME\s+TABLES?|"
+                  r"CREATE\s+OR\s+REPLACE\s+TABLE|ALTER\s+(?:ONLINE\s+)?(?:IGNORE\s+)?TABLE)\s+(.*)$", re.I | re.S)
+_ALTER_RENAME = re.compile(rf"\bRENAME\s+(?!(?:COLUMN|INDEX|KEY)\b)(?:TO\s+|AS\s+)?({_IDENT}(?:\s*\.\s*{_IDENT})?)",
+                           re.I)
 
 
 class BinlogGone(SchemaError):
@@ -87,6 +93,42 @@ def encode_key(values: list[Any]) -> str:
         else:
             out.append(v)
     return json.dumps(out, ensure_ascii=False)
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace("``", "`") if ident.startswith("`") else ident
+
+
+def _names(text: str, default_db: str) -> list[tuple[str, str]]:
+    out = []
+    for m in _NAME.finditer(text):
+        a, b = m.group(1), m.group(2)
+        out.append((_unquote(a), _unquote(b)) if b else (default_db, _unquote(a)))
+    return out
+
+
+def ddl_markers(query: str, default_db: str) -> list[tuple[str, str, str]]:
+    """(database, table, op) for each table a statement of the log empties (op 't': TRUNCATE) or drops,
+    renames or replaces (op 'd': DROP TABLE, RENAME TABLE, ALTER TABLE .. RENAME, CREATE OR REPLACE).
+    A table that was dropped or renamed away can only come back as another table (re-created,
+    or renamed into its place as online schema tools do): its copies can no longer be kept by key."""
+    m = _DDL.match(_COMMENT.sub(" ", query or ""))
+    if not m:
+        return []
+    verb, rest = m.group(1).split()[0].upper(), m.group(2)
+    if verb == "TRUNCATE":
+        return [(db, t, "t") for db, t in _names(rest, default_db)[:1]]
+    if verb == "DROP":
+        rest = re.split(r"\b(?:RESTRICT|CASCADE|WAIT|NOWAIT)\b", rest, flags=re.I)[0]
+        return [(db, t, "d") for db, t in _names(rest, default_db)]
+    if verb == "RENAME":  # a TO b, c TO d: every name on either side
+        rest = re.split(r"\b(?:WAIT|NOWAIT)\b", rest, flags=re.I)[0]
+        return [(db, t, "d") for db, t in _names(re.sub(r"\bTO\b", " ", rest, flags=re.I), default_db)]
+    first = _names(rest, default_db)[:1]
+    if verb == "CREATE":
+        return [(db, t, "d") for db, t in first]
+    r = _ALTER_RENAME.search(rest)  # ALTER TABLE: only a rename replaces the table
+    return [(db, t, "d") for db, t in first + _names(r.group(1), default_db)] if r else []
 
 
 def decode_key(text: str) -> tuple[Any, ...]:
@@ -214,12 +256,9 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
                     if len(buffer) >= FLUSH_KEYS:
                         flush(None)  # mid-transaction: the cursor stays, a crash re-reads the transaction
             elif isinstance(ev, QueryEvent):
-                m = _TRUNCATE.match(ev.query or "")
-                if m:
-                    parts = [p.strip().strip("`") for p in m.group(1).split(".")]
-                    db, name = (parts[0], parts[1]) if len(parts) == 2 else (_text(ev.schema), parts[0])
-                    if db == source_db and name in tables:
-                        buffer.append((name, "t", None))
+                for db, name, op in ddl_markers(_text(ev.query), _text(ev.schema)):
+                    if db == source_db and name in tables:  # 'd' carries where it happened, for its message
+                        buffer.append((name, op, None if op == "t" else f"{_text(ev.query)[:200]} at {here}"))
                 if (ev.query or "").strip().upper() != "BEGIN":
                     flush(here)  # DDL commits on its own
             elif isinstance(ev, XidEvent):

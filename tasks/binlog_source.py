@@ -108,3 +108,22 @@ def decode(value: int, like: str) -> Position:
     """The Position `encode` stored; `like` is any file name of the server (for its base name)."""
     base = _FILE_NO.sub("", like)
     return Position(f"{base}.{value >> 32:06d}", value & 0xFFFFFFFF)
+
+
+# Key types whose values the log library returns exactly as the query path would compare them (the
+# apply re-reads rows by these values). TIMESTAMP comes back in the reader's time zone, FLOAT/DOUBLE
+# rounded, TIME/YEAR/BIT/ENUM/SET in other shapes, utf16/utf32/ucs2 strings misdecoded.
+_EXACT_KEY_TYPES = {"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "char", "varchar", "binary",
+                    "varbinary", "date", "datetime"}
+_MISREAD_CHARSETS = {"utf16", "utf16le", "utf32", "ucs2"}
+
+
+def key_blocker(schema: Any, key: tuple[str, ...] | list[str]) -> str | None:
+    """Why the log cannot name this key exactly (the first column and its type), or None when it can."""
+    for name in key:
+        col = schema.column(name)
+        if col.data_type not in _EXACT_KEY_TYPES:
+            return f"key column {name!r} is {col.column_type}"
+        if (col.charset or "").lower() in _MISREAD_CHARSETS:
+            return f"key column {name!r} is in {col.charset}"
+    return None

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from tasks import binlog_apply, deletes, faults, range_checksum
+from tasks import binlog_apply, deletes, range_checksum
 from tasks.binlog_reader import encode_key
 from tasks.connections import Engines
 from tasks.identifiers import execute, mysql_ident
@@ -142,12 +142,9 @@ def replicate_ranges(engines: Engines, job: TableJob, *, save_state: SaveFn,
                         stats.deleted += max(0, before - now)
                     stats.rows += loaded
                     cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {mysql_ident(LOG)}")
-                    save_state(cur, {SEQ: int(cur.fetchone()[0])})
-                    rep.commit()
-                    stats.chunks += 1
-                    if progress:
-                        progress(stats.rows)
-                    faults.check("replica", table.name, stats.chunks)
+                    binlog_apply.commit_batch(rep, cur, stats, save_state=save_state,
+                                              marks={SEQ: int(cur.fetchone()[0])}, progress=progress,
+                                              phase="replica", table=table.name)
         except BaseException:
             rep.rollback()
             raise

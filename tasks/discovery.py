@@ -89,13 +89,18 @@ def binlog_blockers(conn: Connection) -> list[str]:
 
 
 def discover_tables(conn: Connection, database: str) -> list[DiscoveredTable]:
+    from tasks.binlog_source import key_blocker
+
     out = []
     binlog_ready = not binlog_blockers(conn)
     for info in list_base_tables(conn, database):
         schema = read_table_schema(conn, database, info.name)
         inc = change_columns(schema)
         mode, why = choose_mode(schema, inc)
-        if binlog_ready and schema.primary_key:
+        blocker = key_blocker(schema, schema.primary_key) if binlog_ready and schema.primary_key else None
+        if binlog_ready and schema.primary_key and blocker:
+            why += f" (not binlog: {blocker}, which the log does not give back exactly)"
+        elif binlog_ready and schema.primary_key:
             # The log sees every change, timestamps or not (README, "Binlog mode").
             mode, why = "binlog", "binlog: the source's binary log serves every change of this keyed table"
         out.append(DiscoveredTable(

@@ -86,6 +86,12 @@ def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ..
     if not key:
         return "full", "no primary key: full refresh every run (rows cannot be merged)"
     if table.mode == "binlog":
+        from tasks.binlog_source import key_blocker
+
+        blocker = key_blocker(schema, key)
+        if blocker:  # the apply would re-read other keys than the ones changed: a silently wrong copy
+            raise SchemaError(f"table {table.name!r}: binlog mode cannot use it: its {blocker}, which the binary "
+                              f"log does not give back exactly; set tables.{table.name}.mode: checksum")
         return "binlog", "binlog: the keys the source's binary log shows changed, re-read and applied"
     if not table.incremental_columns:
         return "full", "mode: incremental but no incremental_columns: full refresh"

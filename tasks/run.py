@@ -374,6 +374,9 @@ def capture_binlog(ctx: RunContext, cfg: PipelineConfig, *, attempts: int = 3) -
         try:
             job = ctx.job(t)
         except Exception:  # noqa: BLE001 - the table's own run reports it
+            # Still read for it (no keys without its schema): a DROP or RENAME in the log while the table
+            # is gone must stop it once it comes back, not leave its old rows in the copies.
+            keys[t.name] = ()
             continue
         if job.mode == "binlog":
             keys[t.name] = job.key

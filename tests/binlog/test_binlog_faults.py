@@ -117,3 +117,76 @@ def test_a_lost_reader_connection_is_retried_and_resumes_at_its_cursor(bl_env, m
     assert bl_env.run() == 0
     assert fired == [5]
     assert_all_copies_equal(bl_env)
+
+
+def test_two_runs_at_once_wait_for_each_other_and_the_copies_are_exact(bl_env) -> None:
+    """The reader takes a named lock on the replica (tasks/locks.replica_lock, `_etl_binlog_capture`), each
+    table's legs their own: a run that finds one held waits for it. Hold the reader's lock, start two runs,
+    see both wait with nothing applied, release it: both finish and every copy equals the source."""
+    import threading
+
+    from tasks import locks
+    from tests.conftest import mysql_connect
+
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env, batch_size=40)
+    assert bl_env.run() == 0
+    bl_env.source_sql(CHURN)
+    holder = mysql_connect()
+    with holder.cursor() as cur:
+        cur.execute("SELECT GET_LOCK(%s, 0)", (locks._name(bl_env.replica_db, "_etl_binlog_capture"),))
+        assert cur.fetchone()[0] == 1
+    results: list = []
+
+    def one() -> None:
+        try:
+            results.append(bl_env.run_plain(check=False))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            results.append(e)
+    runs = [threading.Thread(target=one) for _ in range(2)]
+    for t in runs:
+        t.start()
+    try:
+        assert not wait_for(lambda: bool(results), timeout=3)  # both wait on the held lock
+        assert _rows(bl_env, bl_env.replica_db) != _rows(bl_env, bl_env.source_db)
+    finally:
+        holder.close()  # releases the lock
+    for t in runs:
+        t.join(timeout=300)
+    assert len(results) == 2
+    for r in results:
+        assert not isinstance(r, BaseException), r
+        assert not r.failed, [(o.table, o.error) for o in r.outcomes if o.status != "ok"]
+    assert_all_copies_equal(bl_env)
+
+
+def test_a_table_dropped_and_re_created_stops_with_what_to_do_then_a_full_refresh_heals_it(bl_env, capsys) -> None:
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    assert bl_env.run() == 0
+    # Same name, same columns, other rows: re-reading the logged keys would keep the old table's other rows.
+    ddl = "CREATE TABLE patient (PatNum BIGINT PRIMARY KEY, LName VARCHAR(40) NOT NULL, " \
+          "Balance DECIMAL(10,2) NOT NULL, Note TEXT NULL);"
+    bl_env.source_sql(f"DROP TABLE patient; {ddl} INSERT INTO patient VALUES (1, 'Again', 1.00, NULL); "
+                      "UPDATE visit SET Code = 'kept' WHERE VisitNo = 3;")
+    capsys.readouterr()
+    assert bl_env.run() == 1
+    line = next(x for x in capsys.readouterr().err.splitlines() if "patient" in x)
+    assert "dropped, renamed or replaced in the source" in line and "DROP TABLE" in line
+    assert "etl run --full-refresh --tables patient" in line
+    assert bl_env.run() == 1  # stays stopped until it is copied again
+    assert bl_env.run("--full-refresh", "--tables", "patient") == 0
+    assert_all_copies_equal(bl_env)
+
+    # Dropped while a run reads the log (that run fails on the missing table), re-created before the next.
+    bl_env.source_sql("DROP TABLE patient;")
+    assert bl_env.run() == 1
+    bl_env.source_sql(f"{ddl} INSERT INTO patient VALUES (2, 'Back', 2.00, 'x');")
+    capsys.readouterr()
+    assert bl_env.run() == 1
+    assert "etl run --full-refresh --tables patient" in next(
+        x for x in capsys.readouterr().err.splitlines() if "patient" in x)
+    assert bl_env.run("--full-refresh", "--tables", "patient") == 0
+    bl_env.source_sql("UPDATE patient SET LName = 'after' WHERE PatNum = 2; DELETE FROM visit WHERE VisitNo = 5;")
+    assert bl_env.run() == 0
+    assert_all_copies_equal(bl_env)

@@ -178,3 +178,19 @@ def test_status_shows_the_lag_of_the_source(bl_env, capsys) -> None:
     bl_env.etl("status")
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("binlog lag"))
     assert int(line.split(": ")[1].split()[0]) > 0
+
+
+def test_a_key_the_log_cannot_name_exactly_keeps_its_mode_and_a_binlog_config_for_it_is_refused(bl_env, capsys) -> None:
+    bl_env.source_sql("CREATE TABLE stamped (at TIMESTAMP(3) NOT NULL PRIMARY KEY, v INT NOT NULL);"
+                      "INSERT INTO stamped VALUES ('2024-03-01 10:00:00.125', 1);"
+                      "CREATE TABLE wide (code VARCHAR(8) CHARACTER SET utf32 NOT NULL PRIMARY KEY);")
+    cfg = binlog_config(bl_env)
+    for name, col in (("stamped", "'at' is timestamp(3)"), ("wide", "'code' is in utf32")):
+        assert cfg["tables"][name].get("mode") != "binlog"
+        assert f"not binlog: key column {col}" in cfg["tables"][name]["comment"]
+    cfg["tables"]["stamped"]["mode"] = "binlog"
+    bl_env.write_config(yaml.safe_dump(cfg, sort_keys=False))
+    capsys.readouterr()
+    assert bl_env.run() == 1
+    line = next(x for x in capsys.readouterr().err.splitlines() if "stamped" in x)
+    assert "binlog mode cannot use it" in line and "set tables.stamped.mode: checksum" in line
