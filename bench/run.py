@@ -57,7 +57,7 @@ if str(BENCH) not in sys.path:
 
 DEFAULT_MYSQL_URL = os.environ.get("BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
 DEFAULT_PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
-ALL_STAGES = ("replica", "analytics", "e2e", "incremental", "anchors", "tiny", "clinic")
+ALL_STAGES = ("replica", "analytics", "e2e", "incremental", "anchors", "tiny", "clinic", "binlog")
 WORKERS = 2
 E2E = "e2e: etl run --full-refresh"
 INCR = "incremental: etl run (1% uniform)"
@@ -801,7 +801,7 @@ class Harness:
         res = Results()
         self.tag = f"scale{scale:g}"
         # The dental dataset (bench_src) is needed unless only the stages with their own data were chosen.
-        needs_dental = bool(self.stages - {"clinic", "tiny", "anchors"})
+        needs_dental = bool(self.stages - {"clinic", "tiny", "anchors", "binlog"})
         if not needs_dental:
             pass
         elif self.a.no_gen:
@@ -832,6 +832,9 @@ class Harness:
                 self.stage_tiny(res, rep)
             if "clinic" in self.stages:
                 self.stage_clinic(res, rep)
+            if "binlog" in self.stages:  # its own source server and data (bench/binlog_stage.py)
+                import binlog_stage
+                binlog_stage.stage_binlog(self, res, rep)
         self.chain(res)
         return res
 
@@ -877,6 +880,9 @@ def ratio_text(res: Results, name: str) -> str:
         r = incr_ratio(res, name)
         if r is not None:
             parts.append(f"{r:.3f} of the clinic full refresh (goal <= {CLINIC_GOALS[name]:g})")
+    if name.startswith("binlog: "):
+        import binlog_stage
+        parts += binlog_stage.ratio_parts(res, name)
     return ", ".join(parts) if parts else ("(anchor)" if res.items[name].kind in ("anchor", "derived") else "-")
 
 
@@ -935,6 +941,9 @@ def render(res: Results, h: Harness, scale: float) -> str:
     if not h.have_pgloader and "anchors" in h.stages:
         goal_lines.append("  pgloader: skipped (not installed; apt-get install -y pgloader)")
     lines += ["", "goals (same-run ratios):"] + goal_lines
+    if any(n.startswith("binlog: ") for n in names):
+        import binlog_stage
+        lines += binlog_stage.report_lines(res)
     lines += render_checks(res, names)
     # our per-table timings
     for n in ("replica: ours stream", "replica: ours server", "analytics: ours load_full"):
