@@ -736,7 +736,9 @@ class _NoTraceback(logging.Formatter):
 
 
 def _quiet_console_tracebacks() -> None:
-    import prefect.main  # noqa: F401 - applies Prefect's logging config now, so its handlers exist to wrap
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's logging config applied now (once), so its handlers exist to wrap
 
     # Prefect's loggers, ours (PREFECT_LOGGING_EXTRA_LOGGERS), and the root logger's console handlers;
     # not pytest's capture handlers (a test embedding `main` still sees whole records).

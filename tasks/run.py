@@ -39,7 +39,7 @@ from tasks.errors import EtlError, LoadError, redact
 from tasks.job import PhaseStats, TableJob, build_job
 from tasks.metrics import MetricsWriter
 from tasks.mysql_schema import server_identity
-from tasks.outcomes import TableOutcome, TableStatus, failed_outcome, failed_tables  # noqa: F401 - TableStatus re-exported
+from tasks.outcomes import TableOutcome, failed_outcome, failed_tables
 from tasks.reports import run_report
 from tasks.verify import count_check
 
