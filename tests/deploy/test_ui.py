@@ -1,9 +1,15 @@
-"""The Prefect UI, in headless Chromium: a custom run of the repair deployment from its parameter form.
+"""The Prefect UI, in headless Chromium, one browser for both runs a person starts or reads there.
 
-Opens the server's UI at its root (which lands on the default UI), goes Deployments -> repair ->
-Run -> Custom run, adds a table to the `tables` list in the form, submits, follows "View run" to the
-flow run page, and once the run has ended checks that its page says Completed; the page is saved to
-docs/ui-run.png. Then checks the data landed.
+1. A custom run of the repair deployment from its parameter form: opens the server's UI at its root
+   (which lands on the default UI), goes Deployments -> repair -> Run -> Custom run, adds a table to
+   the `tables` list in the form, submits, follows "View run" to the flow run page, and once the run
+   has ended checks that its page says Completed; the page is saved to docs/ui-run.png. Then checks
+   the data landed, and only that table.
+2. A failed nightly run: its page says Failed, its Logs tab has the failed table's line, its
+   Artifacts tab the run report (docs/failed-run.png).
+
+One test, not two: the same databases, blocks and browser serve both (each costs a worker's flow run,
+which is what takes the time).
 
 Needs Playwright for Python (`pip install playwright`; no `playwright install`: the browser is the
 Debian `chromium` package at /usr/bin/chromium, or ETL_TEST_CHROMIUM). Skipped when either is missing.
@@ -84,54 +90,51 @@ def _wait_for_state_badge(page: Page, state: str, timeout: float) -> None:
             page.reload()
 
 
-def test_custom_run_from_the_deployment_form_completes(deployed_env, prefect_stack) -> None:
-    env = deployed_env
-    env.source_sql(TABLE)
-    env.write_config(CONFIG)
+def _tab(page: Page, name: str):
+    """A tab of the run page (Logs, Artifacts, ...)."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    return tab.first if tab.count() else page.get_by_text(name, exact=True).first
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+
+def _custom_run_from_the_deployment_form(page: Page, env, prefect_stack) -> None:  # noqa: ANN001
+    """Deployments -> repair -> Run -> Custom run with tables=[appointment]: the run page says Completed,
+    the run has the form's parameters, appointment is loaded and document (not asked for) is not."""
     run_id = None
     t0 = time.monotonic()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
-            try:
-                page.goto(prefect_stack.ui_url)
-                page.get_by_role("link", name="Deployments", exact=True).first.click()
-                page.get_by_role("link", name="repair", exact=True).first.click()
-                page.get_by_role("button", name="Run", exact=True).first.click()
-                page.get_by_text("Custom run", exact=True).first.click()
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    try:
+        page.goto(prefect_stack.ui_url)
+        page.get_by_role("link", name="Deployments", exact=True).first.click()
+        page.get_by_role("link", name="repair", exact=True).first.click()
+        page.get_by_role("button", name="Run", exact=True).first.click()
+        page.get_by_text("Custom run", exact=True).first.click()
 
-                tables = _field(page, "tables")
-                tables.get_by_role("button", name="Add item").click()
-                tables.locator("textarea").first.fill("appointment")
-                page.get_by_role("button", name="Submit", exact=True).click()
-                # Back on the deployment page, a toast says the run is scheduled and links to it.
-                page.get_by_text("View run", exact=True).first.click()
-                page.wait_for_url(RUN_URL, timeout=30_000)
-                run_id = RUN_URL.search(page.url).group(1)
-                # The URL changes before the run page replaces the deployment page, whose list of earlier
-                # runs shows "Completed" badges too; so wait for the run to end (API), then reload the
-                # run's page and read its own badge.
-                prefect_stack.wait_for_flow_run(run_id, timeout=180)
-                page.reload()
-                _wait_for_state_badge(page, "Completed", timeout=60)
-                # Once running, the flow renamed its run after the tables (flows/deployments.py).
-                expect(page.get_by_text("repair-appointment", exact=True).first).to_be_visible()
-                page.wait_for_timeout(1500)  # let the timeline and logs finish drawing
-                expect(_state_badge(page, "Completed")).to_be_visible()
-            except Exception:
-                failure = prefect_stack.run_dir / "ui-failure.png"
-                page.screenshot(path=str(failure))
-                print(f"UI test failed at {page.url}; screenshot {failure}")
-                if run_id:
-                    print(prefect_stack.diagnose(run_id))
-                raise
-            page.screenshot(path=str(SCREENSHOT))
-        finally:
-            browser.close()
+        tables = _field(page, "tables")
+        tables.get_by_role("button", name="Add item").click()
+        tables.locator("textarea").first.fill("appointment")
+        page.get_by_role("button", name="Submit", exact=True).click()
+        # Back on the deployment page, a toast says the run is scheduled and links to it.
+        page.get_by_text("View run", exact=True).first.click()
+        page.wait_for_url(RUN_URL, timeout=30_000)
+        run_id = RUN_URL.search(page.url).group(1)
+        # The URL changes before the run page replaces the deployment page, whose list of earlier
+        # runs shows "Completed" badges too; so wait for the run to end (API), then reload the
+        # run's page and read its own badge.
+        prefect_stack.wait_for_flow_run(run_id, timeout=180)
+        page.reload()
+        _wait_for_state_badge(page, "Completed", timeout=60)
+        # Once running, the flow renamed its run after the tables (flows/deployments.py).
+        expect(page.get_by_text("repair-appointment", exact=True).first).to_be_visible()
+        page.wait_for_timeout(1500)  # let the timeline and logs finish drawing
+        expect(_state_badge(page, "Completed")).to_be_visible()
+    except Exception:
+        failure = prefect_stack.run_dir / "ui-failure.png"
+        page.screenshot(path=str(failure))
+        print(f"UI test failed at {page.url}; screenshot {failure}")
+        if run_id:
+            print(prefect_stack.diagnose(run_id))
+        raise
+    page.screenshot(path=str(SCREENSHOT))
     seconds = time.monotonic() - t0
 
     run = prefect_stack.wait_for_flow_run(run_id, timeout=30)  # the page said Completed; so must the API
@@ -150,19 +153,11 @@ def test_custom_run_from_the_deployment_form_completes(deployed_env, prefect_sta
     print(f"UI run: {seconds:.1f}s from opening the UI to Completed; screenshot {SCREENSHOT}")
 
 
-def _tab(page: Page, name: str):
-    """A tab of the run page (Logs, Artifacts, ...)."""
-    tab = page.get_by_role("tab", name=name, exact=True)
-    return tab.first if tab.count() else page.get_by_text(name, exact=True).first
-
-
-def test_failed_nightly_run_shows_the_table_in_its_logs_and_the_report(deployed_env, prefect_stack) -> None:
+def _failed_nightly_run_page(page: Page, env, prefect_stack) -> None:  # noqa: ANN001
     """A scheduled nightly run with a table missing from the source: named `nightly-<date>`, its page
     says Failed, its Logs tab has the table's one ERROR line and the summary, its Artifacts tab the
-    run report naming the repair
-    deployment. The Logs tab is saved to docs/failed-run.png (ETL_UPDATE_SCREENSHOT=1)."""
-    env = deployed_env
-    env.source_sql(TABLE)
+    run report naming the repair deployment. The Logs tab is saved to docs/failed-run.png
+    (ETL_UPDATE_SCREENSHOT=1)."""
     env.write_config(CONFIG + "  ghost: {priority: critical, primary_key: [id]}\n")
     # A run of the nightly schedule, as the scheduler makes it (the stack's scheduler is off, so the
     # cron never fires mid-test): the last 02:00 America/New_York, backfilled, due at once.
@@ -189,39 +184,51 @@ def test_failed_nightly_run_shows_the_table_in_its_logs_and_the_report(deployed_
     assert logs[-1]["message"].startswith("summary: 2 of 3 tables ok, 1 failed (ghost); ")
 
     FAILED_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1500})
-            page.set_default_timeout(30_000)
-            try:
-                page.goto(f"{prefect_stack.ui_url}/runs/flow-run/{run_id}")
-                # The header's state (a Failed badge is not drawn like the Completed one the other test reads).
-                expect(page.get_by_role("banner").get_by_text("Failed", exact=True).first).to_be_visible(timeout=60_000)
-                expect(page.get_by_text(run["name"], exact=True).first).to_be_visible()
-                _tab(page, "Logs").click()
-                line = page.get_by_text(re.compile(r"table ghost failed: SchemaError: table 'ghost' does not exist"))
-                expect(line.first).to_be_visible()
-                expect(page.get_by_text(re.compile(r"^summary: 2 of 3 tables ok, 1 failed \(ghost\)")).first).to_be_visible()
-                page.wait_for_timeout(1000)
-                line.first.scroll_into_view_if_needed()  # the graph (red group-critical) above, the line below
-                page.screenshot(path=str(FAILED_SCREENSHOT), full_page=True)
-                _tab(page, "Artifacts").click()
-                page.get_by_text("etl-run-report", exact=True).first.click()
-                expect(page.get_by_text("ETL run FAILED: 2 of 3 tables ok, 1 failed").first).to_be_visible()
-                expect(page.get_by_text(re.compile(r"Repair: run deployment etl-repair/repair")).first).to_be_visible()
-                page.screenshot(path=str(FAILED_SCREENSHOT.with_name("failed-run-report.png")))
-            except Exception:
-                failure = prefect_stack.run_dir / "ui-failed-run-failure.png"
-                page.screenshot(path=str(failure))
-                print(f"UI test failed at {page.url}; screenshot {failure}")
-                print(prefect_stack.diagnose(run_id))
-                raise
-        finally:
-            browser.close()
+    page.set_viewport_size({"width": 1400, "height": 1500})
+    try:
+        page.goto(f"{prefect_stack.ui_url}/runs/flow-run/{run_id}")
+        # The header's state (a Failed badge is not drawn like the Completed one the custom run reads).
+        expect(page.get_by_role("banner").get_by_text("Failed", exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(run["name"], exact=True).first).to_be_visible()
+        _tab(page, "Logs").click()
+        line = page.get_by_text(re.compile(r"table ghost failed: SchemaError: table 'ghost' does not exist"))
+        expect(line.first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^summary: 2 of 3 tables ok, 1 failed \(ghost\)")).first).to_be_visible()
+        page.wait_for_timeout(1000)
+        line.first.scroll_into_view_if_needed()  # the graph (red group-critical) above, the line below
+        page.screenshot(path=str(FAILED_SCREENSHOT), full_page=True)
+        _tab(page, "Artifacts").click()
+        page.get_by_text("etl-run-report", exact=True).first.click()
+        expect(page.get_by_text("ETL run FAILED: 2 of 3 tables ok, 1 failed").first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Repair: run deployment etl-repair/repair")).first).to_be_visible()
+        page.screenshot(path=str(FAILED_SCREENSHOT.with_name("failed-run-report.png")))
+    except Exception:
+        failure = prefect_stack.run_dir / "ui-failed-run-failure.png"
+        page.screenshot(path=str(failure))
+        print(f"UI test failed at {page.url}; screenshot {failure}")
+        print(prefect_stack.diagnose(run_id))
+        raise
     src, pg = env.mysql(), env.pg()
     try:  # the other tables of the failed run were loaded
         for t in ("appointment", "document"):
             assert_pg_matches_mysql(src, env.source_db, pg, env.pg_schema, t)
     finally:
         src.close(), pg.close()
+
+
+def test_custom_run_completes_and_a_failed_nightly_run_shows_its_table(deployed_env, prefect_stack) -> None:
+    """The custom run first (it proves `document` is not loaded), then the nightly run that fails on
+    `ghost` and loads the rest, read on the same page of the same browser."""
+    env = deployed_env
+    env.source_sql(TABLE)
+    env.write_config(CONFIG)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            _custom_run_from_the_deployment_form(page, env, prefect_stack)
+            _failed_nightly_run_page(page, env, prefect_stack)
+        finally:
+            browser.close()
