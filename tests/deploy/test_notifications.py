@@ -29,15 +29,32 @@ tables:
 
 @pytest.fixture(scope="module")
 def automations(prefect_stack):  # noqa: ANN201
-    """The receiver, and the notification block + automations pointed at it (Late reported at once)."""
+    """The receiver, and the notification block + automations pointed at it (Late reported at once).
+
+    Also creates the run that no worker takes (see test_run_no_worker_takes_is_reported_late) right
+    away, so the server turns it Late while the other tests run instead of while one test waits."""
     receiver = Receiver()
     try:
         out = prefect_stack.run([sys.executable, "-m", "flows.cli", "notifications", "setup"], env={
             "ETL_NOTIFY_WEBHOOK": receiver.url, "ETL_NOTIFY_LATE_MINUTES": "0"})
         assert "etl-notify-crashed" in out.stdout and "etl-notify-late" in out.stdout, out.stdout + out.stderr
+        receiver.late_run = _late_probe_run(prefect_stack)
         yield receiver
     finally:
         receiver.close()
+
+
+def _late_probe_run(prefect_stack) -> dict:  # noqa: ANN001
+    """A run of a deployment on a pool nobody polls, due a minute ago."""
+    pool = f"{prefect_stack.pool}-nobody"
+    prefect_stack.prefect("work-pool", "create", pool, "--type", "process")
+    nightly = prefect_stack.deployment("etl-pipeline", "nightly")
+    dep = prefect_stack.api("POST", "/deployments/", json={
+        "name": "late-probe", "flow_id": nightly["flow_id"], "work_pool_name": pool,
+        "entrypoint": nightly["entrypoint"], "path": nightly.get("path"), "parameters": {}})
+    due = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat()
+    return prefect_stack.api("POST", f"/deployments/{dep['id']}/create_flow_run", json={
+        "name": "late-probe-run", "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due}}})
 
 
 def _wait_for(receiver: Receiver, predicate, timeout: float) -> dict | None:  # noqa: ANN001
@@ -58,54 +75,47 @@ def test_setup_is_repeatable_and_saves_one_automation_per_state(prefect_stack, a
     assert names == ["etl-notify-crashed", "etl-notify-failed", "etl-notify-late"]
 
 
-def test_killed_run_is_reported_crashed(deployed_env, prefect_stack, automations) -> None:
-    env = deployed_env
-    env.source_sql(TABLES)
-    env.write_config(CONFIG)
-    # The flow-run process kills itself (SIGKILL) after the first analytics chunk: no hook of ours runs.
-    out = prefect_stack.prefect(
-        "deployment", "run", "etl-repair/repair", "--param", 'tables=["patient"]',
-        "--job-variable", 'env={"ETL_FAULT": "analytics:patient:1:kill", "PREFECT_LOGGING_EXTRA_LOGGERS": "etl"}')
-    run_id = flow_run_id_from(out.stdout)
-    run = prefect_stack.wait_for_flow_run(run_id, timeout=120)
-    assert run["state"]["type"] == "CRASHED", prefect_stack.diagnose(run_id)
-    msg = _wait_for(automations, lambda p: run["name"] in p.get("text", "") and "crashed" in p["subject"].lower(),
-                    timeout=60)
-    assert msg is not None, json.dumps(automations.received, indent=1)
-    assert f"/runs/flow-run/{run_id}" in msg["text"] and "Crashed" in msg["text"]
-
-
-def test_run_no_worker_takes_is_reported_late(prefect_stack, automations) -> None:
-    """A run of a deployment on a pool nobody polls, due a minute ago: the server marks it Late, the
-    automation posts."""
-    pool = f"{prefect_stack.pool}-nobody"
-    prefect_stack.prefect("work-pool", "create", pool, "--type", "process")
-    nightly = prefect_stack.deployment("etl-pipeline", "nightly")
-    dep = prefect_stack.api("POST", "/deployments/", json={
-        "name": "late-probe", "flow_id": nightly["flow_id"], "work_pool_name": pool,
-        "entrypoint": nightly["entrypoint"], "path": nightly.get("path"), "parameters": {}})
-    due = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat()
-    fr = prefect_stack.api("POST", f"/deployments/{dep['id']}/create_flow_run", json={
-        "name": "late-probe-run", "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due}}})
-    msg = _wait_for(automations, lambda p: "late-probe-run" in p.get("text", ""), timeout=90)
-    assert msg is not None, (prefect_stack.flow_run(fr["id"])["state"], automations.received)
-    assert "Late" in msg["text"] and "not started" in msg["subject"]
-
-
-def test_failed_repair_run_is_one_message_not_one_per_subflow(deployed_env, prefect_stack, automations) -> None:
-    """The repair run fails (its table is not in the source); its inner pipeline subflow fails too, but
-    only runs of a deployment are reported: one message."""
+def test_killed_run_is_crashed_and_failed_run_is_one_message(deployed_env, prefect_stack, automations) -> None:
+    """Two repair runs at once, one on each worker (other tables, so no lock is shared):
+    - patient, whose flow-run process kills itself (SIGKILL) after the first analytics chunk: no hook
+      of ours runs, the run is Crashed and the server's automation says so;
+    - ghost, which is not in the source: the run fails; its inner pipeline subflow fails too, but only
+      runs of a deployment are reported: one message."""
     env = deployed_env
     env.source_sql(TABLES)
     env.write_config(CONFIG + "  ghost: {priority: critical, primary_key: [id]}\n")
     before = len(automations.received)
+    out = prefect_stack.prefect(
+        "deployment", "run", "etl-repair/repair", "--param", 'tables=["patient"]',
+        "--job-variable", 'env={"ETL_FAULT": "analytics:patient:1:kill", "PREFECT_LOGGING_EXTRA_LOGGERS": "etl"}')
+    killed_id = flow_run_id_from(out.stdout)
     out = prefect_stack.prefect("deployment", "run", "etl-repair/repair", "--param", 'tables=["ghost"]')
-    run_id = flow_run_id_from(out.stdout)
-    run = prefect_stack.wait_for_flow_run(run_id, timeout=120)
-    assert run["state"]["type"] == "FAILED", prefect_stack.diagnose(run_id)
+    failed_id = flow_run_id_from(out.stdout)
+
+    run = prefect_stack.wait_for_flow_run(failed_id, timeout=120)
+    assert run["state"]["type"] == "FAILED", prefect_stack.diagnose(failed_id)
     msg = _wait_for(automations, lambda p: run["name"] in p.get("text", "") and "failed" in p["subject"], timeout=60)
     assert msg is not None, automations.received
-    time.sleep(8)  # the subflow's Failed event came with the parent's; a second message would be here
+    failed_seen = time.monotonic()
+    assert "ghost" in msg["text"]
+
+    run = prefect_stack.wait_for_flow_run(killed_id, timeout=120)
+    assert run["state"]["type"] == "CRASHED", prefect_stack.diagnose(killed_id)
+    msg = _wait_for(automations, lambda p: run["name"] in p.get("text", "") and "crashed" in p["subject"].lower(),
+                    timeout=60)
+    assert msg is not None, json.dumps(automations.received, indent=1)
+    assert f"/runs/flow-run/{killed_id}" in msg["text"] and "Crashed" in msg["text"]
+
+    # The subflow's Failed event came with the parent's; a second message would be here 8 s after the first.
+    time.sleep(max(0.0, 8 - (time.monotonic() - failed_seen)))
     failed = [m["json"] for m in automations.received[before:] if "failed" in m["json"]["subject"]]
     assert len(failed) == 1, failed
-    assert "ghost" in msg["text"]
+
+
+def test_run_no_worker_takes_is_reported_late(prefect_stack, automations) -> None:
+    """The run of a deployment on a pool nobody polls, due a minute before the module started
+    (`automations`): the server marks it Late, the automation posts."""
+    fr = automations.late_run
+    msg = _wait_for(automations, lambda p: "late-probe-run" in p.get("text", ""), timeout=90)
+    assert msg is not None, (prefect_stack.flow_run(fr["id"])["state"], automations.received)
+    assert "Late" in msg["text"] and "not started" in msg["subject"]
