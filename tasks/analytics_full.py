@@ -7,6 +7,12 @@
 4. Swap in one transaction. A reader sees yesterday's table or today's, never a half-loaded one.
    When views depend on the table (dbt builds views on `raw`), the table is not renamed away from
    under them: its rows are replaced in place (TRUNCATE + INSERT from the shadow, one transaction).
+
+A small table (tasks/replica_full.small_enough, from the replica's estimate) whose analytics table
+already has exactly the columns, types, NOT NULLs and primary key this load would create is
+refreshed in place instead: DELETE, COPY into the live table and the sync state in one
+transaction, no DDL (no shadow table, key build, rename or drop). Readers see the old rows until
+the commit. A retry (resume) always takes the shadow path.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tasks import checkpoints, faults
+from tasks import checkpoints, faults, once
 from tasks.connections import Engines
 from tasks.copy import copy_chunk, report_invalid_dates, report_nul_chars
 from tasks.errors import SchemaError, is_retriable, redact
@@ -25,8 +31,10 @@ from tasks.identifiers import PG_MAX_IDENT, execute, mysql_ident, pg_ident, pg_q
 from tasks.job import PhaseStats, ProgressFn, TableJob
 from tasks.mysql_schema import TableSchema, max_allowed_packet
 from tasks.streaming import ChunkResult, LineQuery, group_rows_for
+from tasks.replica_full import small_enough
 from tasks.type_mapping import (
     INTEGER_TYPES, JSONB_REFUSED_REGEX, PgColumn, copy_line_select, invalid_date_count_expr, pg_create_table_sql,
+    same_pg_type,
 )
 
 log = logging.getLogger("etl.analytics")
@@ -191,6 +199,15 @@ def _load_full(engines: Engines, job: TableJob, *, schema: TableSchema, resume: 
         log.warning("%s: %s", table.name, stats.notes[-1])
     date_count = invalid_date_count_expr(list(schema.columns))
     by_source = {c.source.name: c for c in cols}
+    if not resume and len(parts) == 1 and small_enough(schema.estimated_rows, schema.data_length, table.batch_size):
+        query = LineQuery(table_sql=table_sql, line_expr=copy_line_select(cols),
+                          keyset=job.keyset(schema) if key else None, batch_size=table.batch_size,
+                          group_rows=group, integer_key=int_key, count_expr=date_count)
+        if _load_in_place(engines, job, cols=cols, query=query, stats=stats, progress=progress, in_swap=in_swap):
+            report_nul_chars(engines, table_sql, table.name, cols, stats)
+            report_invalid_dates(table.name, stats)
+            stats.seconds = time.monotonic() - started
+            return stats
     copy_sql = f"COPY {q_shadow} ({', '.join(pg_ident(c.name) for c in cols)}) FROM STDIN"
     line_expr = copy_line_select(cols)
 
@@ -199,7 +216,8 @@ def _load_full(engines: Engines, job: TableJob, *, schema: TableSchema, resume: 
         pg.autocommit = False
         cur = pg.cursor()
         checkpoints.pg_ensure(cur)  # takes the DDL lock first: tables starting together must not race
-        execute(cur, f"CREATE SCHEMA IF NOT EXISTS {pg_ident(pg_schema)}")
+        if once.first_time(pg, f"analytics:schema:{pg_schema}"):
+            execute(cur, f"CREATE SCHEMA IF NOT EXISTS {pg_ident(pg_schema)}")
         pg.commit()
 
         saved = checkpoints.pg_load(cur, pg_schema, pg_name) if resume and key else {}
@@ -266,6 +284,86 @@ def _load_full(engines: Engines, job: TableJob, *, schema: TableSchema, resume: 
     report_invalid_dates(table.name, stats)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def live_shape_matches(cur: Any, job: TableJob, cols: list[PgColumn]) -> bool:
+    """Does the live analytics table have exactly the columns (names, order, types, NOT NULL, defaults)
+    and primary key that `pg_create_table_sql` and the key build would give it? (False when it is missing.)"""
+    regclass = pg_regclass(job.pg_schema, job.pg_name)
+    cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid) "
+                "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                (regclass,))
+    have = cur.fetchall()
+    want = [(c.name, c.pg_type, not c.nullable or c.source.name in job.key, None) for c in cols]
+    if job.loaded_at_column:
+        want.append((job.loaded_at_column, "timestamp with time zone", True, "now()"))
+    if len(have) != len(want) or any(h[0] != w[0] or not same_pg_type(h[1], w[1]) or h[2] != w[2] or h[3] != w[3]
+                                     for h, w in zip(have, want)):
+        return False
+    cur.execute("SELECT c.conname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_constraint c "
+                "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord) "
+                "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+                "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'p' GROUP BY c.conname", (regclass,))
+    by_source = {c.source.name: c.name for c in cols}
+    want_pk = [(_constraint_name(job.pg_name), [by_source[k] for k in job.key])] if job.key else []
+    return [(r[0], list(r[1])) for r in cur.fetchall()] == want_pk
+
+
+def _load_in_place(engines: Engines, job: TableJob, *, cols: list[PgColumn], query: LineQuery, stats: PhaseStats,
+                   progress: ProgressFn | None, in_swap: Callable[[Any], None] | None) -> bool:
+    """The small-table path (module docstring): False, having written nothing, when it does not apply."""
+    q_live = pg_qualified(job.pg_schema, job.pg_name)
+    copy_sql = f"COPY {q_live} ({', '.join(pg_ident(c.name) for c in cols)}) FROM STDIN"
+    with engines.analytics.connect() as pc, engines.replica.connect() as rc:
+        pg = pc.connection.driver_connection
+        pg.autocommit = False
+        cur = pg.cursor()
+        live = _pg_exists(cur, job.pg_schema, job.pg_name)
+        if live and not live_shape_matches(cur, job, cols):
+            pg.rollback()
+            return False
+        my = rc.connection.driver_connection
+        try:
+            cur.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+            if live:
+                execute(cur, f"DELETE FROM {q_live}")
+            else:  # first load: created in this transaction, so nobody sees it before its rows
+                if once.first_time(pg, f"analytics:schema:{job.pg_schema}"):
+                    checkpoints.pg_ensure(cur)  # the DDL lock first, as the shadow path takes it
+                    execute(cur, f"CREATE SCHEMA IF NOT EXISTS {pg_ident(job.pg_schema)}")
+                execute(cur, pg_create_table_sql(q_live, cols, loaded_at_column=job.loaded_at_column))
+                if job.key:
+                    by_source = {c.source.name: c for c in cols}
+                    execute(cur, f"ALTER TABLE {q_live} ADD CONSTRAINT {pg_ident(_constraint_name(job.pg_name))} "
+                                 f"PRIMARY KEY ({', '.join(pg_ident(by_source[k].name) for k in job.key)})")
+            after = None
+            while True:
+                try:
+                    chunk = copy_chunk(pg, cur, my, copy_sql=copy_sql, query=query, after=after, table=job.name,
+                                       cols=cols)
+                except BaseException:
+                    rc.invalidate()
+                    raise
+                if chunk.rows:
+                    after = chunk.last_key
+                    total, _ = _Shared(stats, progress).add(chunk)
+                    if progress:
+                        progress(total)
+                if not job.keyed or chunk.rows < query.batch_size:
+                    break
+            faults.check("analytics", job.name, 1)
+            checkpoints.pg_ensure(cur)
+            checkpoints.pg_clear(cur, job.pg_schema, job.pg_name)
+            if in_swap:
+                in_swap(cur)
+            pg.commit()
+        except BaseException:
+            pg.rollback()
+            raise
+    stats.notes.append("small table: refreshed in place in one transaction (no shadow table)" if live
+                       else "small table: created and loaded in one transaction (no shadow table)")
+    return True
 
 
 def jsonb_refused_columns(conn: Any, table_sql: str, schema: TableSchema) -> set[str]:

@@ -13,6 +13,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from tasks import once
 from tasks.identifiers import mysql_ident, pg_ident
 from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
 
@@ -63,6 +64,8 @@ def decode_key(text: str | None) -> tuple | None:
 # --- replica (MySQL) side: the table lives in the replica database -------------------------------
 
 def mysql_ensure(cur: Any) -> None:
+    if not once.first_time(cur.connection, "replica:checkpoints"):  # tasks/once.py: once per connection
+        return
     cur.execute(
         f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_TABLE)} ("
         f"table_name {NAME_COLUMN} PRIMARY KEY, shadow VARCHAR(64) NOT NULL, "
@@ -99,6 +102,8 @@ def _pg_name() -> str:
 
 
 def pg_ensure(cur: Any) -> None:
+    if not once.first_time(cur.connection, "analytics:checkpoints"):  # the callers commit at once
+        return
     cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.metrics.ddl'))")
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_ident(PG_SCHEMA)}")
     cur.execute(

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from tasks import binlog_apply, deletes, range_checksum
+from tasks import binlog_apply, deletes, once, range_checksum
 from tasks.binlog_reader import encode_key
 from tasks.connections import Engines
 from tasks.identifiers import execute, mysql_ident
@@ -43,6 +43,8 @@ SaveFn = Callable[[Any, dict], None]
 
 
 def ensure_log(cur: Any) -> None:
+    if not once.first_time(cur.connection, "replica:checksum-log"):  # tasks/once.py
+        return
     cur.execute(f"CREATE TABLE IF NOT EXISTS {mysql_ident(LOG)} (seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, "
                 "table_name VARCHAR(64) NOT NULL, op CHAR(1) NOT NULL, key_json LONGTEXT NULL, "
                 "KEY (table_name, seq)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")

@@ -9,6 +9,14 @@ Two paths, chosen once per run:
   `LOAD DATA LOCAL INFILE` on it. The source is read inside one consistent-snapshot transaction.
 Both load in primary-key order into a table that has only its primary key, save the chunk's
 checkpoint in the same transaction, then build the secondary indexes and swap atomically.
+
+A small table (one chunk, at most IN_PLACE_MAX_ROWS rows, as the source estimates them) whose
+replica copy already has exactly the shape a full copy would create (`same_replica_shape`) is
+refreshed in place instead: DELETE and the same INSERT ... SELECT or LOAD DATA into the live
+table, and the sync state, in one transaction. No DDL at all (the shadow table, index build,
+RENAME and DROP were ~0.16 s of a 10-row table's ~0.5 s); readers see the old rows until the
+commit, then the new ones. On its first copy such a table is created under its own name with its
+indexes and filled (dropped again if the copy fails). A retry (resume) takes the shadow path.
 """
 from __future__ import annotations
 
@@ -22,11 +30,16 @@ from tasks.errors import is_retriable, redact
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, shadow_name
 from tasks.job import PhaseStats, ProgressFn, TableJob
 from tasks.load_data import fifo_path, load_chunk, load_data_plan, packet_size, writable_columns
-from tasks.mysql_schema import ensure_database, show_create_table, split_create_table, table_exists
+from tasks.mysql_schema import ensure_database, same_replica_shape, show_create_table, split_create_table, table_exists
 from tasks.streaming import ChunkResult, LineQuery, group_rows_for
 from tasks.type_mapping import INTEGER_TYPES
 
 log = logging.getLogger("etl.replica")
+
+
+# A full refresh of a table this small rewrites the live table in one transaction (no shadow table).
+IN_PLACE_MAX_ROWS = 10_000
+IN_PLACE_MAX_BYTES = 16 << 20
 
 
 def _exec(cur: Any, sql: str, params: Any = ()) -> int:
@@ -71,6 +84,10 @@ def copy_full(engines: Engines, job: TableJob, *, method: str, resume: bool = Fa
         ddl = show_create_table(sc, job.source_db, job.name)
         sc.rollback()
 
+    if not resume and _refresh_in_place(engines, job, ddl=ddl, stats=stats, method=method, progress=progress,
+                                        after_swap=after_swap):
+        stats.seconds = time.monotonic() - started
+        return stats
     try:
         _copy_into_shadow_and_swap(engines, job, ddl=ddl, shadow=shadow, stats=stats, method=method, resume=resume,
                                    progress=progress, after_swap=after_swap)
@@ -82,6 +99,64 @@ def copy_full(engines: Engines, job: TableJob, *, method: str, resume: bool = Fa
         raise
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def small_enough(rows: int | None, data_bytes: int | None, batch_size: int) -> bool:
+    """Whether a table is small enough to be rewritten in one transaction (both copies use this): at
+    most IN_PLACE_MAX_ROWS rows and bytes, and one chunk (a table of several chunks keeps the
+    shadow path, whose committed chunks a retry resumes after)."""
+    rows = rows or 0
+    return rows <= IN_PLACE_MAX_ROWS and rows <= batch_size and (data_bytes or 0) <= IN_PLACE_MAX_BYTES
+
+
+def _refresh_in_place(engines: Engines, job: TableJob, *, ddl: str, stats: PhaseStats, method: str,
+                      progress: ProgressFn | None, after_swap: Callable[[Any], None] | None) -> bool:
+    """The small-table path (module docstring): False, having written nothing, when it does not apply."""
+    if not small_enough(job.source.estimated_rows, job.source.data_length, job.table.batch_size):
+        return False
+    keep = job.key if job.key != job.source.primary_key else ()
+    with engines.replica.connect() as rc:
+        ensure_database(rc, job.replica_db)
+        live = table_exists(rc, job.replica_db, job.name)
+        if live and not same_replica_shape(ddl, show_create_table(rc, job.replica_db, job.name), job.name,
+                                           keep_unique=keep):
+            rc.rollback()
+            return False
+        rep = rc.connection.driver_connection
+        cur = rep.cursor()
+        execute(cur, f"USE {mysql_ident(job.replica_db)}")
+        checkpoints.mysql_ensure(cur)
+        if not live:  # first copy: created under its own name with its indexes (empty until the commit below)
+            execute(cur, split_create_table(ddl, job.name, keep_unique=keep).final)
+        if method == "server":  # before the transaction starts: the INSERT ... SELECT must not lock source rows
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        try:
+            # Row deletes, not TRUNCATE (DDL commits at once): the old rows stay until the new ones commit.
+            _exec(cur, f"DELETE FROM {mysql_ident(job.name)}")
+            if method == "server":
+                _copy_server_side(job, cur=cur, rep=rep, shadow=job.name, after=None, stats=stats, progress=progress,
+                                  in_place=True)
+            else:
+                with engines.source.connect() as sc:
+                    try:
+                        _copy_streamed(job, src=sc.connection.driver_connection, cur=cur, rep=rep, shadow=job.name,
+                                       after=None, stats=stats, progress=progress, in_place=True)
+                    except BaseException:
+                        sc.invalidate()
+                        raise
+            faults.check("replica", job.name, 1)
+            checkpoints.mysql_clear(cur, job.name)
+            if after_swap:
+                after_swap(cur)
+            rep.commit()
+        except BaseException:
+            rep.rollback()
+            if not live:  # a failed first copy leaves no table behind (the next run starts over)
+                _discard_shadow(engines, job.replica_db, job.name, job.name)
+            raise
+    stats.notes.append("small table: refreshed in place in one transaction (no shadow table)" if live
+                       else "small table: created and copied in one step (no shadow table)")
+    return True
 
 
 def _discard_shadow(engines: Engines, replica_db: str, table: str, shadow: str) -> None:
@@ -144,8 +219,9 @@ def _copy_into_shadow_and_swap(engines: Engines, job: TableJob, *, ddl: str, sha
 
 
 def _copy_server_side(job: TableJob, *, cur: Any, rep: Any, shadow: str, after: tuple | None, stats: PhaseStats,
-                      progress: ProgressFn | None) -> None:
-    """Each chunk: one INSERT ... SELECT from the source table into the shadow table (same server)."""
+                      progress: ProgressFn | None, in_place: bool = False) -> None:
+    """Each chunk: one INSERT ... SELECT from the source table into the shadow table (same server).
+    `in_place`: into the live table, inside the caller's transaction (no commit, no checkpoint)."""
     table, key = job.table, job.key
     cols = ", ".join(mysql_ident(c) for c in writable_columns(job.source))
     src = job.source_sql
@@ -153,9 +229,10 @@ def _copy_server_side(job: TableJob, *, cur: Any, rep: Any, shadow: str, after: 
     # READ COMMITTED: INSERT ... SELECT then reads the source without locking its rows.
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     try:
-        if not key:
+        if not key or in_place:  # in place: one statement, the table is small
             n = _exec(cur, f"INSERT INTO {dst} ({cols}) SELECT {cols} FROM {src}")
-            rep.commit()
+            if not in_place:
+                rep.commit()
             stats.rows += n
             stats.chunks += 1
             return
@@ -183,8 +260,9 @@ def _copy_server_side(job: TableJob, *, cur: Any, rep: Any, shadow: str, after: 
 
 
 def _copy_streamed(job: TableJob, *, src: Any, cur: Any, rep: Any, shadow: str, after: tuple | None,
-                   stats: PhaseStats, progress: ProgressFn | None) -> None:
-    """Each chunk: the source prints LOAD DATA lines into a FIFO, the replica loads them into the shadow."""
+                   stats: PhaseStats, progress: ProgressFn | None, in_place: bool = False) -> None:
+    """Each chunk: the source prints LOAD DATA lines into a FIFO, the replica loads them into the shadow.
+    `in_place`: into the live table, inside the caller's transaction (no commit, no checkpoint)."""
     table, schema, key = job.table, job.source, job.key
     plan = load_data_plan(schema, shadow)
     query = LineQuery(
@@ -207,15 +285,17 @@ def _copy_streamed(job: TableJob, *, src: Any, cur: Any, rep: Any, shadow: str, 
                 chunk = ChunkResult()
                 load_chunk(src, cur, fifo, load_sql, query, after, chunk, enum_columns)
                 if chunk.rows == 0:
-                    rep.commit()
+                    if not in_place:
+                        rep.commit()
                     break
                 after = chunk.last_key
                 stats.rows += chunk.rows
                 stats.bytes += chunk.bytes
                 stats.chunks += 1
-                if key:
+                if key and not in_place:
                     checkpoints.mysql_save(cur, table.name, shadow, after, stats.rows)
-                rep.commit()
+                if not in_place:
+                    rep.commit()
                 if progress:
                     progress(stats.rows)
                 faults.check("replica", table.name, stats.chunks)

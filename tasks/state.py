@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks import once
 from tasks.checkpoints import decode_key, encode_key
 from tasks.identifiers import mysql_ident, mysql_qualified
 from tasks.mysql_schema import NAME_COLUMN, ensure_exact_names
@@ -72,6 +73,8 @@ _MYSQL_COLUMNS = (
 
 
 def mysql_ensure(cur: Any) -> None:
+    if not once.first_time(cur.connection, "replica:state"):  # tasks/once.py: once per connection
+        return
     cur.execute(f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_STATE)} ({_MYSQL_COLUMNS}, "
                 "PRIMARY KEY (table_name, column_name)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
     cur.execute(f"CREATE TABLE IF NOT EXISTS {mysql_ident(MYSQL_HISTORY)} ({_MYSQL_COLUMNS}, "
@@ -195,6 +198,8 @@ _PG_COLUMNS = (
 
 
 def pg_ensure(cur: Any) -> None:
+    if not once.first_time(cur.connection, "analytics:state"):  # the callers commit at once
+        return
     # Tables of one run start together: CREATE ... IF NOT EXISTS alone races on a fresh database.
     cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.metrics.ddl'))")
     cur.execute("CREATE SCHEMA IF NOT EXISTS etl")
