@@ -17,7 +17,8 @@ from prefect.runtime import flow_run as runtime_flow_run
 
 from blocks.connectors import BlockNames
 from config.models import ResolvedTable, load_pipeline_config
-from flows.pipeline import child_without_heartbeat, reach_databases, table_flow
+from flows.pipeline import child_without_heartbeat, table_flow
+from flows.wiring import reach_databases
 from tasks import run as plain
 from tasks.connections import lookup, open_engines, register, unregister
 from tasks.errors import ConfigError, LoadError

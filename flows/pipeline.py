@@ -24,69 +24,36 @@ from __future__ import annotations
 
 import time
 import uuid
-from contextlib import nullcontext
 from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.runtime import task_run as runtime_task_run
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from blocks.connectors import BlockNames
 from config.models import PipelineConfig, ResolvedTable, load_pipeline_config
-from flows.run_logs import log_failed_tables, log_summary, pipeline_run_name, run_loggers
-from flows.wiring import child_without_heartbeat, collect_outcomes, outcomes_of, outcomes_state, publish_report
+from flows.run_logs import log_failed_tables, pipeline_run_name, run_loggers
+from flows.wiring import (
+    api_retried, attempt, check_targets, child_without_heartbeat, collect_outcomes, finish_pipeline, outcomes_of,
+    outcomes_state, probe_tables, source_slot,
+)
 from tasks import notify
 from tasks import run as plain
 from tasks.artifacts import publish_group_report
 from tasks.batches import deal_batches, light_tables, rows_to_move, split_batched
-from tasks.connections import EngineUrls, check_reachable, open_engines, register, unregister
-from tasks.dbt_run import run_dbt_after_load
-from tasks.errors import DbtFailed, LoadError, TablesFailed, retry_condition
-from tasks.guard import check_run
+from tasks.connections import open_engines, register, unregister
+from tasks.errors import retry_condition
 from tasks.job import PhaseStats
-from tasks.metrics import MetricsWriter
-from tasks.outcomes import TableOutcome, failed_outcome, failed_summary, failed_tables, failure_details
+from tasks.outcomes import TableOutcome, failed_outcome
 from tasks.progress import Progress
 from tasks.run import RunOptions
 from tasks.schedule_guard import check_blackout
 
 RETRIES = 3
 RETRY_DELAYS = [2, 10, 30]
-# Reaching the databases at the start follows the same policy (a server restarting is back within
-# seconds; a wrong password or database name is fatal at once). Read when the run starts, so tests
-# can shorten the delays.
-CONNECT_RETRIES = RETRIES
-CONNECT_RETRY_DELAYS = RETRY_DELAYS
-
-
-# NO_CACHE: the task's input holds the URLs (and their passwords); nothing may hash or keep it.
-@task(task_run_name="check-connections", cache_policy=NO_CACHE)
-def check_connections(urls: EngineUrls) -> None:
-    """Log in to source, replica and analytics, in that order, before anything is created or written."""
-    for role in ("source", "replica", "analytics"):
-        check_reachable(role, getattr(urls, role), getattr(urls, f"{role}_connect_args"))
-
-
-def reach_databases(urls: EngineUrls) -> None:
-    """`check_connections`, retried per the policy while the reason is transient.
-
-    When it gives up the run fails here: no replica database, no schema, no metrics row was
-    written (the analytics database may be the one that is down, so the failure is recorded only
-    where it always can be: the Prefect run state and logs, and the CLI's exit status).
-    """
-    check = check_connections.with_options(retries=CONNECT_RETRIES, retry_delay_seconds=CONNECT_RETRY_DELAYS,
-                                           retry_condition_fn=retry_condition)
-    try:
-        check(urls)
-    except LoadError as e:
-        if not e.retriable:
-            raise
-        raise LoadError(f"{e} (gave up after {CONNECT_RETRIES + 1} attempts)", table=e.table, phase=e.phase,
-                        retriable=True) from None
 
 
 @task(task_run_name="capture-binlog", cache_policy=NO_CACHE)
@@ -95,22 +62,14 @@ def capture_binlog(opts: RunOptions, cfg: PipelineConfig) -> dict[str, str]:
     return plain.capture_binlog(opts.context(), cfg)
 
 
-def _attempt() -> int:
-    try:
-        return int(runtime_task_run.run_count or 1)
-    except Exception:  # noqa: BLE001 - outside a task run
-        return 1
-
-
 @task(task_run_name="replicate-{table.name}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_condition)
 def replicate_table(table: ResolvedTable, opts: RunOptions) -> PhaseStats:
     """Source -> replica for one table; a retry resumes after the last committed chunk."""
     logger = get_run_logger()
-    stats = plain.replicate_phase(opts.context(), table, attempt=_attempt(),
+    stats = plain.replicate_phase(opts.context(), table, attempt=attempt(),
                                   progress=Progress(table.name, "replica copy", rows_to_move(table, full_refresh=opts.full_refresh), logger))
-    logger.info("%s: %s row%s to the replica in %.2fs (%s, %d chunks)", table.name, f"{stats.rows:,}",
-                "" if stats.rows == 1 else "s", stats.seconds, stats.method, stats.chunks)
+    logger.info("%s", stats.summary(table.name, to="the replica"))
     return stats
 
 
@@ -119,10 +78,9 @@ def replicate_table(table: ResolvedTable, opts: RunOptions) -> PhaseStats:
 def load_table(table: ResolvedTable, opts: RunOptions) -> PhaseStats:
     """Replica -> analytics for one table; a retry resumes after the last committed chunk."""
     logger = get_run_logger()
-    stats = plain.load_phase(opts.context(), table, attempt=_attempt(),
+    stats = plain.load_phase(opts.context(), table, attempt=attempt(),
                              progress=Progress(table.name, "analytics load", rows_to_move(table, full_refresh=opts.full_refresh), logger))
-    logger.info("%s: %s row%s to PostgreSQL in %.2fs (%d chunks, %.0f rows/s)", table.name, f"{stats.rows:,}",
-                "" if stats.rows == 1 else "s", stats.seconds, stats.chunks, stats.rows_per_second)
+    logger.info("%s", stats.summary(table.name, to="PostgreSQL"))
     return stats
 
 
@@ -164,27 +122,18 @@ def run_small_tables(group: str, batch_no: int, tables: list[ResolvedTable], opt
 
 
 def process_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
-    """The work of one table inside whichever flow runs it (its own, or a small-tables batch): the plain
-    runner's lifecycle (tasks/run.py), each phase a task run with its retries."""
-    phases = plain.Phases(replicate=lambda t: replicate_table(t, opts), load=lambda t: load_table(t, opts),
-                          verify=lambda t: verify_table(t, opts))
-    return plain.run_table(opts.context(), table, phases=phases, source_slot=lambda: _source_slot(opts))
-
-
-def _source_slot(opts: RunOptions):  # noqa: ANN202
-    """A slot of the global source limit (standalone table runs), else nothing."""
-    if not opts.source_limit:
-        return nullcontext()
-    from prefect.concurrency.sync import concurrency
-
-    return concurrency(opts.source_limit, occupy=1)
+    """One table in whichever flow runs it: tasks/run.run_table, each phase a task run with its retries."""
+    phases = plain.Phases(replicate=lambda t: api_retried(lambda: replicate_table(t, opts)),
+                          load=lambda t: api_retried(lambda: load_table(t, opts)),
+                          verify=lambda t: api_retried(lambda: verify_table(t, opts)))
+    return plain.run_table(opts.context(), table, phases=phases, source_slot=lambda: source_slot(opts))
 
 
 @task(task_run_name="run-{table.name}")
 def run_table(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
     """Runs a table's subflow on this worker thread (the group's ThreadPoolTaskRunner)."""
     with child_without_heartbeat():
-        return table_flow(table, opts)
+        return api_retried(lambda: table_flow(table, opts))
 
 
 @flow(flow_run_name="group-{group}", validate_parameters=False)
@@ -197,10 +146,9 @@ def group_flow(group: str, tables: list[ResolvedTable], opts: RunOptions, worker
     batches are at least `workers` many and balanced by estimated rows, so they run side by side.
     The group's run ends Failed when one of its tables failed, and still returns every outcome.
     """
+    runner = run_table
     if opts.dispatch == "deployment":
         from flows.dispatch import dispatch_table as runner  # flows/dispatch.py runs table_flow: imported here
-    else:
-        runner = run_table
     tables, small = split_batched(tables, light=set(light or ()), dispatch=opts.dispatch)
     futures = [runner.submit(t, opts) for t in tables]
     batches = deal_batches(small, workers=workers)
@@ -256,10 +204,7 @@ def etl_pipeline(
     # In-process table flows share these engines; dispatched table runs open their own.
     workers = max((g.workers for g in cfg.priorities), default=1) if dispatch == "local" else 1
 
-    reach_databases(urls)
-    # Never write to production: the replica is not the source, nor an application database; the
-    # analytics schema is ours (tasks/guard.py). Before open_engines creates the replica database.
-    check_run(settings, cfg, urls, source=source, blocks=blocks, claim=True)
+    check_targets(settings, cfg, urls, source=source, blocks=blocks)  # reachable, and never production
     with open_engines(urls, workers=workers, max_source_connections=settings.max_source_queries) as engines:
         register(run_id, engines)
         try:
@@ -270,18 +215,17 @@ def etl_pipeline(
                 blocks=blocks.model_dump() if blocks is not None else None, source=source)
             # Tables whose last sync was incremental move only what changed: they share batch flow runs.
             light = light_tables(engines, opts.replica_db, full_refresh=full_refresh, dispatch=dispatch)
-            metrics = MetricsWriter(engines.analytics, run_id, urls.secrets(), source=source)
-            metrics.ensure_schema()
-            metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
+            opts.context().metrics.run_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
             logger.info("%d tables; replica copy path: %s; analytics schema %s; dispatch %s", len(chosen), method,
                         opts.pg_schema, dispatch)
 
-            outcomes: list[TableOutcome] = []
             loggers = run_loggers(logger)
             blocked = capture_binlog(opts, cfg)  # binlog mode: once per source per run, not per table
-            outcomes.extend(failed_outcome(t.name, blocked[t.name]) for t in chosen if t.name in blocked)
+            outcomes = [failed_outcome(t.name, blocked[t.name]) for t in chosen if t.name in blocked]
+            skipped, to_run = probe_tables(opts, [t for t in chosen if t.name not in blocked])  # unchanged: no task
+            outcomes.extend(skipped)
             for group in cfg.groups_in_order():
-                members = [t for t in cfg.tables_in_group(group.name, chosen) if t.name not in blocked]
+                members = [t for t in cfg.tables_in_group(group.name, chosen) if t.name in to_run]
                 if not members:
                     continue
                 runner = ThreadPoolTaskRunner(max_workers=group.workers)
@@ -296,23 +240,9 @@ def etl_pipeline(
                 outcomes.extend(done)
                 log_failed_tables(done, loggers)
 
-            failed = failed_tables(outcomes)
         finally:
             unregister(run_id)
-    # The engines are disposed now, so the usage counters say whether any connection outlived the run.
-    usage = engines.usage()
-    plain.warn_leaks(engines, logger.warning)
-    # After the engines are gone: a long dbt build holds no source or replica connection.
-    dbt_result = run_dbt_after_load(cfg.dbt, enabled=dbt, failed_tables=failed, run_id=run_id, urls=urls,
-                                    config_path=config_path or settings.config, pg_schema=settings.analytics_schema,
-                                    logger=logger)
-    # Published also when tables failed, before the run is failed below.
-    publish_report(urls, run_id, outcomes, usage, keep_days=metrics_keep_days, logger=logger, dbt_result=dbt_result,
-                   source=source)
-    # The last line of the run's log (keep it last: anything logged after it hides it).
-    log_summary(outcomes, seconds=time.monotonic() - started, loggers=loggers)
-    if failed:
-        raise TablesFailed(f"{failed_summary(outcomes)} ({failure_details(outcomes)})")
-    if dbt_result is not None and dbt_result.status == "failed":
-        raise DbtFailed(dbt_result.summary())
-    return outcomes
+    # The engines are disposed now: dbt, the run row, the report and the summary (flows/wiring.py).
+    return finish_pipeline(engines, urls, cfg, run_id, outcomes, dbt=dbt, config_path=config_path or settings.config,
+                           pg_schema=settings.analytics_schema, keep_days=metrics_keep_days, source=source,
+                           seconds=time.monotonic() - started, loggers=loggers, logger=logger)

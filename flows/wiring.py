@@ -1,19 +1,24 @@
 """Prefect glue the flows share (flows/pipeline.py, flows/dispatch.py): child flow runs without a
 heartbeat of their own, subflow states that carry table outcomes, task futures turned into outcomes,
-and the run report artifact at the end of a run. No table work here (that is tasks/)."""
+the connection check at the start (retried), the run's probe task, and the run report artifact at
+the end of a run. No table work here (that is tasks/)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterable, Iterator
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.runtime import task_run as runtime_task_run
 from prefect.states import Failed, State
 
 from config.models import ResolvedTable
 from tasks import run as plain
 from tasks.artifacts import merge_outcomes, publish_run_report, render_dbt_section, render_report
-from tasks.connections import EngineUrls
-from tasks.errors import LoadError
+from tasks.connections import EngineUrls, check_reachable
+from tasks.errors import LoadError, api_unavailable, retry_condition
 from tasks.outcomes import TableOutcome, failed_outcome, failed_summary, failed_tables
 
 
@@ -90,3 +95,121 @@ def publish_report(urls: EngineUrls, run_id: str, outcomes: list[TableOutcome], 
     markdown += "\n" + render_dbt_section(dbt_result)
     publish_run_report(markdown, run_id=run_id, failed=len(failed_tables(outcomes)),
                        also_on=runtime_flow_run.parent_flow_run_id)
+
+
+# Reaching the databases at the start: retried like a table phase (a server restarting is back within
+# seconds; a wrong password or database name is fatal at once). Read when the run starts, so tests
+# can shorten the delays.
+CONNECT_RETRIES = 3
+CONNECT_RETRY_DELAYS = [2, 10, 30]
+
+
+# NO_CACHE: the task's input holds the URLs (and their passwords); nothing may hash or keep it.
+@task(task_run_name="check-connections", cache_policy=NO_CACHE)
+def check_connections(urls: EngineUrls) -> None:
+    """Log in to source, replica and analytics, in that order, before anything is created or written."""
+    for role in ("source", "replica", "analytics"):
+        check_reachable(role, getattr(urls, role), getattr(urls, f"{role}_connect_args"))
+
+
+def reach_databases(urls: EngineUrls) -> None:
+    """`check_connections`, retried per the policy while the reason is transient.
+
+    When it gives up the run fails here: no replica database, no schema, no metrics row was
+    written (the analytics database may be the one that is down, so the failure is recorded only
+    where it always can be: the Prefect run state and logs, and the CLI's exit status).
+    """
+    check = check_connections.with_options(retries=CONNECT_RETRIES, retry_delay_seconds=CONNECT_RETRY_DELAYS,
+                                           retry_condition_fn=retry_condition)
+    try:
+        check(urls)
+    except LoadError as e:
+        if not e.retriable:
+            raise
+        raise LoadError(f"{e} (gave up after {CONNECT_RETRIES + 1} attempts)", table=e.table, phase=e.phase,
+                        retriable=True) from None
+
+
+def api_retried(call: Any, *, attempts: int = 4, delay: float = 3.0) -> Any:
+    """`call()` (a task or subflow call), made again when the Prefect API was unavailable (502/503/504).
+
+    A task's own retries start once its task run exists; a 503 while the run is being created (or its
+    first state set) is raised from the call itself, and a bench run lost a table to it. Calling again
+    creates a new run, which is safe: every phase resumes or starts over (tasks/run.py)."""
+    for n in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - classified, re-raised unless the API was unavailable
+            if n == attempts or not api_unavailable(e):
+                raise
+            time.sleep(delay * n)
+    return None
+
+
+def check_targets(settings: Any, cfg: Any, urls: EngineUrls, *, source: str | None, blocks: Any) -> None:
+    """The run's start: every database reachable (`reach_databases`), then never write to production:
+    the replica is not the source, nor an application database; the analytics schema is ours
+    (tasks/guard.py). Before open_engines creates the replica database."""
+    from tasks.guard import check_run
+
+    reach_databases(urls)
+    check_run(settings, cfg, urls, source=source, blocks=blocks, claim=True)
+
+
+def attempt() -> int:
+    """This task run's attempt (1 for the first; outside a task run 1)."""
+    try:
+        return int(runtime_task_run.run_count or 1)
+    except Exception:  # noqa: BLE001 - outside a task run
+        return 1
+
+
+def source_slot(opts: plain.RunOptions):  # noqa: ANN201
+    """A slot of the global source limit (standalone table runs), else nothing."""
+    if not opts.source_limit:
+        return nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(opts.source_limit, occupy=1)
+
+
+@task(task_run_name="probe-tables", cache_policy=NO_CACHE)
+def probe_tables(opts: plain.RunOptions, tables: list[ResolvedTable]) -> tuple[list[TableOutcome], list[str]]:
+    """Every table probed before any table task exists (tasks/skips.py): the unchanged ones get no task
+    run, one metrics write for all of them and a line here; returns (their outcomes, the tables to run)."""
+    from prefect import get_run_logger
+
+    from tasks import skips
+
+    ctx = opts.context()
+    skipped, rest = skips.sort_out(ctx, tables, workers=skips.probe_workers(ctx))
+    if skipped:
+        get_run_logger().info("%d of %d tables unchanged since their last run (skipped): %s", len(skipped),
+                              len(tables), ", ".join(o.table for o in skipped))
+    return skipped, [t.name for t in rest]
+
+
+def finish_pipeline(engines: Any, urls: EngineUrls, cfg: Any, run_id: str, outcomes: list[TableOutcome], *,
+                    dbt: bool, config_path: str, pg_schema: str, keep_days: int, source: str | None, seconds: float,
+                    loggers: Any, logger: Any) -> list[TableOutcome]:
+    """The end of `etl_pipeline`, after its engines are disposed: the leak warning, dbt (a long build
+    holds no source or replica connection), the run row and report (published also when tables
+    failed), the summary as the log's last line, then the run failed when a table or dbt failed."""
+    from flows.run_logs import log_summary
+    from tasks.dbt_run import run_dbt_after_load
+    from tasks.errors import DbtFailed, TablesFailed
+    from tasks.outcomes import failure_details
+
+    usage = engines.usage()  # the counters say whether any connection outlived the run
+    plain.warn_leaks(engines, logger.warning)
+    failed = failed_tables(outcomes)
+    dbt_result = run_dbt_after_load(cfg.dbt, enabled=dbt, failed_tables=failed, run_id=run_id, urls=urls,
+                                    config_path=config_path, pg_schema=pg_schema, logger=logger)
+    publish_report(urls, run_id, outcomes, usage, keep_days=keep_days, logger=logger, dbt_result=dbt_result,
+                   source=source)
+    log_summary(outcomes, seconds=seconds, loggers=loggers)  # keep it last: anything logged after it hides it
+    if failed:
+        raise TablesFailed(f"{failed_summary(outcomes)} ({failure_details(outcomes)})")
+    if dbt_result is not None and dbt_result.status == "failed":
+        raise DbtFailed(dbt_result.summary())
+    return outcomes

@@ -110,12 +110,14 @@ def is_retriable(exc: BaseException) -> bool:
         return root.pgcode in _PG_RETRIABLE_CODES
     if isinstance(root, (ConnectionError, TimeoutError)):
         return True
-    # The Prefect API itself can be briefly unavailable: the temporary local server runs on SQLite
-    # and answers 503 "database is locked" when many runs write at once.
-    status = getattr(getattr(root, "response", None), "status_code", None)
-    if type(root).__name__ in ("PrefectHTTPStatusError", "HTTPStatusError") and status in (502, 503, 504):
-        return True
-    return False
+    return api_unavailable(root)
+
+
+def api_unavailable(exc: BaseException) -> bool:
+    """The Prefect API itself was briefly unavailable: the temporary local server runs on SQLite and
+    answers 503 "database is locked" when many runs write at once (after the client's own retries)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return type(exc).__name__ in ("PrefectHTTPStatusError", "HTTPStatusError") and status in (502, 503, 504)
 
 
 def retry_condition(task: Any, task_run: Any, state: Any) -> bool:

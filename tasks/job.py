@@ -62,6 +62,13 @@ class PhaseStats:
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self, table: str, *, to: str) -> str:
+        """The phase's log line: `to` is "the replica" or "PostgreSQL"."""
+        rows = f"{table}: {self.rows:,} row{'' if self.rows == 1 else 's'} to {to} in {self.seconds:.2f}s"
+        if to == "the replica":
+            return f"{rows} ({self.method}, {self.chunks} chunks)"
+        return f"{rows} ({self.chunks} chunks, {self.rows_per_second:.0f} rows/s)"
+
 
 def effective_mode(table: ResolvedTable, schema: TableSchema, key: tuple[str, ...]) -> tuple[Mode, str]:
     """(mode, why) for a table; raises SchemaError when the config names columns that do not fit."""
@@ -195,3 +202,28 @@ def read_job(conn: sa.Connection, table: ResolvedTable, *, source_db: str, repli
 def column_types(schema: TableSchema) -> dict[str, Any]:
     """{column: MySQL data type}, what the watermark and window code asks about a table."""
     return {c.name: c.data_type for c in schema.columns}
+
+
+def read_jobs(conn: sa.Connection, tables: list[ResolvedTable], *, source_db: str, replica_db: str,
+              pg_schema: str = "", column_case: ColumnCase = "lower",
+              loaded_at_column: str | None = "_etl_loaded_at") -> dict[str, TableJob]:
+    """`read_job` of many tables on one source connection, from one metadata read of the whole
+    database (mysql_schema.read_database_schemas) and one time zone read. A table it cannot build
+    (missing, a view, a refused key) is left out: its own `build_job` then raises its error where
+    it is retried and recorded."""
+    schemas = mysql_schema.read_database_schemas(conn, source_db, {t.name for t in tables})
+    tz = source_time_zone(conn)
+    out: dict[str, TableJob] = {}
+    for table in tables:
+        if table.name not in schemas:
+            continue
+        schema, uniques = schemas[table.name]
+        try:
+            key = mysql_schema.choose_key(schema, table.primary_key, uniques)
+            mode, why = effective_mode(table, schema, key)
+        except Exception:  # noqa: BLE001 - reported by the table's own build_job
+            continue
+        out[table.name] = TableJob(table=table, source_db=source_db, replica_db=replica_db, source=schema, key=key,
+                                   mode=mode, why=why, source_time_zone=tz, pg_schema=pg_schema,
+                                   column_case=column_case, loaded_at_column=loaded_at_column)
+    return out

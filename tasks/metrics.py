@@ -193,6 +193,11 @@ class MetricsWriter:
              prefect_run_url, self.source),
         )
 
+    def run_started(self, **kw: Any) -> None:
+        """The metrics schema made sure of, then the run's row (`pipeline_started`'s arguments)."""
+        self.ensure_schema()
+        self.pipeline_started(**kw)
+
     def pipeline_failed(self, error: str, *, status: str = "failed") -> None:
         """Close a run that stopped outside the tables (before any started, or in the bookkeeping)."""
         self._exec(
@@ -242,6 +247,28 @@ class MetricsWriter:
             "status = 'running', started_at = now(), ended_at = NULL, error = NULL, worker = EXCLUDED.worker",
             (self.run_id, table, priority, mode, worker, self.source),
         )
+
+    def tables_unchanged(self, skipped: list[tuple[str, str, str]]) -> None:
+        """The rows of tables the probe skipped, (table, priority, why) each: one statement for all of
+        them (tasks/skips.py), where a table that runs writes two (started, finished)."""
+        if not skipped:
+            return
+        from psycopg2.extras import execute_values
+
+        worker = worker_identity()
+        with self.engine.connect() as c:
+            raw = c.connection.driver_connection
+            with raw.cursor() as cur:
+                execute_values(
+                    cur, f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, priority, mode, status, worker, "
+                    "source, ended_at, replica_rows, analytics_rows, notes, note_list) VALUES %s "
+                    "ON CONFLICT (run_id, table_name) DO UPDATE SET status = EXCLUDED.status, mode = EXCLUDED.mode, "
+                    "started_at = now(), ended_at = now(), error = NULL, worker = EXCLUDED.worker, "
+                    "replica_rows = 0, analytics_rows = 0, notes = EXCLUDED.notes, note_list = EXCLUDED.note_list",
+                    [(self.run_id, t, priority, "unchanged", "ok", worker, self.source, 0, 0, self.clean(why),
+                      json.dumps([self.clean(why)])) for t, priority, why in skipped],
+                    template="(%s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s, %s)", page_size=500)
+            raw.commit()
 
     def table_connection_usage(self, table: str, usage: dict) -> None:
         """Connection counters of a table run that had engines of its own (a standalone table flow)."""

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 from config.models import ColumnCase, PipelineConfig, ResolvedTable
 from config.settings import Settings
-from tasks import decide, guard, probe, sync
+from tasks import decide, guard, probe, skips, sync
 from tasks.connections import Engines, EngineUrls, lookup, open_engines, open_metrics_engine
 from tasks.errors import EtlError, LoadError, redact
 from tasks.job import PhaseStats, TableJob, build_job
@@ -224,9 +224,10 @@ class _RunBook:
         self.lock = threading.Lock()
         self.pg_ready = False
         self.replica_tables: set[str] | None = None
+        self.looks: dict[str, Look] = {}  # probed before the tables ran (tasks/skips.py), taken once each
 
 
-def _probe_book(ctx: RunContext) -> _RunBook:
+def probe_book(ctx: RunContext) -> _RunBook:
     book = _RunBook.of(ctx.engines, ctx.run_id)
     with book.lock:
         if not book.pg_ready:
@@ -249,6 +250,11 @@ def probe_phase(ctx: RunContext, table: ResolvedTable) -> Look:
     """One read on the source, one in analytics: is there anything to do for this table?"""
     from tasks.identifiers import pg_regclass
 
+    book = probe_book(ctx)
+    with book.lock:
+        ready = book.looks.pop(table.name, None)
+    if ready is not None:  # probed with the run's other tables before any table ran (tasks/skips.py)
+        return ready
     t0 = time.monotonic()
     try:
         job = ctx.job(table)
@@ -258,7 +264,6 @@ def probe_phase(ctx: RunContext, table: ResolvedTable) -> Look:
         return Look(probe=None)
     if not probe.probed(job):
         return Look(probe=None)
-    book = _probe_book(ctx)
     with ctx.engines.source.connect() as sc:
         found = probe.read_probe(sc.connection.driver_connection.cursor(), job)
         sc.rollback()
@@ -506,6 +511,9 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
         metrics.pipeline_started(tables_total=len(chosen), full_refresh=full_refresh, replica_method=method)
         blocked = capture_binlog(ctx, cfg)  # binlog mode: once per source per run
         outcomes.extend(failed_outcome(t.name, blocked[t.name]) for t in chosen if t.name in blocked)
+        skipped, chosen = skips.sort_out(ctx, [t for t in chosen if t.name not in blocked],
+                                         workers=skips.probe_workers(ctx))  # unchanged tables: one write for all
+        outcomes.extend(skipped)
         for group in cfg.groups_in_order():
             members = [t for t in cfg.tables_in_group(group.name, chosen) if t.name not in blocked]
             if members:

@@ -267,8 +267,9 @@ def test_unreachable_database_at_start_fails_naming_it_and_touches_nothing(
     password in the URL appears nowhere: not in the output, the exception, the Prefect run's state,
     its logs, nor anywhere in the Prefect API's database."""
     import flows.pipeline as pipeline
+    import flows.wiring as wiring
 
-    monkeypatch.setattr(pipeline, "CONNECT_RETRY_DELAYS", [0.2, 0.2, 0.2])
+    monkeypatch.setattr(wiring, "CONNECT_RETRY_DELAYS", [0.2, 0.2, 0.2])
     password = f"Pw-{os.urandom(4).hex()}-s3cret"
     quoted = urllib.parse.quote(password, safe="")
     etl_env.source_sql(VISITS)

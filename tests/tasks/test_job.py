@@ -26,6 +26,12 @@ class _Calls:
 
     def wrap(self, fn, name: str):  # noqa: ANN001, ANN201
         def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if name == "read_database_schemas":  # the run's one metadata read: a read of each table it returns
+                result = fn(*args, **kwargs)
+                with self._lock:
+                    for t in result:
+                        self.seen[("read_table_schema", args[1], t)] += 1
+                return result
             if name == "read_table_schema":
                 _, database, table = args[:3]
                 what = (name, database, table)
@@ -48,7 +54,7 @@ def calls(monkeypatch) -> _Calls:  # noqa: ANN001
     import tasks.mysql_schema as ms  # bind the wrapper itself and keep it after this test
 
     c = _Calls()
-    for name in ("read_table_schema", "choose_key"):
+    for name in ("read_table_schema", "choose_key", "read_database_schemas"):
         real = getattr(ms, name)
         counted = c.wrap(real, name)
         for mod in [m for n, m in list(sys.modules.items()) if n.startswith("tasks") and m is not None]:
