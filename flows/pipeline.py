@@ -38,7 +38,7 @@ from config.models import PipelineConfig, ResolvedTable, load_pipeline_config
 from flows.run_logs import log_failed_tables, pipeline_run_name, run_loggers
 from flows.wiring import (
     api_retried, attempt, check_targets, child_without_heartbeat, collect_outcomes, finish_pipeline, outcomes_of,
-    outcomes_state, probe_tables, source_slot,
+    outcomes_state, probe_tables, source_slot, sync_table,
 )
 from tasks import notify
 from tasks import run as plain
@@ -105,7 +105,7 @@ def small_tables_flow(group: str, batch_no: int, tables: list[ResolvedTable],
     outcomes = []
     for t in tables:
         try:
-            outcomes.append(process_table(t, opts))
+            outcomes.append(api_retried(lambda: sync_table(t, opts)))  # noqa: B023 - called at once
         except Exception as e:  # noqa: BLE001 - recorded per table, like a failed table subflow
             outcomes.append(failed_outcome(t.name, e))
     return outcomes_state(outcomes)

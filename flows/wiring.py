@@ -189,6 +189,15 @@ def probe_tables(opts: plain.RunOptions, tables: list[ResolvedTable]) -> tuple[l
     return skipped, [t.name for t in rest]
 
 
+@task(task_run_name="sync-{table.name}", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_condition)
+def sync_table(table: ResolvedTable, opts: plain.RunOptions) -> TableOutcome:
+    """A batch member (a small table, or one last synced incrementally) in one task run: its replica
+    copy, analytics load and count check (tasks/run.run_table). Three task runs cost more than such a
+    table's work; a retry runs the table again, each phase resuming after what it committed."""
+    ctx = opts.context()
+    return plain.run_table(ctx, table, phases=plain.Phases.plain(ctx, attempt=attempt()))
+
+
 def finish_pipeline(engines: Any, urls: EngineUrls, cfg: Any, run_id: str, outcomes: list[TableOutcome], *,
                     dbt: bool, config_path: str, pg_schema: str, keep_days: int, source: str | None, seconds: float,
                     loggers: Any, logger: Any) -> list[TableOutcome]:

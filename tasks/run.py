@@ -194,9 +194,10 @@ class Phases:
     probe: Callable[[ResolvedTable], Look] | None = None  # default: probe_phase, called plainly
 
     @classmethod
-    def plain(cls, ctx: RunContext) -> Phases:
-        return cls(replicate=lambda t: replicate_phase(ctx, t), load=lambda t: load_phase(ctx, t),
-                   verify=lambda t: verify_phase(ctx, t))
+    def plain(cls, ctx: RunContext, *, attempt: int = 1) -> Phases:
+        """`attempt` > 1: a retry of the whole table, each phase resuming after what it committed."""
+        return cls(replicate=lambda t: replicate_phase(ctx, t, attempt=attempt),
+                   load=lambda t: load_phase(ctx, t, attempt=attempt), verify=lambda t: verify_phase(ctx, t))
 
 
 # --- fixed cost: the probe decides "nothing to do" before any DDL, state, checkpoint or lock work ---

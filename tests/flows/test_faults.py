@@ -405,8 +405,9 @@ def test_lock_wait_timeout_merging_into_the_replica_is_retried(etl_env, prefect_
     pg.close()
     assert [e[:4] for e in errors] == [("replica", "OperationalError", True, 1)]
     assert "Lock wait timeout exceeded" in errors[0][4]
-    # Prefect ran the replicate task twice: the failed attempt and the retry that merged everything.
-    task_run = _newest_task_run("replicate-ledger")
+    # Prefect ran the table's task twice: the failed attempt and the retry that merged everything
+    # (ledger's last sync was incremental, so it runs in a batch: one sync task run, flows/wiring.sync_table).
+    task_run = _newest_task_run("sync-ledger")
     assert task_run.run_count == 2 and task_run.state.is_completed()
     _assert_all_equal_source(etl_env, tables=("ledger",))
 
