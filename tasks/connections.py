@@ -185,8 +185,11 @@ def create_engine(role: str, url: URL | str, *, pool_size: int, connect_args: di
         raise ConfigError(f"{env}: the URL names no database ({describe_url(url)})")
     args: dict = {}
     if expected == "mysql":
-        if u.get_driver_name() not in ("pymysql", "mysqldb"):
-            raise ConfigError(f"{env}: driver {u.get_driver_name()!r} is not supported; use mysql+pymysql://")
+        # Only PyMySQL is installed: a plain mysql:// URL means MySQLdb, which failed later as
+        # "No module named 'MySQLdb'", a line that did not say what to write instead.
+        if u.get_driver_name() != "pymysql":
+            plain = " (a URL without +driver means mysqldb)" if "+" not in u.drivername else ""
+            raise ConfigError(f"{env}: driver {u.get_driver_name()!r}{plain} is not supported; use mysql+pymysql://")
         args = {"charset": "utf8mb4", "local_infile": role == "replica", "connect_timeout": 10}
     else:
         if u.get_driver_name() != "psycopg2":
@@ -314,7 +317,13 @@ def connection_error(role: str, url: URL | str, exc: BaseException) -> Exception
     root = getattr(exc, "orig", None) or exc
     text = str(root).splitlines()[0] if str(root) else type(root).__name__
     secrets = (str(make_url(url).password),) if make_url(url).password else ()
-    return LoadError(f"cannot reach the {role} database at {describe_url(url)}: {redact(text, secrets)}",
+    hint = ""
+    if role == "analytics" and f'database "{make_url(url).database}" does not exist' in text:
+        # The replica database is created by the run; the analytics one must exist (README, Settings).
+        u = make_url(url)
+        hint = (f"; create it (createdb -h {u.host or '127.0.0.1'} -p {u.port or 5432} {u.database}) or point "
+                f"the analytics URL at a database that exists")
+    return LoadError(f"cannot reach the {role} database at {describe_url(url)}: {redact(text, secrets)}{hint}",
                      table="*", phase="connect", retriable=is_retriable(exc))
 
 

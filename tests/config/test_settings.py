@@ -64,6 +64,18 @@ def test_missing_url_says_which_variable(etl_env, prefect_harness, monkeypatch, 
     assert "ETL_REPLICA_URL is not set" in capsys.readouterr().err
 
 
+def test_a_mysql_url_without_driver_says_to_write_mysql_pymysql() -> None:
+    """`mysql://` is what most people write; it means MySQLdb, which is not installed (the run said
+    "No module named 'MySQLdb'")."""
+    from tasks.connections import create_engine
+    from tasks.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        create_engine("replica", f"mysql://etl:{SECRET}@127.0.0.1:3306/x", pool_size=1)
+    assert str(raised.value) == ("ETL_REPLICA_URL: driver 'mysqldb' (a URL without +driver means mysqldb) "
+                                 "is not supported; use mysql+pymysql://")
+
+
 def test_urls_stay_sqlalchemy_urls_whose_text_hides_the_password(monkeypatch) -> None:
     """Settings and EngineUrls hand out URL objects: printing, repr and describe never show the
     password; only the engine factory passes it to the driver (secrets() feeds the last-guard redact)."""

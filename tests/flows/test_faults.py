@@ -293,6 +293,9 @@ def test_unreachable_database_at_start_fails_naming_it_and_touches_nothing(
     assert message.startswith(f"cannot reach the {role} database at {kind} {where}: "), message
     assert reason in message and "\n" not in message
     assert ("gave up after 4 attempts" in message) == (attempts == 4)
+    # A missing analytics database says what to do (the replica database is created by the run).
+    assert (f"create it (createdb -h {PG['host']} -p {PG['port']} {etl_env.pg_db}_missing)" in message) == (
+        role == "analytics")
     chain = "".join(traceback.format_exception(raised.value, chain=True))
     cause = raised.value.__context__
     while cause is not None:  # the suppressed driver errors too, however they are printed
