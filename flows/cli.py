@@ -190,7 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if state.is_completed():
         return 0
     print(f"etl run: {redact(str(error or state.message or 'failed'))}", file=sys.stderr)
-    return 1
+    # Bad settings refused inside the flow (a bad URL, the replica is the source) exit 2 like `etl plan`
+    # and the plain runner; a run that failed (a table, a database unreachable) exits 1.
+    return 2 if isinstance(error, ConfigError) else 1
 
 
 def _run_clinics(args: argparse.Namespace) -> int:

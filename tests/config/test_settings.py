@@ -30,7 +30,7 @@ def test_bad_url_is_one_line_naming_the_variable(etl_env, prefect_harness, monke
     etl_env.source_sql("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);")
     etl_env.write_config("tables:\n  t: {primary_key: [id]}\n")
     monkeypatch.setenv(variable, value)
-    assert etl_env.etl("run") == 1
+    assert etl_env.etl("run") == 2  # bad settings, as `etl plan` and the plain runner say
     err = capsys.readouterr().err.strip()
     lines = [line for line in err.splitlines() if line.startswith("etl run:")]
     assert len(lines) == 1 and expected in lines[0], err
@@ -60,7 +60,7 @@ def test_bad_url_is_one_line_naming_the_variable(etl_env, prefect_harness, monke
 def test_missing_url_says_which_variable(etl_env, prefect_harness, monkeypatch, capsys) -> None:
     etl_env.write_config("tables:\n  t: {primary_key: [id]}\n")
     monkeypatch.delenv("ETL_REPLICA_URL")
-    assert etl_env.etl("run") == 1
+    assert etl_env.etl("run") == 2
     assert "ETL_REPLICA_URL is not set" in capsys.readouterr().err
 
 

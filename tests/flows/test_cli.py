@@ -99,7 +99,7 @@ def test_run_refuses_a_replica_that_is_the_source_before_anything_is_written(etl
     etl_env.source_sql(SOURCE)
     etl_env.write_config(CONFIG)
     monkeypatch.setenv("ETL_REPLICA_URL", etl_env.source_url.replace(f"@{MYSQL['host']}:", "@localhost:"))
-    assert main(["run"]) == 1
+    assert main(["run"]) == 2  # refused settings, as `etl plan` and the plain runner exit
     out = capfd.readouterr()
     last = out.err.strip().splitlines()[-1]
     assert last.startswith("etl run: ETL_REPLICA_URL names the source database itself"), last
