@@ -3,9 +3,9 @@
 Replica leg (`replicate_changes`): the table's keys in `_etl_binlog_changes` past its saved sequence,
 in batches of `batch_size` in sequence order; each batch's rows are re-read *by key* from the source
 through the full copy's LOAD DATA path (exact values, see tasks/binlog_reader.py) into a stage
-table, then in one replica transaction: the batch's keys deleted from the live table, the rows
-found inserted (a key no longer in the source stays deleted; a primary-key change is the old key
-deleted and the new one inserted), and the sequence saved in the replica's state. A TRUNCATE
+table, then in one replica transaction: the batch's keys the source no longer has deleted from the
+live table, the rows found merged (INSERT .. ON DUPLICATE KEY UPDATE; a primary-key change is the
+old key deleted and the new one inserted), and the sequence saved in the replica's state. A TRUNCATE
 marker empties the table at its place in the sequence; a DROP/RENAME/replace marker stops the
 table (TableReplaced, naming the `--full-refresh` that copies it again): rows re-read by key cannot
 remove what the old table held.
@@ -33,6 +33,7 @@ from tasks.identifiers import execute, mysql_ident, pg_ident, shadow_name
 from tasks.job import PhaseStats, ProgressFn, TableJob
 from tasks.load_data import fifo_path, load_chunk, load_data_plan, writable_columns
 from tasks.mysql_schema import TableSchema
+from tasks.replica_merge import odku_clause
 from tasks.streaming import ChunkResult, LineQuery
 from tasks.type_mapping import copy_line_select
 
@@ -168,6 +169,8 @@ def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_sta
     stage = shadow_name(table.name, "stage")
     plan = load_data_plan(job.source, stage)
     cols = ", ".join(mysql_ident(c) for c in writable_columns(job.source))
+    key_list = ", ".join(mysql_ident(c) for c in key)
+    merge = odku_clause(writable_columns(job.source), job.key, row_alias=None)
     seq = applied
     with engines.source.connect() as sc, engines.replica.connect() as rc:
         src = sc.connection.driver_connection
@@ -194,10 +197,15 @@ def replicate_changes(engines: Engines, job: TableJob, *, applied: int, save_sta
                         chunk = ChunkResult()
                         load_chunk(src, cur, fifo, plan.load_sql, query, None, chunk, set(plan.enum_columns))
                         src.rollback()
-                        execute(cur, f"DELETE FROM {mysql_ident(table.name)} WHERE {where}", params)
-                        stats.deleted += max(0, cur.rowcount - chunk.rows)
+                        # Keys the source no longer has are deleted; the rows found are merged in place
+                        # (a changed row updates only what changed, no delete and re-insert of every index
+                        # entry). A key re-spelled under a case-insensitive collation matches its old row
+                        # and the merge sets the new spelling (every column is set, the key included).
+                        execute(cur, f"DELETE FROM {mysql_ident(table.name)} WHERE {where} AND ({key_list}) "
+                                     f"NOT IN (SELECT {key_list} FROM {mysql_ident(stage)})", params)
+                        stats.deleted += cur.rowcount
                         execute(cur, f"INSERT INTO {mysql_ident(table.name)} ({cols}) SELECT {cols} "
-                                     f"FROM {mysql_ident(stage)}")
+                                     f"FROM {mysql_ident(stage)} {merge}")
                         execute(cur, f"DELETE FROM {mysql_ident(stage)}")
                         stats.rows += chunk.rows
                         stats.bytes += chunk.bytes
