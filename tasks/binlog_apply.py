@@ -41,6 +41,7 @@ SEQ = "_binlog_seq"  # the state "watermark" holding the last change-log sequenc
 AT = "_binlog_at"  # the log position (tasks/binlog_source.Position.encode) of the last full copy
 
 SaveFn = Callable[[Any, dict], None]
+PG_ROW_IN_MAX = 1_000  # composite keys per PostgreSQL `IN` list (see load_changes)
 
 
 def snapshot_marks(engines: Engines, job: TableJob) -> dict[str, int]:
@@ -233,6 +234,14 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
     table = job.table
     stats = PhaseStats(method="binlog", mode="binlog", watermark_before=f"{SEQ}={applied}")
     if upto <= applied:  # the replica leg applied nothing since analytics' last load: nothing to read or write
+        with engines.replica.connect() as rc:  # only what both legs passed, e.g. keys a full copy held
+            my = rc.connection.driver_connection
+            mcur = my.cursor()
+            execute(mcur, f"USE {mysql_ident(job.replica_db)}")
+            if log == CHANGES:
+                ensure_tables(mcur)
+            forget_logged(mcur, log, table.name, applied)
+            my.commit()
         stats.watermark_after = stats.watermark_before
         stats.seconds = time.monotonic() - started
         return stats
@@ -270,8 +279,12 @@ def load_changes(engines: Engines, job: TableJob, *, schema: TableSchema, applie
                     chunk = copy_chunk(pg, cur, my, copy_sql=copy_sql, query=query, after=None, table=table.name,
                                        cols=cols)
                     my.rollback()
-                    pwhere, pparams = key_condition(pg_key, keys, pg_ident)
-                    execute(cur, f"DELETE FROM {live} WHERE {pwhere}", pparams)
+                    # PostgreSQL parses `(a, b) IN ((..), ...)` into nested ORs, one level per key: 20,000
+                    # composite keys exceed its stack depth, so those deletes go in slices.
+                    step = len(keys) if len(pg_key) == 1 else PG_ROW_IN_MAX
+                    for i in range(0, len(keys), step):
+                        pwhere, pparams = key_condition(pg_key, keys[i:i + step], pg_ident)
+                        execute(cur, f"DELETE FROM {live} WHERE {pwhere}", pparams)
                     execute(cur, f"INSERT INTO {live} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage}")
                     stats.rows += chunk.rows
                     stats.bytes += chunk.bytes
