@@ -190,3 +190,21 @@ def test_a_table_dropped_and_re_created_stops_with_what_to_do_then_a_full_refres
     bl_env.source_sql("UPDATE patient SET LName = 'after' WHERE PatNum = 2; DELETE FROM visit WHERE VisitNo = 5;")
     assert bl_env.run() == 0
     assert_all_copies_equal(bl_env)
+
+
+def test_another_server_answering_says_the_log_is_gone(bl_env, capsys) -> None:
+    """A restored or replaced source answers with another server_id: its log is not the one the saved
+    position points into, so the binlog tables stop with the log-gone line (never read at a wrong offset)."""
+    bl_env.source_sql(SCHEMA)
+    binlog_config(bl_env)
+    assert bl_env.run() == 0
+    rep = bl_env.mysql(bl_env.replica_db)
+    with rep.cursor() as cur:
+        cur.execute("UPDATE _etl_binlog_cursor SET server_id = 99")
+    rep.close()
+    bl_env.source_sql("UPDATE patient SET LName = 'elsewhere' WHERE PatNum = 1;")
+    capsys.readouterr()
+    assert bl_env.run() == 1
+    line = next(x for x in capsys.readouterr().err.splitlines() if "patient" in x)
+    assert "is gone" in line and "server_id 7" in line and "server_id 99" in line
+    assert "etl run --full-refresh --tables patient visit" in line
