@@ -737,7 +737,20 @@ class _NoTraceback(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
-def _quiet_console_tracebacks() -> None:
+class _ConsoleFloor(logging.Filter):
+    """Drops console records below the command's level: flows/run_logs.py demotes Prefect's failure
+    records to DEBUG after the logger's level check, so without this an early failed `etl run` printed
+    a `DEBUG prefect.flow_runs: Encountered exception ...` line repeating the error."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.floor
+
+
+def _quiet_console_tracebacks(floor: int = logging.INFO) -> None:
     from prefect.logging.configuration import ensure_logging_setup
 
     ensure_logging_setup()  # Prefect's logging config applied now (once), so its handlers exist to wrap
@@ -750,6 +763,7 @@ def _quiet_console_tracebacks() -> None:
             if (isinstance(h, logging.StreamHandler) and not isinstance(h.formatter, _NoTraceback)
                     and not type(h).__module__.startswith("_pytest")):
                 h.setFormatter(_NoTraceback(h.formatter))
+                h.addFilter(_ConsoleFloor(floor))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -759,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "alembic", "docket", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.debug:
-        _quiet_console_tracebacks()
+        _quiet_console_tracebacks(logging.DEBUG if args.verbose else logging.INFO)
     try:
         _check_databases(args)
         return args.func(args)

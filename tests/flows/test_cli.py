@@ -84,6 +84,7 @@ def test_run_with_a_wrong_password_ends_in_one_line_without_traceback(etl_env, p
     out = capfd.readouterr()
     text = out.out + out.err
     assert "Traceback" not in text and "n0tTh3pw" not in text
+    assert " DEBUG " not in text  # Prefect's failure records are demoted to DEBUG: not on the console
     last = out.err.strip().splitlines()[-1]
     assert last.startswith(f"etl run: cannot reach the replica database at mysql {MYSQL['host']}:{MYSQL['port']}/"), last
     # The run failed before any table started, and `etl status` shows it (not the run before it).
