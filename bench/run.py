@@ -57,7 +57,7 @@ if str(BENCH) not in sys.path:
 
 DEFAULT_MYSQL_URL = os.environ.get("BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
 DEFAULT_PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
-ALL_STAGES = ("replica", "analytics", "e2e", "incremental", "anchors", "tiny", "clinic", "binlog")
+ALL_STAGES = ("replica", "analytics", "e2e", "incremental", "anchors", "tiny", "clinic", "binlog", "clinics")
 WORKERS = 2
 E2E = "e2e: etl run --full-refresh"
 INCR = "incremental: etl run (1% uniform)"
@@ -801,7 +801,7 @@ class Harness:
         res = Results()
         self.tag = f"scale{scale:g}"
         # The dental dataset (bench_src) is needed unless only the stages with their own data were chosen.
-        needs_dental = bool(self.stages - {"clinic", "tiny", "anchors", "binlog"})
+        needs_dental = bool(self.stages - {"clinic", "tiny", "anchors", "binlog", "clinics"})
         if not needs_dental:
             pass
         elif self.a.no_gen:
@@ -835,6 +835,10 @@ class Harness:
             if "binlog" in self.stages:  # its own source server and data (bench/binlog_stage.py)
                 import binlog_stage
                 binlog_stage.stage_binlog(self, res, rep)
+            if "clinics" in self.stages:  # issue 14: N clinics through etl-all (bench/clinics_stage.py)
+                import clinics_stage
+
+                clinics_stage.stage_clinics(self, res, rep)
         self.chain(res)
         return res
 
@@ -1271,6 +1275,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clinic-scale", type=float, default=1.0,
                     help="clinic stage: bench/gen_clinic.py scale (1 = 450 tables, ~1.7M rows; default 1)")
     ap.add_argument("--no-pgloader", action="store_true", help="skip the pgloader anchor")
+    import clinics_stage
+
+    clinics_stage.add_args(ap)
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/bench-etl"), help="logs, results, configs")
     ap.add_argument("--prefix", default="bench", help="database name prefix (must start with 'bench'; default bench)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed for one measured run")

@@ -462,6 +462,8 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
     # Descriptions name the production database the rows come from; the types are read from the
     # replica (same definitions), so production is not queried.
     origin = describe_url(settings.url("source")) if settings.source_url is not None else ""
+    if views:  # the union: every clinic's rows, not the first clinic's database
+        origin = f"every clinic of {sources.path} ({', '.join(sources.names)}), one view row per clinic row"
     if settings.replica_url is not None and not views:
         url = settings.url("replica")
         try:
@@ -477,6 +479,7 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
     doc = build_sources(tables, schema=schema, source_name=args.name, loaded_at_column=loaded_at,
                         mysql_types=mysql_types, warn_after_hours=args.warn_after_hours,
                         error_after_hours=args.error_after_hours, style=args.style, origin=origin,
+                        source_column="_source" if views else None,
                         reserved=reserved)
     text = render_yaml(doc, where=f"{describe_url(settings.url('analytics'))} schema {schema}")
     if args.output == "-":

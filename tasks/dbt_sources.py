@@ -138,8 +138,9 @@ def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None
                   loaded_at_column: str = "_etl_loaded_at",
                   mysql_types: dict[str, dict[str, tuple[str, str]]] | None = None,
                   warn_after_hours: int = 26, error_after_hours: int = 50, style: Style = "config",
-                  origin: str = "", reserved: frozenset[str] = frozenset()) -> dict:
-    """The sources.yml document (a dict ready for yaml.safe_dump); `reserved` as from `read_reserved_words`."""
+                  origin: str = "", reserved: frozenset[str] = frozenset(), source_column: str | None = None) -> dict:
+    """The sources.yml document (a dict ready for yaml.safe_dump); `reserved` as from `read_reserved_words`;
+    `source_column`: the union views' clinic column (`_source`, tasks/union.py)."""
     freshness = {"warn_after": {"count": warn_after_hours, "period": "hour"},
                  "error_after": {"count": error_after_hours, "period": "hour"}}
     out_tables = []
@@ -162,10 +163,14 @@ def build_sources(tables: list[PgTable], *, schema: str, source_name: str | None
             entry["freshness"] = freshness
         cols = []
         for c in t.columns:
-            if c.name == loaded_at_column:
+            if source_column is not None and c.name == source_column:
+                cdesc = "The clinic this row comes from: its `name` in the sources file (ETL_SOURCES)."
+            elif c.name == loaded_at_column:
                 cdesc = f"When the ETL last loaded this row ({c.pg_type}; set by the pipeline, not in MySQL)."
             elif c.name.lower() in mysql:
                 cdesc = f"MySQL `{mysql[c.name.lower()][1]}` (PostgreSQL {c.pg_type})."
+            elif source_column is not None:
+                cdesc = f"PostgreSQL {c.pg_type}: the common type over the clinics (NULL where a clinic lacks the column)."
             else:
                 cdesc = f"PostgreSQL {c.pg_type} (MySQL type not known: replica not read or column not there)."
             col: dict[str, Any] = {"name": c.name, "description": cdesc}

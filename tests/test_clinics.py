@@ -239,6 +239,8 @@ def test_cli_status_by_clinic_and_union_dbt_sources(clinics: Clinics, capsys: py
     assert src["schema"] == "raw_all"
     patient = next(t for t in src["tables"] if t["name"] == "patient")
     assert patient["columns"][0]["name"] == "_source"
+    assert patient["columns"][0]["description"].startswith("The clinic this row comes from")
+    assert "every clinic of" in src["description"] and "(north, east)" in src["description"]
     assert main(["status", "--source", "nosuch"]) == 2
 
 
