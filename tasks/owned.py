@@ -89,6 +89,13 @@ def not_owned_message(database: str, table: str) -> str:
             f"config to let the ETL take it over")
 
 
+def drop_created(cur: Any, database: str, table: str) -> None:
+    """DROP a live-named table the ETL owns (a failed first copy it created); any other is refused."""
+    if not owns(cur, database, table):
+        raise SchemaError(not_owned_message(database, table))
+    execute(cur, f"DROP TABLE IF EXISTS {mysql_qualified(database, table)}")
+
+
 def drop_scratch(cur: Any, name: str, *, database: str | None = None) -> None:
     """DROP TABLE IF EXISTS for a table of the ETL's own namespace (`_etl_*`); any other name is refused."""
     if not name.startswith(SCRATCH_PREFIX):

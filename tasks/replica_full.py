@@ -126,7 +126,10 @@ def _refresh_in_place(engines: Engines, job: TableJob, *, ddl: str, stats: Phase
         cur = rep.cursor()
         execute(cur, f"USE {mysql_ident(job.replica_db)}")
         checkpoints.mysql_ensure(cur)
-        if not live:  # first copy: created under its own name with its indexes (empty until the commit below)
+        if live:  # never a DELETE in a table the ETL did not create (tasks/owned.py)
+            owned.refuse_unowned(cur, job.replica_db, job.name)
+        else:  # first copy: created under its own name with its indexes (empty until the commit below)
+            owned.record(cur, [job.name], how="created")  # committed by the CREATE below
             execute(cur, split_create_table(ddl, job.name, keep_unique=keep).final)
         if method == "server":  # before the transaction starts: the INSERT ... SELECT must not lock source rows
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -152,11 +155,25 @@ def _refresh_in_place(engines: Engines, job: TableJob, *, ddl: str, stats: Phase
         except BaseException:
             rep.rollback()
             if not live:  # a failed first copy leaves no table behind (the next run starts over)
-                _discard_shadow(engines, job.replica_db, job.name, job.name)
+                _discard_created(engines, job.replica_db, job.name)
             raise
     stats.notes.append("small table: refreshed in place in one transaction (no shadow table)" if live
                        else "small table: created and copied in one step (no shadow table)")
     return True
+
+
+def _discard_created(engines: Engines, replica_db: str, table: str) -> None:
+    """Drop a table this run created under its own name (the small-table first copy) after it failed."""
+    try:
+        with engines.replica.connect() as rc:
+            rep = rc.connection.driver_connection
+            cur = rep.cursor()
+            owned.drop_created(cur, replica_db, table)
+            execute(cur, f"USE {mysql_ident(replica_db)}")
+            checkpoints.mysql_clear(cur, table)
+            rep.commit()
+    except Exception as e:  # noqa: BLE001 - the original error is what the caller must see
+        log.warning("%s: could not drop the replica table after its failed first copy: %s", table, redact(str(e)))
 
 
 def _discard_shadow(engines: Engines, replica_db: str, table: str, shadow: str) -> None:

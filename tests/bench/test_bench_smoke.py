@@ -53,7 +53,7 @@ def test_harness_runs_and_its_data_checks_pass(prefix: str, tmp_path: Path) -> N
         [sys.executable, str(ROOT / "bench" / "run.py"), "--scale", "0.001", "--prefix", prefix,
          "--work", str(tmp_path), "--stages", "replica,analytics,anchors", "--no-pgloader", "--tiny-tables", "0",
          "--mysql-url", mysql_url, "--pg-url", pg_url],
-        capture_output=True, text=True, timeout=120, cwd=str(ROOT),
+        capture_output=True, text=True, timeout=300, cwd=str(ROOT),
         env={k: v for k, v in os.environ.items() if not k.startswith("ETL_")},
     )
     took = time.monotonic() - t0
