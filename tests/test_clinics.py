@@ -248,7 +248,7 @@ def test_etl_all_flow_in_process(clinics: Clinics, prefect_harness) -> None:  # 
     """One full Prefect run of etl-all: one etl-pipeline run per clinic, named by it; an unreachable
     clinic fails alone and etl-all ends Failed naming it; the union holds the others."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId  # noqa: F401
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     from flows.etl_all import ClinicsFailed, etl_all
 
@@ -264,7 +264,10 @@ def test_etl_all_flow_in_process(clinics: Clinics, prefect_harness) -> None:  # 
     for n in ("north", "south"):
         _assert_clinic_equal(c, n)
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs()
+        # This run's children only: the session's Prefect harness holds every earlier test's runs too,
+        # more than one page of read_flow_runs, and some of them are named by the same clinics.
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(
+            any_=[state.state_details.flow_run_id])), limit=50)
         names = {r.name: r.state_type.value for r in runs if r.name in c.names}
     assert names == {"north": "COMPLETED", "south": "COMPLETED", "east": "FAILED"}
     assert c.pg_rows("SELECT _source, count(*) FROM raw_all.document GROUP BY 1 ORDER BY 1")[0][0] == "north"
