@@ -131,18 +131,8 @@ def same_server(marker_seen: bool | None, a: MysqlServer, b: MysqlServer) -> boo
 @contextmanager
 def source_cursor(url: URL | str, connect_args: dict | None) -> Iterator[Any]:
     """A cursor on the source's read-only session (tasks/connections: the source can never be written)."""
-    engine = create_engine("source", url, pool_size=1, connect_args=connect_args)
-    try:
-        with engine.connect() as conn:
-            raw = conn.connection.driver_connection
-            try:
-                yield raw.cursor()
-            finally:
-                raw.rollback()
-    except sa.exc.DBAPIError as e:
-        raise connection_error("source", url, e) from None
-    finally:
-        engine.dispose()
+    with _cursor("source", url, create_engine("source", url, pool_size=1, connect_args=connect_args)) as cur:
+        yield cur
 
 
 @contextmanager
@@ -152,6 +142,14 @@ def server_cursor(role: str, url: URL | str, connect_args: dict | None) -> Itera
     u = make_url(url)
     engine = sa.create_engine(u.set(database=""), poolclass=sa.pool.NullPool,
                               connect_args={"charset": "utf8mb4", "connect_timeout": 10, **(connect_args or {})})
+    with _cursor(role, url, engine) as cur:
+        yield cur
+
+
+@contextmanager
+def _cursor(role: str, url: URL | str, engine: sa.engine.Engine) -> Iterator[Any]:
+    """One short-lived DB-API cursor on `engine`, rolled back and disposed of afterwards; a failure to
+    connect is one line naming `role` and the URL without its password (tasks/connections)."""
     try:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
