@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from config.errors import SchemaError
-from tasks import binlog_source, faults, locks
+from tasks import binlog_rows, binlog_source, faults, locks
 from tasks.binlog_source import Position
 from tasks.connections import Engines
 from tasks.identifiers import execute, mysql_ident
@@ -226,7 +226,9 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
                                 # little-endian), which must not stop the capture (README: known limits).
                                 ignore_decode_errors=True,
                                 only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent,
-                                             XidEvent, RotateEvent])
+                                             XidEvent, RotateEvent],
+                                # Row events of other tables are dropped at their header, undecoded.
+                                only_schemas=[source_db], only_tables=sorted(tables))
     buffer: list[tuple[str, str, str | None]] = []
     flushes = [0]
 
@@ -249,10 +251,8 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
             if isinstance(ev, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
                 key = tables.get(ev.table) if ev.schema == source_db else None
                 if key:
-                    for row in ev.rows:
-                        for values in ([row["before_values"], row["after_values"]] if "after_values" in row
-                                       else [row["values"]]):
-                            buffer.append((ev.table, "r", encode_key([values[k] for k in key])))
+                    for values in _image_keys(ev, key):
+                        buffer.append((ev.table, "r", encode_key(values)))
                     if len(buffer) >= FLUSH_KEYS:
                         flush(None)  # mid-transaction: the cursor stays, a crash re-reads the transaction
             elif isinstance(ev, QueryEvent):
@@ -268,6 +268,16 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
         flush(None)
     finally:
         stream.close()
+
+
+def _image_keys(ev: Any, key: tuple[str, ...]) -> list[tuple] | list[list]:
+    """Each row image's key values: only the key columns decoded (tasks/binlog_rows.py), or, for a
+    layout it does not walk, the library's full decoding."""
+    keys = binlog_rows.event_keys(ev, key)
+    if keys is not None:
+        return keys
+    return [[values[k] for k in key] for row in ev.rows
+            for values in ([row["before_values"], row["after_values"]] if "after_values" in row else [row["values"]])]
 
 
 def _text(v: Any) -> str:
