@@ -1272,6 +1272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prefect-api-url", help="run `etl run` against this running Prefect server (e.g. "
                                               "http://127.0.0.1:4200/api from `prefect server start`) instead of "
                                               "a temporary one per run; say so when you quote the figures")
+    ap.add_argument("--binlog-prefect-api-url", help="binlog stage: also run a third churn's binlog and timestamp "
+                                                     "`etl run` against this running Prefect server (`make server`), "
+                                                     "beside the temporary-API runs")
     ap.add_argument("--clinic-scale", type=float, default=1.0,
                     help="clinic stage: bench/gen_clinic.py scale (1 = 450 tables, ~1.7M rows; default 1)")
     ap.add_argument("--no-pgloader", action="store_true", help="skip the pgloader anchor")
