@@ -100,14 +100,10 @@ def table_flow(table: ResolvedTable, opts: RunOptions) -> TableOutcome:
 @flow(flow_run_name="tables-{group}-{batch_no}", log_prints=False, validate_parameters=False)
 def small_tables_flow(group: str, batch_no: int, tables: list[ResolvedTable],
                       opts: RunOptions) -> list[TableOutcome] | State:
-    """Several small tables, one after another; a failing table does not stop the others, and the
-    batch's run then ends Failed (its outcomes are still the result the group reads)."""
-    outcomes = []
-    for t in tables:
-        try:
-            outcomes.append(api_retried(lambda: sync_table(t, opts)))  # noqa: B023 - called at once
-        except Exception as e:  # noqa: BLE001 - recorded per table, like a failed table subflow
-            outcomes.append(failed_outcome(t.name, e))
+    """Several small tables, one after another, each its own `sync-<table>` task run (tasks/run.run_batch:
+    their metrics rows and probes are written once for the batch); a failing table does not stop the
+    others, and the batch's run then ends Failed (its outcomes are still the result the group reads)."""
+    outcomes = plain.run_batch(opts.context(), tables, run_one=lambda t: api_retried(lambda: sync_table(t, opts)))
     return outcomes_state(outcomes)
 
 

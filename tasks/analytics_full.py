@@ -332,11 +332,10 @@ def _load_in_place(engines: Engines, job: TableJob, *, cols: list[PgColumn], que
                 if once.first_time(pg, f"analytics:schema:{job.pg_schema}"):
                     checkpoints.pg_ensure(cur)  # the DDL lock first, as the shadow path takes it
                     execute(cur, f"CREATE SCHEMA IF NOT EXISTS {pg_ident(job.pg_schema)}")
-                execute(cur, pg_create_table_sql(q_live, cols, loaded_at_column=job.loaded_at_column))
-                if job.key:
-                    by_source = {c.source.name: c for c in cols}
-                    execute(cur, f"ALTER TABLE {q_live} ADD CONSTRAINT {pg_ident(_constraint_name(job.pg_name))} "
-                                 f"PRIMARY KEY ({', '.join(pg_ident(by_source[k].name) for k in job.key)})")
+                # The key in the CREATE itself (the table is empty: nothing to build after a load).
+                by_source = {c.source.name: c for c in cols}
+                pk = (_constraint_name(job.pg_name), [by_source[k].name for k in job.key]) if job.key else None
+                execute(cur, pg_create_table_sql(q_live, cols, loaded_at_column=job.loaded_at_column, primary_key=pk))
             after = None
             while True:
                 try:

@@ -4,7 +4,10 @@
 - `etl.table_runs`: one row per table per run: phase timings, rows, bytes, mode, error.
 - `etl.errors`: every failed attempt (table, phase, error class, message, retriable?, attempt).
 Rows are written as the run goes (each write commits on its own), so a crash still leaves the
-rows that say where it stopped. Every message is passed through `redact` before it is stored.
+rows that say where it stopped. Tables of one batch (tasks/run.run_batch) are the exception: their
+rows are held in memory and written in one statement when the batch ends (also when it fails), with
+the probes they recorded; a process killed mid-batch loses those rows, never data or sync state.
+Every message is passed through `redact` before it is stored.
 """
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
-from typing import Any
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from sqlalchemy.engine import Engine
 
@@ -149,6 +155,35 @@ def prefect_identity(flow_run: Any = None) -> tuple[str | None, str | None]:
         return None, None
 
 
+# The columns a table's finished row may set (MetricsWriter.table_finished, BatchRows).
+FINISHED_COLUMNS = (
+    "status", "replica_seconds", "analytics_seconds", "verify_seconds", "replica_rows", "analytics_rows",
+    "bytes", "rows_per_second", "replica_method", "watermark_before", "watermark_after", "verified",
+    "notes", "error", "mode", "note_list",
+)
+
+
+@dataclass
+class BatchRows:
+    """The metrics rows and recorded probes of one batch's tables, held until the batch ends."""
+
+    run_id: str
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> columns (+ its monotonic times)
+    probes: dict[tuple[str, str], Any] = field(default_factory=dict)  # (schema, table) -> tasks.probe.Probe
+
+    def started(self, table: str, *, priority: str, mode: str, worker: str) -> None:
+        self.rows[table] = {"priority": priority, "mode": mode, "status": "running", "worker": worker,
+                            "_started": time.monotonic(), "_ended": None}
+
+    def finished(self, table: str, values: dict[str, Any]) -> None:
+        row = self.rows.setdefault(table, {"status": "running", "_started": time.monotonic()})
+        row.update({k: v for k, v in values.items() if k in FINISHED_COLUMNS})
+        row["_ended"] = time.monotonic()
+
+
+_BATCH: ContextVar[BatchRows | None] = ContextVar("etl_metrics_batch", default=None)
+
+
 @dataclass
 class MetricsWriter:
     """Writes metric rows through its own short transactions on the analytics engine."""
@@ -239,8 +274,73 @@ class MetricsWriter:
              json.dumps(connection_usage) if connection_usage is not None else None, self.run_id),
         )
 
+    def _batch(self) -> BatchRows | None:
+        batch = _BATCH.get()
+        return batch if batch is not None and batch.run_id == self.run_id else None
+
+    @contextmanager
+    def batched(self) -> Iterator[BatchRows]:
+        """Inside: this run's table rows and recorded probes (tasks/run.record_probe) are held; at the
+        end, also after an error, they are written in one transaction (two statements for the batch,
+        where each table wrote three). A failed write is logged, never raised: the tables' data and sync
+        state are committed by then, and a probe that was not recorded only means the next run syncs
+        the table instead of skipping it."""
+        batch = BatchRows(self.run_id)
+        token = _BATCH.set(batch)
+        try:
+            yield batch
+        finally:
+            _BATCH.reset(token)
+            try:
+                self.write_batch(batch)
+            except Exception:  # noqa: BLE001 - see above
+                log.warning("could not write the metrics rows of a batch (%s)", ", ".join(batch.rows), exc_info=True)
+
+    def write_batch(self, batch: BatchRows) -> None:
+        if not batch.rows and not batch.probes:
+            return
+        from psycopg2.extras import execute_values
+
+        from tasks import probe
+
+        now = time.monotonic()
+        cols = ("priority", "mode", "status", "worker", *[c for c in FINISHED_COLUMNS if c not in ("status", "mode")])
+        values = []
+        for table, row in batch.rows.items():
+            vals = [self.clean(row.get(c)) if c in ("error", "notes") else
+                    json.dumps([self.clean(n) for n in row[c]]) if c == "note_list" and row.get(c) is not None
+                    else row.get(c) for c in cols]
+            ended = row.get("_ended")
+            # Times as the server's clock saw them: now() less how long ago they were, measured here.
+            values.append((self.run_id, table, self.source, now - row["_started"],
+                           None if ended is None else now - ended, *vals))
+        with self.engine.connect() as c:
+            raw = c.connection.driver_connection
+            with raw.cursor() as cur:
+                if values:
+                    execute_values(
+                        cur, f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, source, started_at, ended_at, "
+                        f"{', '.join(cols)}) VALUES %s ON CONFLICT (run_id, table_name) DO UPDATE SET "
+                        + ", ".join(f"{k} = EXCLUDED.{k}" for k in ("started_at", "ended_at", *cols)),
+                        values, page_size=1000,
+                        template="(%s, %s, %s, now() - make_interval(secs => %s), "
+                                 "now() - make_interval(secs => %s), " + ", ".join(["%s"] * len(cols)) + ")")
+                probe.pg_record_many(cur, [(schema, table, p) for (schema, table), p in batch.probes.items()])
+            raw.commit()
+
+    def record_probe(self, schema: str, table: str, found: Any) -> bool:
+        """Inside `batched()`: hold the probe for the batch's write (True); else False (the caller writes it)."""
+        batch = self._batch()
+        if batch is None:
+            return False
+        batch.probes[(schema, table)] = found
+        return True
+
     def table_started(self, table: str, *, priority: str, mode: str, worker: str | None = None) -> None:
         worker = worker or worker_identity()
+        if (batch := self._batch()) is not None:
+            batch.started(table, priority=priority, mode=mode, worker=worker)
+            return
         self._exec(
             f"INSERT INTO {SCHEMA}.table_runs (run_id, table_name, priority, mode, status, worker, source) "
             "VALUES (%s, %s, %s, %s, 'running', %s, %s) ON CONFLICT (run_id, table_name) DO UPDATE SET "
@@ -278,12 +378,10 @@ class MetricsWriter:
         )
 
     def table_finished(self, table: str, values: dict[str, Any]) -> None:
-        allowed = {
-            "status", "replica_seconds", "analytics_seconds", "verify_seconds", "replica_rows", "analytics_rows",
-            "bytes", "rows_per_second", "replica_method", "watermark_before", "watermark_after", "verified",
-            "notes", "error", "mode", "note_list",
-        }
-        cols = [k for k in values if k in allowed]
+        if (batch := self._batch()) is not None:
+            batch.finished(table, values)
+            return
+        cols = [k for k in values if k in FINISHED_COLUMNS]
         vals = [self.clean(values[k]) if k in ("error", "notes")
                 else json.dumps([self.clean(n) for n in values[k]]) if k == "note_list" else values[k] for k in cols]
         sets = ", ".join(f"{k} = %s" for k in cols)

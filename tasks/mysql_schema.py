@@ -5,6 +5,7 @@ Only information_schema and SHOW CREATE TABLE are used, both of which MySQL 8 an
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,9 +388,25 @@ class ServerIdentity:
         return bool(m) and tuple(int(x) for x in m.groups()) >= (8, 0, 20)
 
 
+_IDENTITIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def server_identity(conn: Connection) -> ServerIdentity:
+    """Which server `conn` talks to: read once per DB-API connection (it cannot change under it)."""
+    raw = conn.connection.driver_connection
+    try:
+        found = _IDENTITIES.get(raw)
+    except TypeError:  # not weak-referenceable
+        found = None
+    if found is not None:
+        return found
     r = conn.execute(sa.text("SELECT @@hostname, @@port, @@datadir, VERSION()")).one()
-    return ServerIdentity(str(r[0]), int(r[1]), str(r[2]), str(r[3]))
+    found = ServerIdentity(str(r[0]), int(r[1]), str(r[2]), str(r[3]))
+    try:
+        _IDENTITIES[raw] = found
+    except TypeError:
+        pass
+    return found
 
 
 def ensure_database(conn: Connection, database: str, *, like_charset: str = "utf8mb4") -> None:

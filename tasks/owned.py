@@ -31,6 +31,10 @@ _STATE_TABLES = ("_etl_state", "_etl_state_history")
 
 def ensure(cur: Any, database: str | None = None) -> None:
     """`_etl_owned` in the current database (or `database`): one row per replica table the ETL owns."""
+    from tasks import once
+
+    if not once.first_time(cur.connection, f"replica:owned:{database or ''}"):  # once per connection
+        return
     name = mysql_qualified(database, OWNED) if database else mysql_ident(OWNED)
     execute(cur, f"CREATE TABLE IF NOT EXISTS {name} (table_name {NAME_COLUMN} PRIMARY KEY, "
                  "how VARCHAR(16) NOT NULL, recorded_at DATETIME(6) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")

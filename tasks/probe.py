@@ -151,6 +151,25 @@ def pg_recorded(cur: Any, schema: str, table: str, regclass: str) -> tuple[dict 
     return probe, bool(live)
 
 
+def pg_record_many(cur: Any, probes: list[tuple[str, str, Probe]]) -> None:
+    """Record the probes of several tables, (schema, table, probe) each, in one statement; the caller commits."""
+    if not probes:
+        return
+    from psycopg2.extras import execute_values
+
+    execute_values(cur, f"INSERT INTO {PG_TABLE} (target_schema, table_name, probe) VALUES %s "
+                   "ON CONFLICT (target_schema, table_name) DO UPDATE SET probe = EXCLUDED.probe, recorded_at = now()",
+                   [(schema, table, p.as_record()) for schema, table, p in probes], page_size=1000)
+
+
+def pg_forget_many(cur: Any, schema: str, tables: list[str]) -> None:
+    """Forget the recorded probes of tables about to run (one statement; the caller commits): a probe is
+    recorded again only after its table finished, so a run that stops in between leaves none that could
+    match the source while the copies hold something else."""
+    if tables:
+        cur.execute(f"DELETE FROM {PG_TABLE} WHERE target_schema = %s AND table_name = ANY(%s)", (schema, tables))
+
+
 def pg_record(cur: Any, schema: str, table: str, probe: Probe | None) -> None:
     """Record (or, with None, forget) a table's probe; the caller commits."""
     if probe is None:

@@ -135,7 +135,8 @@ def _refresh_in_place(engines: Engines, job: TableJob, *, ddl: str, stats: Phase
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         try:
             # Row deletes, not TRUNCATE (DDL commits at once): the old rows stay until the new ones commit.
-            _exec(cur, f"DELETE FROM {mysql_ident(job.name)}")
+            if live:  # a table created just above is empty
+                _exec(cur, f"DELETE FROM {mysql_ident(job.name)}")
             if method == "server":
                 _copy_server_side(job, cur=cur, rep=rep, shadow=job.name, after=None, stats=stats, progress=progress,
                                   in_place=True)

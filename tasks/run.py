@@ -282,6 +282,8 @@ def record_probe(ctx: RunContext, table: ResolvedTable, look: Look) -> None:
     probe is recorded too: it never matches, so the next run syncs the table)."""
     if look.probe is None:
         return
+    if ctx.metrics.record_probe(ctx.pg_schema, ctx.job(table).pg_name, look.probe):  # a batch: written at its end
+        return
     with ctx.engines.analytics.connect() as pc:
         pg = pc.connection.driver_connection
         probe.pg_record(pg.cursor(), ctx.pg_schema, ctx.job(table).pg_name, look.probe)
@@ -323,9 +325,31 @@ def run_table(ctx: RunContext, table: ResolvedTable, *, phases: Phases | None = 
                         seconds=seconds, notes=notes)
 
 
-def run_group(ctx: RunContext, tables: list[ResolvedTable], *, workers: int) -> list[TableOutcome]:
-    """A priority group's tables, largest first, `workers` at a time; a failing table does not stop the others."""
-    ordered = sorted(tables, key=lambda t: -(t.estimated_rows or 0))
+def run_batch(ctx: RunContext, tables: list[ResolvedTable], *,
+              run_one: Callable[[ResolvedTable], TableOutcome] | None = None) -> list[TableOutcome]:
+    """Small tables one after another (tasks/batches.py); a failing table does not stop the others.
+
+    Each table's data and sync state still commit together, table by table; what is written once for
+    the batch is the bookkeeping that describes finished tables: their metrics rows and recorded probes
+    (MetricsWriter.batched). `run_one` (default: run_table) is how the flow wraps a table in its task run."""
+    run_one = run_one or (lambda t: run_table(ctx, t))
+    outcomes: list[TableOutcome] = []
+    with ctx.metrics.batched():
+        for t in tables:
+            try:
+                outcomes.append(run_one(t))
+            except Exception as e:  # noqa: BLE001 - recorded per table; the batch goes on
+                outcomes.append(failed_outcome(t.name, e))
+    return outcomes
+
+
+def run_group(ctx: RunContext, tables: list[ResolvedTable], *, workers: int,
+              light: set[str] | None = None) -> list[TableOutcome]:
+    """A priority group's tables, largest first, `workers` at a time; a failing table does not stop the
+    others. Small tables and `light` ones (last synced incrementally) go in batches, as in the flow."""
+    from tasks.batches import deal_batches, split_batched
+
+    alone, small = split_batched(tables, light=light or set(), dispatch="local")
 
     def one(t: ResolvedTable) -> TableOutcome:
         try:
@@ -334,7 +358,9 @@ def run_group(ctx: RunContext, tables: list[ResolvedTable], *, workers: int) -> 
             return failed_outcome(t.name, e)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="etl-table") as pool:
-        return list(pool.map(one, ordered))
+        singles = pool.map(one, alone)
+        batches = pool.map(lambda b: run_batch(ctx, b), deal_batches(small, workers=workers))
+        return [*singles, *(o for b in batches for o in b)]
 
 
 def choose_replica_method(requested: str, engines: Engines) -> ReplicaMethod:
@@ -492,6 +518,7 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
                  urls: EngineUrls | None = None, source: str | None = None) -> RunResult:
     """A whole run without Prefect: every group in priority order, the same metrics rows as the flow."""
     from blocks.connectors import urls_from_settings
+    from tasks.batches import light_tables
 
     chosen = select_tables(cfg, tables, groups)
     urls = urls or urls_from_settings(settings)
@@ -515,10 +542,11 @@ def run_pipeline(settings: Settings, cfg: PipelineConfig, *, tables: list[str] |
         skipped, chosen = skips.sort_out(ctx, [t for t in chosen if t.name not in blocked],
                                          workers=skips.probe_workers(ctx))  # unchanged tables: one write for all
         outcomes.extend(skipped)
+        light = light_tables(engines, ctx.replica_db, full_refresh=full_refresh, dispatch="local")
         for group in cfg.groups_in_order():
             members = [t for t in cfg.tables_in_group(group.name, chosen) if t.name not in blocked]
             if members:
-                outcomes.extend(run_group(ctx, members, workers=group.workers))
+                outcomes.extend(run_group(ctx, members, workers=group.workers, light=light))
     usage = engines.usage()
     finish_run(urls, run_id, outcomes, usage, source=source)
     return RunResult(run_id=run_id, outcomes=outcomes, connection_usage=usage)

@@ -85,6 +85,14 @@ def sort_out(ctx, tables: list[ResolvedTable], *, workers: int) -> tuple[list[Ta
         looks = list(pool.map(look, tables))
     skipped = [(t, lk) for t, lk in zip(tables, looks) if lk.skip]
     ctx.metrics.tables_unchanged([(t.name, t.priority, lk.skip) for t, lk in skipped])
+    # The tables that run forget their recorded probe first (one statement): it is recorded again after
+    # the table finished (for a batch, when the batch ends), so none outlives a run stopped in between.
+    stale = [ctx.job(t).pg_name for t, lk in zip(tables, looks) if not lk.skip and lk.probe is not None
+             and ctx.job(t).pg_name in facts.recorded]
+    if stale:
+        with ctx.engines.analytics.connect() as pc:
+            probe.pg_forget_many(pc.connection.driver_connection.cursor(), ctx.pg_schema, stale)
+            pc.connection.driver_connection.commit()
     with book.lock:
         book.looks.update({t.name: lk for t, lk in zip(tables, looks) if not lk.skip})
     outcomes = [TableOutcome(table=t.name, status="ok", seconds=lk.seconds, notes=[lk.skip]) for t, lk in skipped]

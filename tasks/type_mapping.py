@@ -378,11 +378,17 @@ def pg_columns(schema: TableSchema, *, column_case: str, boolean_columns: tuple[
     return out
 
 
-def pg_create_table_sql(qualified: str, cols: list[PgColumn], *, loaded_at_column: str | None = None) -> str:
+def pg_create_table_sql(qualified: str, cols: list[PgColumn], *, loaded_at_column: str | None = None,
+                        primary_key: tuple[str, list[str]] | None = None) -> str:
+    """`primary_key`: (constraint name, PostgreSQL column names) declared in the statement itself (a
+    small table's first load: one statement where CREATE + ALTER ... ADD PRIMARY KEY were two)."""
     parts = [f"{pg_ident(c.name)} {c.pg_type}{'' if c.nullable else ' NOT NULL'}" for c in cols]
     if loaded_at_column:
         # When the row was loaded (dbt freshness checks read it); COPY leaves it to the default.
         parts.append(f"{pg_ident(loaded_at_column)} timestamptz NOT NULL DEFAULT now()")
+    if primary_key:
+        name, key = primary_key
+        parts.append(f"CONSTRAINT {pg_ident(name)} PRIMARY KEY ({', '.join(pg_ident(k) for k in key)})")
     return f"CREATE TABLE {qualified} (\n  " + ",\n  ".join(parts) + "\n)"
 
 
