@@ -386,7 +386,9 @@ def _format_error(path: str, err: ValidationError) -> str:
 
 def parse_pipeline_config(text: str, path: str = "<string>") -> PipelineConfig:
     try:
-        raw = yaml.safe_load(text)
+        # libyaml's loader when PyYAML has it: the same documents, ~10x faster (a 450-table config took
+        # 0.25 s per read in pure Python, read twice by `etl run`).
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

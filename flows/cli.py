@@ -174,9 +174,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         blocks = BlockNames(source=args.source_block, replica=args.replica_block, analytics=args.analytics_block)
     from tasks.schedule_guard import BlackoutRefused
 
-    state = etl_pipeline(tables=_split(args.tables), full_refresh=args.full_refresh, config_path=config_path,
-                         blocks=blocks, ignore_blackout=args.ignore_blackout, dispatch=args.dispatch,
-                         metrics_keep_days=args.metrics_keep_days, dbt=not args.no_dbt, return_state=True)
+    with _heartbeat_for_cli_run():
+        state = etl_pipeline(tables=_split(args.tables), full_refresh=args.full_refresh, config_path=config_path,
+                             blocks=blocks, ignore_blackout=args.ignore_blackout, dispatch=args.dispatch,
+                             metrics_keep_days=args.metrics_keep_days, dbt=not args.no_dbt, return_state=True)
     error: BaseException | None = None
     if not state.is_completed():
         try:
@@ -193,6 +194,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Bad settings refused inside the flow (a bad URL, the replica is the source) exit 2 like `etl plan`
     # and the plain runner; a run that failed (a table, a database unreachable) exits 1.
     return 2 if isinstance(error, ConfigError) else 1
+
+
+def _heartbeat_for_cli_run():  # noqa: ANN202 - a context manager
+    """A run started by `etl run` sends no flow-run heartbeat unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set.
+
+    Heartbeats feed the zombie-run automation of *deployment* runs (a worker's flow runs keep theirs);
+    nothing watches a run started from this command, and joining the heartbeat thread at its end (it
+    sleeps in 1 s steps) cost up to a second of every `etl run`, as much as a run with nothing to do."""
+    import os
+    from contextlib import nullcontext
+
+    from flows.wiring import child_without_heartbeat
+
+    return nullcontext() if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") else child_without_heartbeat()
 
 
 def _run_clinics(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from tasks.connections import Engines
 from tasks.state import mysql_incremental_tables
 
 SMALL_TABLE_ROWS = 1000
-SMALL_TABLE_BATCH = 25
+SMALL_TABLE_BATCH = 100
 
 
 def largest_first(tables: list[ResolvedTable]) -> list[ResolvedTable]:

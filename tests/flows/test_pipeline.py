@@ -303,9 +303,10 @@ def test_batches_are_balanced_by_estimated_rows_and_capped() -> None:
     # The big table runs alone; the rest share the other batch instead of queueing behind it.
     assert [[t.name for t in b] for b in batches] == [
         ["procedurelog"], ["appointment", "paysplit", "claim", "provider", "definition"]]
-    tiny = parse_pipeline_config("tables:\n" + "".join(f"  t{i}: {{estimated_rows: 10}}\n" for i in range(60)))
+    tiny = parse_pipeline_config("tables:\n" + "".join(f"  t{i}: {{estimated_rows: 10}}\n" for i in range(250)))
     batches = deal_batches(tiny.resolved_tables(), workers=2)
-    assert [len(b) for b in batches] == [20, 20, 20] and max(map(len, batches)) <= SMALL_TABLE_BATCH
+    assert SMALL_TABLE_BATCH == 100
+    assert [len(b) for b in batches] == [84, 83, 83] and max(map(len, batches)) <= SMALL_TABLE_BATCH
     assert deal_batches([], workers=2) == []
 
 
