@@ -4,7 +4,8 @@ The flows in `flows/pipeline.py` add orchestration around the same steps (task r
 retries, a subflow per group, artifacts); tests and tools that need none of it call these directly:
 
     run_table(ctx, table)            replica phase, analytics phase, count check, one metrics row
-    run_group(ctx, tables, workers)  a priority group's tables, `workers` at a time, failures collected
+    run_batch(ctx, tables)           small tables one after another, their metrics rows and probes one write
+    run_group(ctx, tables, workers)  a priority group's tables, `workers` at a time (small ones in batches)
     run_pipeline(settings, cfg)      engines, every group in order, the run's metrics rows
 
 Example:
