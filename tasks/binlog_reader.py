@@ -251,8 +251,14 @@ def _read(engines: Engines, cur: Any, rep: Any, *, source_db: str, sid: int, sta
             if isinstance(ev, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
                 key = tables.get(ev.table) if ev.schema == source_db else None
                 if key:
+                    previous = None
                     for values in _image_keys(ev, key):
-                        buffer.append((ev.table, "r", encode_key(values)))
+                        # An UPDATE that keeps its key names it twice (before and after image) in a row:
+                        # logged once, as applying it twice in a row changes nothing.
+                        text = encode_key(values)
+                        if text != previous:
+                            buffer.append((ev.table, "r", text))
+                        previous = text
                     if len(buffer) >= FLUSH_KEYS:
                         flush(None)  # mid-transaction: the cursor stays, a crash re-reads the transaction
             elif isinstance(ev, QueryEvent):
