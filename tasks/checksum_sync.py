@@ -1,8 +1,9 @@
 """Checksum mode's two legs for one table (tables without a trustworthy change column).
 
 Replica leg (`replicate_ranges`): the source and the replica are compared by key-range checksums
-(tasks/range_checksum.py); each differing leaf range is re-copied in one replica transaction: the
-keys the replica held in it are logged, the range deleted, the source's rows of the range loaded
+(tasks/range_checksum.py), differing ranges bisected down to leaves of one replica row; the
+differing leaves are re-copied in groups, each in one replica transaction: the keys the replica
+held in the group's ranges are logged, the ranges deleted, the source's rows of them loaded
 through the full copy's LOAD DATA path (exact values), their keys logged, and the log's sequence
 saved in the replica's state. The log (`_etl_checksum_changes`, the same shape as binlog mode's) is
 what the analytics leg consumes. A table that did not change issues no DDL and no write at all.
@@ -106,7 +107,8 @@ def replicate_ranges(engines: Engines, job: TableJob, *, save_state: SaveFn,
                                                 ks=ks, hash_sql=hash_sql)
         src.rollback()
         rep.rollback()
-        stats.notes.append(f"checksum: {found.ranges} range(s) compared, {len(found.differing)} re-copied")
+        stats.notes.append(f"checksum: {found.ranges} range(s) compared ({found.levels} bisection level(s)), "
+                           f"{len(found.differing)} re-copied")
         if table.deletes != "off":
             # The delete guard of tasks/deletes.py: an emptied or half-read source never empties the copies.
             deletes.guard(table.name, sum(max(r.replica_rows - r.source_rows, 0) for r in found.differing),
@@ -122,8 +124,10 @@ def replicate_ranges(engines: Engines, job: TableJob, *, save_state: SaveFn,
         rep.commit()
         try:
             with fifo_path() as fifo:
-                for r in found.differing:
-                    where, params = range_checksum.range_where(ks, r.low, r.high)
+                # Leaves re-copied together, one replica transaction per group (one DELETE and one
+                # keyset-paged LOAD DATA over the group's ranges), not one per leaf.
+                for group in range_checksum.recopy_groups(found.differing, rows=table.batch_size):
+                    where, params = range_checksum.ranges_where(ks, group)
                     before = _log_keys(cur, table.name, job.replica_sql, ks, where, params)
                     if table.deletes != "off":
                         execute(cur, f"DELETE FROM {job.replica_sql} WHERE {where}", params)

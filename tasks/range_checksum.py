@@ -4,14 +4,20 @@ The replica's key space (ours, cheap to read) is cut into ranges of `page` keys 
 high inclusive, boundaries found by keyset paging, tasks/keyset.py). For each range both sides
 compute COUNT(*) and the SUM of a 60-bit hash of every row's exact canonical text (the text
 `etl verify` compares source and replica by, tasks/verify.exact_row_sql): nothing per row reaches
-Python. A range whose pair differs is split `fanout` ways (boundaries again from the replica) until
-it holds at most `leaf` replica rows; those leaves are what the checksum mode re-copies.
+Python. A range whose pair differs is bisected: cut at replica keys into up to `fanout` sub-ranges
+of nearly equal size, and every sub-range's pair computed by one statement per side (a GROUP BY over
+a bucket expression, a binary search over the cut keys), for many differing ranges at once. A
+differing sub-range of more than `leaf` replica rows is cut again; the leaves that differ are what
+the checksum mode re-copies. With `leaf` 1 a leaf is one replica row and the source's rows between
+it and its predecessor (inserts), so an edit moves the edited row alone. Where most of a range
+differs (a bulk update), cutting further saves little: the range is re-copied whole.
 
 Production is read with one bounded query at a time per table (the table holds one source
-connection, the run's pool caps them at ETL_MAX_SOURCE_QUERIES): the source's aggregate reads at
-most the replica's count + 1 rows of the range (`LIMIT`), which decides equality exactly (more
-rows than the replica has is a difference already), so a burst of inserts in the source never
-turns one checksum query into a scan of the burst.
+connection, the run's pool caps them at ETL_MAX_SOURCE_QUERIES): the source's aggregate of a range
+reads at most the replica's count + 1 rows of it (`LIMIT`, key order), which decides equality
+exactly (more rows than the replica has is a difference already; the sub-ranges past the last row
+read are taken as differing), so a burst of inserts never turns one checksum query into a scan of
+the burst. The replica's statement runs beside the source's.
 """
 from __future__ import annotations
 
@@ -22,8 +28,12 @@ from typing import Any
 from tasks.keyset import Keyset
 
 PAGE = 20_000  # rows per top-level range
-LEAF = 500  # a differing range this small (replica rows) is re-copied, not split further
-FANOUT = 8  # a differing larger range is split this many ways
+FANOUT = 1_024  # sub-ranges one differing range is cut into per level, at most
+LEAF = 1  # a differing range of at most this many replica rows is re-copied, not cut further
+DENSE = 0.5  # a range whose differing sub-ranges hold more than this share of its rows is re-copied whole,
+DENSE_MIN_PARTS = 16  # when it was cut into at least this many (fewer say little about the rest)
+CUTS_PER_STATEMENT = 2_048  # cut keys per checksum statement (its text stays ~100 KB)
+PARTS_PER_STATEMENT = 256  # ranges per checksum statement
 
 
 @dataclass
@@ -34,14 +44,16 @@ class Range:
     high: tuple | None
     replica_rows: int = 0
     source_rows: int = 0  # at most replica_rows + 1 (the source query's cap)
+    path: tuple[int, ...] = ()  # position in the bisection (sorts ranges into key order)
 
 
 @dataclass
 class ChecksumResult:
     ranges: int = 0  # ranges compared, every level
-    queries: int = 0  # checksum queries sent to the source
+    queries: int = 0  # checksum statements sent to the source
+    levels: int = 0  # bisection levels below the top-level ranges, deepest
     replica_rows: int = 0  # rows of the replica (top-level ranges)
-    differing: list[Range] = field(default_factory=list)  # leaf ranges to re-copy, in key order
+    differing: list[Range] = field(default_factory=list)  # leaf ranges to re-copy, in key order, adjacent merged
 
 
 def range_where(ks: Keyset, low: tuple | None, high: tuple | None) -> tuple[str, list[Any]]:
@@ -51,6 +63,16 @@ def range_where(ks: Keyset, low: tuple | None, high: tuple | None) -> tuple[str,
         hcond, hparams = ks.after(high)
         cond, params = f"{cond} AND NOT {hcond}", [*params, *hparams]
     return cond, params
+
+
+def ranges_where(ks: Keyset, ranges: list[Range]) -> tuple[str, list[Any]]:
+    """(condition, parameters) for keys in any of `ranges`."""
+    conds, params = [], []
+    for r in ranges:
+        c, p = range_where(ks, r.low, r.high)
+        conds.append(f"({c})")
+        params.extend(p)
+    return " OR ".join(conds) or "1=0", params
 
 
 def split_points(count: int, fanout: int) -> list[int]:
@@ -66,6 +88,21 @@ def subranges(low: tuple | None, high: tuple | None, cuts: list[tuple]) -> list[
     """(low, high] cut at the keys `cuts` (in order, inside the range): consecutive, covering it exactly."""
     edges = [low, *cuts, high]
     return list(zip(edges[:-1], edges[1:]))
+
+
+def bucket_sql(ks: Keyset, cuts: list[tuple]) -> tuple[str, list[Any]]:
+    """SQL numbering a row's sub-range: b when cuts[b-1] < key <= cuts[b] (0 up to cuts[0], len(cuts)
+    after the last), a binary search over the cut keys, compared by the server the way its ORDER BY
+    sorts (tasks/keyset.py): no key is compared in Python."""
+    def build(lo: int, hi: int) -> tuple[str, list[Any]]:
+        if lo == hi:
+            return str(lo), []
+        mid = (lo + hi) // 2
+        cond, params = ks.after(cuts[mid])
+        above, ap = build(mid + 1, hi)
+        below, bp = build(lo, mid)
+        return f"CASE WHEN {cond} THEN {above} ELSE {below} END", [*params, *ap, *bp]
+    return build(0, len(cuts))
 
 
 def _aggregate(cur: Any, table_sql: str, hash_sql: str, ks: Keyset, where: str, params: list[Any],
@@ -86,6 +123,156 @@ def _boundary(cur: Any, replica_sql: str, ks: Keyset, where: str, params: list[A
     return tuple(row) if row else None
 
 
+def _cuts(cur: Any, replica_sql: str, ks: Keyset, parents: list[Range], offsets: list[list[int]]) -> list[list[tuple]]:
+    """The replica's keys at the given row numbers inside each parent range: one statement."""
+    parts, params = [], []
+    for i, (r, offs) in enumerate(zip(parents, offsets)):
+        if not offs:
+            continue
+        where, wp = range_where(ks, r.low, r.high)
+        parts.append(f"SELECT {i} AS _etl_p, _etl_rn, {ks.select_list} FROM (SELECT {ks.select_list}, "
+                     f"ROW_NUMBER() OVER (ORDER BY {ks.order_by}) AS _etl_rn FROM {replica_sql} WHERE {where}) AS w{i} "
+                     f"WHERE _etl_rn IN ({', '.join(str(int(o)) for o in offs)})")
+        params.extend(wp)
+    out: list[list[tuple]] = [[] for _ in parents]
+    if not parts:
+        return out
+    cur.execute(f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u ORDER BY _etl_p, _etl_rn", params)
+    for row in cur.fetchall():
+        out[int(row[0])].append(tuple(row[2:]))
+    return out
+
+
+def _sub_sums(cur: Any, table_sql: str, hash_sql: str, ks: Keyset, parents: list[Range], cuts: list[list[tuple]],
+              *, capped: bool) -> dict[tuple[int, int], tuple[int, int]]:
+    """{(parent, sub-range): (rows, hash sum)} of every sub-range holding rows: one statement. `capped`
+    (the source): each parent read in key order up to its replica count + 1 rows."""
+    parts, params = [], []
+    for i, (r, cs) in enumerate(zip(parents, cuts)):
+        bucket, bp = bucket_sql(ks, cs)
+        where, wp = range_where(ks, r.low, r.high)
+        inner = f"SELECT {bucket} AS _etl_b, {hash_sql} AS _etl_h FROM {table_sql} WHERE {where}"
+        if capped:
+            inner += f" ORDER BY {ks.order_by} LIMIT {int(r.replica_rows) + 1}"
+        parts.append(f"SELECT {i} AS _etl_p, _etl_b, _etl_h FROM ({inner}) AS d{i}")
+        params.extend([*bp, *wp])
+    cur.execute(f"SELECT _etl_p, _etl_b, COUNT(*), SUM(_etl_h) FROM ({' UNION ALL '.join(parts)}) AS u "
+                f"GROUP BY _etl_p, _etl_b", params)
+    return {(int(p), int(b)): (int(n), int(s)) for p, b, n, s in cur.fetchall()}
+
+
+def _statements(parents: list[Range], offsets: list[list[int]]) -> list[list[int]]:
+    """Parent indexes grouped into statements of bounded size."""
+    groups: list[list[int]] = []
+    cuts = 0
+    for i, offs in enumerate(offsets):
+        if not groups or len(groups[-1]) >= PARTS_PER_STATEMENT or cuts + len(offs) > CUTS_PER_STATEMENT:
+            groups.append([])
+            cuts = 0
+        groups[-1].append(i)
+        cuts += len(offs)
+    return groups
+
+
+def recopy_groups(ranges: list[Range], *, rows: int, most: int = PARTS_PER_STATEMENT) -> list[list[Range]]:
+    """Leaf ranges (key order) in groups re-copied together: at most `most` ranges and about `rows`
+    rows (the larger of each range's two counts; a range larger than that is a group of its own)."""
+    groups: list[list[Range]] = []
+    held = 0
+    for r in ranges:
+        size = max(r.replica_rows, r.source_rows)
+        if not groups or len(groups[-1]) >= most or (groups[-1] and held + size > rows):
+            groups.append([])
+            held = 0
+        groups[-1].append(r)
+        held += size
+    return groups
+
+
+def merge_adjacent(ranges: list[Range]) -> list[Range]:
+    """Ranges in key order with each run of touching ranges (one's high is the next one's low) as one."""
+    out: list[Range] = []
+    for r in ranges:
+        last = out[-1] if out else None
+        if last is not None and last.high is not None and last.high == r.low:
+            out[-1] = Range(last.low, r.high, last.replica_rows + r.replica_rows, last.source_rows + r.source_rows,
+                            last.path)
+        else:
+            out.append(r)
+    return out
+
+
+class _Bisect:
+    """One table's comparison: the top-level ranges, then differing ranges bisected level by level."""
+
+    def __init__(self, src_cur: Any, rep_cur: Any, pool: ThreadPoolExecutor, *, source_sql: str, replica_sql: str,
+                 ks: Keyset, hash_sql: str, leaf: int, fanout: int, result: ChecksumResult) -> None:
+        self.src_cur, self.rep_cur, self.pool = src_cur, rep_cur, pool
+        self.source_sql, self.replica_sql, self.ks, self.hash_sql = source_sql, replica_sql, ks, hash_sql
+        self.leaf, self.fanout, self.result = max(1, leaf), max(2, fanout), result
+
+    def compare(self, low: tuple | None, high: tuple | None, path: tuple[int, ...]) -> tuple[Range, bool]:
+        where, params = range_where(self.ks, low, high)
+        rn, rs = _aggregate(self.rep_cur, self.replica_sql, self.hash_sql, self.ks, where, params, None)
+        sn, ss = self.pool.submit(_aggregate, self.src_cur, self.source_sql, self.hash_sql, self.ks, where, params,
+                                  rn + 1).result()
+        self.result.ranges += 1
+        self.result.queries += 1
+        return Range(low, high, rn, sn, path), (rn, rs) != (sn, ss)
+
+    def bisect(self, roots: list[Range]) -> list[Range]:
+        """The differing leaves under `roots` (each known to differ), in key order."""
+        leaves: list[Range] = []
+        level = [r for r in roots if not self._is_leaf(r, leaves)]
+        depth = 0
+        while level:
+            depth += 1
+            self.result.levels = max(self.result.levels, depth)
+            offsets = [split_points(r.replica_rows, min(self.fanout, -(-r.replica_rows // self.leaf)))
+                       for r in level]
+            nxt: list[Range] = []
+            for group in _statements(level, offsets):
+                nxt.extend(self._level(level, offsets, group, leaves))
+            level = nxt
+        leaves.sort(key=lambda r: r.path)
+        return leaves
+
+    def _is_leaf(self, r: Range, leaves: list[Range]) -> bool:
+        if r.replica_rows <= self.leaf:
+            leaves.append(r)
+            return True
+        return False
+
+    def _level(self, level: list[Range], offsets: list[list[int]], group: list[int],
+               leaves: list[Range]) -> list[Range]:
+        parents = [level[i] for i in group]
+        cuts = _cuts(self.rep_cur, self.replica_sql, self.ks, parents, [offsets[i] for i in group])
+        pending = self.pool.submit(_sub_sums, self.src_cur, self.source_sql, self.hash_sql, self.ks, parents, cuts,
+                                   capped=True)
+        rep = _sub_sums(self.rep_cur, self.replica_sql, self.hash_sql, self.ks, parents, cuts, capped=False)
+        src = pending.result()
+        self.result.queries += 1
+        nxt: list[Range] = []
+        for i, (parent, cs) in enumerate(zip(parents, cuts)):
+            subs = subranges(parent.low, parent.high, cs)
+            self.result.ranges += len(subs)
+            read = sum(src.get((i, b), (0, 0))[0] for b in range(len(subs)))
+            # The source's read stopped at its cap: the sub-range it stopped in and those after it are
+            # not known to be equal.
+            unknown_from = (max((b for b in range(len(subs)) if (i, b) in src), default=0)
+                            if read > parent.replica_rows else len(subs))
+            differing = []
+            for b, (lo, hi) in enumerate(subs):
+                r_pair, s_pair = rep.get((i, b), (0, 0)), src.get((i, b), (0, 0))
+                if b >= unknown_from or r_pair != s_pair:
+                    differing.append(Range(lo, hi, r_pair[0], s_pair[0], (*parent.path, b)))
+            if len(subs) >= DENSE_MIN_PARTS and sum(d.replica_rows for d in differing) > DENSE * parent.replica_rows:
+                leaves.append(parent)  # most of it differs (a bulk update): cutting further would save little
+                continue
+            nxt.extend(d for d in differing if not self._is_leaf(d, leaves))
+        return nxt
+
+
 def whole_table(src_cur: Any, rep_cur: Any, *, source_sql: str, replica_sql: str, hash_sql: str) -> bool:
     """A keyless table compared whole: True when the source and the replica hold the same rows."""
     rn, rs = _aggregate(rep_cur, replica_sql, hash_sql, Keyset((), str), "1=1", [], None)
@@ -97,49 +284,27 @@ def whole_table(src_cur: Any, rep_cur: Any, *, source_sql: str, replica_sql: str
 
 
 def differing_ranges(src_cur: Any, rep_cur: Any, *, source_sql: str, replica_sql: str, ks: Keyset, hash_sql: str,
-                     page: int = PAGE, leaf: int = LEAF, fanout: int = FANOUT) -> ChecksumResult:
-    """The leaf ranges (key order) whose rows differ between the source and the replica."""
+                     page: int | None = None, leaf: int | None = None, fanout: int | None = None) -> ChecksumResult:
+    """The leaf ranges (key order, touching ones merged) whose rows differ between the source and the
+    replica. `page`, `leaf`, `fanout`: PAGE, LEAF and FANOUT unless given."""
+    page, leaf, fanout = page or PAGE, leaf or LEAF, fanout or FANOUT
     result = ChecksumResult()
+    leaves: list[Range] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="etl-checksum") as pool:
-        def compare(low: tuple | None, high: tuple | None) -> Range:
-            where, params = range_where(ks, low, high)
-            rn, rs = _aggregate(rep_cur, replica_sql, hash_sql, ks, where, params, None)
-            # The source's aggregate runs beside the replica's next one would; here one at a time per
-            # table, each bounded by the replica's count.
-            sn, ss = pool.submit(_aggregate, src_cur, source_sql, hash_sql, ks, where, params, rn + 1).result()
-            result.ranges += 1
-            result.queries += 1
-            return Range(low, high, rn, sn), (rn, rs) != (sn, ss)
-
-        def drill(r: Range) -> None:
-            stack = [r]
-            while stack:
-                cur_r = stack.pop()
-                if cur_r.replica_rows <= leaf:
-                    result.differing.append(cur_r)
-                    continue
-                where, params = range_where(ks, cur_r.low, cur_r.high)
-                cuts = []
-                for off in split_points(cur_r.replica_rows, fanout):
-                    b = _boundary(rep_cur, replica_sql, ks, where, params, off)
-                    if b is not None and (not cuts or b != cuts[-1]):
-                        cuts.append(b)
-                parts = []
-                for lo, hi in subranges(cur_r.low, cur_r.high, cuts):
-                    d, differs = compare(lo, hi)
-                    if differs:
-                        parts.append(d)
-                stack.extend(reversed(parts))  # depth first, key order kept
-
+        bis = _Bisect(src_cur, rep_cur, pool, source_sql=source_sql, replica_sql=replica_sql, ks=ks,
+                      hash_sql=hash_sql, leaf=leaf, fanout=fanout, result=result)
         low: tuple | None = None
+        n = 0
         while True:
             where, params = ks.after(low)
             high = _boundary(rep_cur, replica_sql, ks, where, params, page)
-            d, differs = compare(low, high)
+            d, differs = bis.compare(low, high, (n,))
             result.replica_rows += d.replica_rows
             if differs:
-                drill(d)
+                # One top-level range bisected at a time; its touching leaves kept as one range.
+                leaves.extend(merge_adjacent(bis.bisect([d])))
             if high is None:
                 break
-            low = high
+            low, n = high, n + 1
+    result.differing = merge_adjacent(leaves)
     return result

@@ -308,3 +308,101 @@ def test_an_emptied_source_table_does_not_empty_the_copies(etl_env) -> None:
         cur.execute("SELECT count(*) FROM raw.visits")
         assert cur.fetchone()[0] == 3000
     pg.close()
+
+
+# --- Bisection: only the differing leaves move ----------------------------------------------------
+
+WIDE = """
+CREATE TABLE wide (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL, amount DECIMAL(10,2), note TEXT NULL,
+                   seen DATETIME(3) NULL, score DOUBLE NULL, flags SET('a','b','c') NULL, raw VARBINARY(16) NULL);
+CREATE TABLE codes (code VARCHAR(16) COLLATE utf8mb4_general_ci PRIMARY KEY, label VARCHAR(40) NULL, n INT NULL);
+"""
+
+
+def _fill_wide(env, rows: int) -> None:
+    env.source_sql(WIDE + SCHEMA.split("CREATE TABLE loose")[0].split(";", 1)[1] + ";")  # + pairs
+    conn = env.mysql()
+    with conn.cursor() as cur:
+        # Even ids only: odd ids are inserted later between existing keys, in every range.
+        cur.executemany("INSERT INTO wide VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        [(2 * i, f"n{i}", i * 1.25, None if i % 7 else f"note {i}", f"2024-01-{i % 28 + 1:02d} 10:00:0{i % 10}.5",
+                          i / 3, ("a", "b,c", None)[i % 3], bytes([i % 256, 0, 255])) for i in range(1, rows + 1)])
+        cur.executemany("INSERT INTO codes VALUES (%s, %s, %s)",
+                        [(("Ab", "ac", "B", "ä")[i % 4] + f"{i:05d}", f"l{i}", i) for i in range(2000)])
+        cur.executemany("INSERT INTO pairs VALUES (%s, %s, %s)", [(i // 10, f"k{i % 10}", i) for i in range(1200)])
+    conn.commit()
+    conn.close()
+
+
+BISECT_CONFIG = """defaults: {batch_size: 400, mode: checksum}
+tables:
+  wide: {primary_key: [id]}
+  codes: {primary_key: [code]}
+  pairs: {primary_key: [a, b]}
+"""
+
+
+def test_a_one_row_edit_in_a_large_range_moves_that_row_alone(etl_env) -> None:
+    _fill_wide(etl_env, 5000)
+    etl_env.write_config(BISECT_CONFIG)
+    etl_env.run_plain()
+    conn = etl_env.mysql()
+    with conn.cursor() as cur:
+        cur.execute("UPDATE wide SET note = 'edited in place' WHERE id = 5002")  # one row of one 10,000-key range
+    conn.commit()
+    conn.close()
+    etl_env.run_plain()
+    assert_all_copies_equal(etl_env)
+    runs = _runs(etl_env)
+    assert runs["wide"]["mode"] == "checksum"
+    # The leaf is one replica row (tasks/range_checksum.LEAF): exactly the edited row moves, both legs.
+    assert (runs["wide"]["replica_rows"], runs["wide"]["analytics_rows"]) == (1, 1), runs["wide"]
+    assert runs["codes"]["mode"] == runs["pairs"]["mode"] == "unchanged"
+
+
+@pytest.mark.parametrize("page,fanout", [(None, None), (700, 8)])
+def test_spread_edits_deletes_and_inserts_move_only_the_differing_leaves(etl_env, monkeypatch, page, fanout) -> None:
+    from tasks import range_checksum
+
+    if page:  # small top-level ranges and fanout: several pages and four bisection levels
+        monkeypatch.setattr(range_checksum, "PAGE", page)
+        monkeypatch.setattr(range_checksum, "FANOUT", fanout)
+    _fill_wide(etl_env, 5000)
+    etl_env.write_config(BISECT_CONFIG)
+    etl_env.run_plain()
+    conn = etl_env.mysql()
+    with conn.cursor() as cur:
+        # In place, no change column: every 97th row of wide, every 50th code, one pair group.
+        cur.execute("UPDATE wide SET amount = amount + 1 WHERE id % 194 = 0")
+        edited = cur.rowcount
+        cur.execute("UPDATE wide SET flags = NULL, raw = NULL WHERE id = 4444")
+        edited += cur.rowcount
+        cur.execute("DELETE FROM wide WHERE id % 1010 = 0")
+        deleted = cur.rowcount
+        # Between existing keys all over the table, and past its end.
+        cur.executemany("INSERT INTO wide (id, name) VALUES (%s, %s)", [(i, f"ins{i}") for i in range(3, 10001, 666)])
+        inserted = cur.rowcount
+        cur.execute("INSERT INTO wide (id, name, note) VALUES (20001, 'tail', 't'), (20003, 'tail', NULL)")
+        cur.execute("UPDATE codes SET n = -n WHERE n % 50 = 7")
+        cur.execute("UPDATE codes SET code = UPPER(code) WHERE code = 'ac00001'")  # the same key to the server
+        cur.execute("DELETE FROM codes WHERE n % 333 = 5")
+        cur.executemany("INSERT INTO codes VALUES (%s, 'new', 0)", [(f"b{i:05d}x",) for i in range(0, 2000, 97)])
+        cur.execute("UPDATE pairs SET v = -v WHERE a = 50")
+        cur.execute("DELETE FROM pairs WHERE a = 60 AND b = 'k3'")
+        cur.execute("INSERT INTO pairs VALUES (60, 'k3x', 1), (500, 'a', 2)")
+    conn.commit()
+    conn.close()
+    etl_env.run_plain()
+    assert_all_copies_equal(etl_env)
+    runs = _runs(etl_env)
+    assert {runs[t]["mode"] for t in ("wide", "codes", "pairs")} == {"checksum"}
+    # What moved into the replica: the edited rows, the inserted ones, and per inserted row at most its
+    # successor (the leaf holding it) and per range whose source read stopped at its cap one more.
+    assert edited + inserted + 2 <= runs["wide"]["replica_rows"] <= edited + 3 * inserted + 2 + 4, (
+        runs["wide"], edited, inserted, deleted)
+    assert runs["wide"]["replica_rows"] < 5000 // 20
+    assert runs["codes"]["replica_rows"] < 2000 // 10, runs["codes"]
+    assert runs["pairs"]["replica_rows"] <= 10 + 2 + 4, runs["pairs"]
+    etl_env.run_plain()  # and nothing is left over: every table unchanged now
+    assert {r["mode"] for r in _runs(etl_env).values()} == {"unchanged"}
+    assert_all_copies_equal(etl_env)
