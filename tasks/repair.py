@@ -1,11 +1,12 @@
 """`etl verify --repair`: re-copy only the rows that verification found different.
 
-A table whose (leading) key column is an integer is repaired range by range: the replica's rows in
-the range are replaced from the source (DELETE + copy, one transaction), then analytics' rows from
-the replica (DELETE + COPY, one transaction). Any other keyed table is repaired key by key, the keys
-verify named, in batches, the same way. Both use the load's own paths: INSERT..SELECT or LOAD DATA
-for the replica, the COPY line the analytics load prints (tasks/type_mapping.copy_line_select).
-A table without a key cannot be repaired row by row: it needs a full refresh.
+A keyed table is repaired key by key, the keys verify named (every key missing or different in any
+of the three databases), in batches: the replica's rows of the batch are replaced from the source
+(DELETE + copy, one transaction), then analytics' rows from the replica (DELETE + COPY, one
+transaction). A table whose (leading) key column is an integer and whose differing ranges verify
+could not name keys for is repaired range by range, the same way. Both use the load's own paths:
+INSERT..SELECT or LOAD DATA for the replica, the COPY line the analytics load prints
+(tasks/type_mapping.copy_line_select). A table without a key cannot be repaired row by row: it needs a full refresh.
 """
 from __future__ import annotations
 
@@ -52,17 +53,21 @@ def repair_ranges(engines: Engines, table: ResolvedTable, result: VerifyResult, 
     ctx = _Copy(engines, table.name, schema, cols, source_db, replica_db, pg_schema, method)
     if not tx.key:
         return 0
-    if tx.ranged:
+    binds = [_key_binds(c) for c in tx.key_columns]
+    keys = sorted({k for d in result.differing for k in (d.keys or [])})
+    by_key = all(b is not None for b in binds) and not any("NULL" in k for k in keys)
+    if tx.ranged and not (by_key and all(d.keys for d in result.differing)):
+        # Verify named no key (or none that binds back): the whole range is copied again.
         k, pg_k = tx.key[0], tx.key_columns[0].name
         for d in result.differing:
             where, params = _bounds(k, d.low, d.high, mysql_ident)
             pwhere, pparams = _bounds(pg_k, d.low, d.high, pg_ident)
             ctx.recopy(where, params, pwhere, pparams)
         return len(result.differing)
-    binds = [_key_binds(c) for c in tx.key_columns]
-    keys = sorted({k for d in result.differing for k in (d.keys or [])})
-    if any(b is None for b in binds) or any("NULL" in k for k in keys):
+    if not by_key:
         return 0
+    # The keys verify's drill found differing (tasks/verify._drill: every key missing or different in
+    # any of the three databases): only those rows move, not the ~100,000-row ranges holding them.
     my_cols = ", ".join(mysql_ident(k) for k in tx.key)
     pg_cols = ", ".join(pg_ident(c.name) for c in tx.key_columns)
     my_row = "(" + ", ".join(b[0] for b in binds) + ")"

@@ -63,12 +63,20 @@ def test_repair_recopies_only_the_differing_ranges(etl_env) -> None:
         cur.execute("UPDATE raw.visit SET v = -1, edited = '1999-09-09' WHERE id = 20")
     r = _verify(etl_env, "visit")
     assert len(r.differing) == 2
+    with pg.cursor() as cur:  # a row PostgreSQL writes again gets a new xmin
+        cur.execute("SELECT id, xmin::text FROM raw.visit")
+        xmin_before = dict(cur.fetchall())
     cfg = parse_pipeline_config(CONFIG)
     urls = EngineUrls(source=etl_env.source_url, replica=etl_env.replica_url, analytics=etl_env.analytics_url)
     with open_engines(urls, workers=1) as engines:
         assert repair_ranges(engines, cfg.resolve("visit"), r, source_db=etl_env.source_db,
                              replica_db=etl_env.replica_db, pg_schema="raw", column_case="lower", method="stream") == 2
     assert _verify(etl_env, "visit").ok
+    # Only the two keys verify named moved, not the 1,000-row ranges holding them (the old range repair rewrote both).
+    with pg.cursor() as cur:
+        cur.execute("SELECT id, xmin::text FROM raw.visit")
+        rewritten = {i for i, x in cur.fetchall() if xmin_before.get(i) != x}
+    assert rewritten == {20, 1500}, sorted(rewritten)[:10]
     src = etl_env.mysql()
     assert_mysql_equal(src, etl_env.source_db, rep, etl_env.replica_db, "visit")
     assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", "visit")
