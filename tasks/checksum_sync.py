@@ -70,8 +70,10 @@ def _log_keys(cur: Any, table: str, table_sql: str, ks: Any, where: str, params:
         rows = [tuple(r) for r in cur.fetchall()]
         if not rows:
             return n
-        cur.executemany(f"INSERT INTO {mysql_ident(LOG)} (table_name, op, key_json) VALUES (%s, 'k', %s)",
-                        [(table, encode_key(list(r))) for r in rows])
+        # Placeholders only: pymysql's executemany sends one multi-row INSERT for such a statement,
+        # and one statement per key for any other (a literal 'k' among the values made it 1,000).
+        cur.executemany(f"INSERT INTO {mysql_ident(LOG)} (table_name, op, key_json) VALUES (%s, %s, %s)",
+                        [(table, "k", encode_key(list(r))) for r in rows])
         n += len(rows)
         if len(rows) < KEY_PAGE:
             return n
