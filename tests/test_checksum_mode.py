@@ -406,3 +406,32 @@ def test_spread_edits_deletes_and_inserts_move_only_the_differing_leaves(etl_env
     etl_env.run_plain()  # and nothing is left over: every table unchanged now
     assert {r["mode"] for r in _runs(etl_env).values()} == {"unchanged"}
     assert_all_copies_equal(etl_env)
+
+
+def test_deletes_off_overwrites_the_differing_leaves_and_keeps_deleted_rows(etl_env) -> None:
+    _fill_wide(etl_env, 3000)
+    etl_env.write_config(BISECT_CONFIG.replace("wide: {primary_key: [id]}", 'wide: {primary_key: [id], deletes: "off"}'))
+    etl_env.run_plain()
+    conn = etl_env.mysql()
+    with conn.cursor() as cur:
+        cur.execute("UPDATE wide SET name = CONCAT(name, '*') WHERE id % 300 = 0")
+        cur.execute("DELETE FROM wide WHERE id IN (1000, 4002)")
+        cur.execute("INSERT INTO wide (id, name) VALUES (1001, 'between'), (9001, 'tail')")
+    conn.commit()
+    conn.close()
+    etl_env.run_plain()
+    # The deleted rows stay in both copies; every other row is the source's, value by value.
+    assert_all_copies_equal(etl_env, skip=("wide",))
+    src, rep, pg = etl_env.mysql(), mysql_connect(etl_env.replica_db), etl_env.pg()
+    with src.cursor() as s, rep.cursor() as r, pg.cursor() as p:
+        s.execute("SELECT id, name FROM wide ORDER BY id")
+        want = {i: n for i, n in s.fetchall()}
+        r.execute("SELECT id, name FROM wide ORDER BY id")
+        got_rep = {i: n for i, n in r.fetchall()}
+        p.execute("SELECT id, name FROM raw.wide ORDER BY id")
+        got_pg = {i: n for i, n in p.fetchall()}
+    src.close(), rep.close(), pg.close()
+    assert {1000, 4002} <= set(got_rep) and got_rep == got_pg
+    assert {i: n for i, n in got_rep.items() if i not in (1000, 4002)} == want
+    # 20 edited rows, 2 inserted, the inserted 1001's successor 1002 in its leaf (and a cap's leaf or two).
+    assert 23 <= _runs(etl_env)["wide"]["replica_rows"] <= 20 + 2 + 2 + 2, _runs(etl_env)["wide"]

@@ -178,3 +178,16 @@ def test_merge_adjacent_and_recopy_groups() -> None:
     assert [len(g) for g in groups] == [4, 4, 2, 1]
     assert [len(g) for g in recopy_groups([Range((i,), (i + 1,), 1, 1) for i in range(5)], rows=100, most=2)] == [
         2, 2, 1]
+
+
+def test_a_bulk_update_is_recopied_as_whole_ranges_not_cut_to_rows(etl_env) -> None:
+    src, rep = _pair(etl_env, _keyed_rows(3000))
+    with src.cursor() as cur:
+        cur.execute("UPDATE k SET v = CONCAT(v, '!') WHERE a % 10 <> 0")  # 90% of the rows
+    found = _compare(etl_env, src, rep)
+    # One level: most of the table's 1,024 sub-ranges differ, so it is re-copied whole, not row by row.
+    assert found.levels == 1 and [(r.low, r.high, r.replica_rows) for r in found.differing] == [(None, None, 3000)]
+    _apply(etl_env, src, rep, found.differing)
+    assert _same(etl_env)
+    src.close()
+    rep.close()
