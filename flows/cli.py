@@ -794,9 +794,17 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_console_tracebacks(logging.DEBUG if args.verbose else logging.INFO)
     try:
         _check_databases(args)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that stopped early (`| head`) is handled below
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`etl status --json | head`): stop quietly, as a shell tool
+        # killed by SIGPIPE does (exit 141), and point stdout at /dev/null so the interpreter's final
+        # flush does not print "Exception ignored ... BrokenPipeError".
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # noqa: BLE001 - every failure ends as one line; --debug shows where
         if args.debug:
             raise

@@ -68,7 +68,7 @@ def ui_url(flow_run_id: str | None) -> str | None:
         api = s.api.url
         if not api:
             return None
-        ui = s.ui.url or api.rstrip("/").removesuffix("/api")
+        ui = s.ui_url or api.rstrip("/").removesuffix("/api")  # Prefect 3 settings: `ui_url`, derived from the API URL
         return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}"
     except Exception:  # noqa: BLE001 - a link is a nicety
         return None

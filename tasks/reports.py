@@ -14,6 +14,7 @@ from tasks.metrics import SCHEMA
 RUN_EXTRA = ("prefect_run_name", "prefect_run_url", "error", "source")
 # `etl status` without --table: errors cut to fit a line; with --table they are shown whole.
 ERROR_CHARS = 120
+NOTES_CHARS = 96  # the probe's "unchanged" note fits; a longer one is cut with "…" here, `etl status --table T` shows it whole
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -85,7 +86,8 @@ def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None, source
 
 def render_run(run: dict, *, full_errors: bool = False) -> str:
     """One run: a head line (status, Prefect run name and link, totals), the run's own error when it
-    failed outside the tables, and a row per table. `full_errors`: table errors whole, not cut."""
+    failed outside the tables, and a row per table. `full_errors` (`etl status --table T`): table errors
+    and notes whole, each on a line of its own below the table, not cut."""
     secs = (run["ended_at"] - run["started_at"]).total_seconds() if run.get("ended_at") else None
     head = (f"{'clinic ' + run['source'] + '  ' if run.get('source') else ''}run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
             f"{f'  {secs:.1f}s' if secs is not None else '  (still running or interrupted)'}  "
@@ -104,7 +106,14 @@ def render_run(run: dict, *, full_errors: bool = False) -> str:
     details = []
     for t in run["tables"]:
         error = " ".join((t["error"] or "").split())
-        cell = error if t["status"] != "ok" else (t["notes"] or "")[:60]
+        notes = " ".join((t["notes"] or "").split())
+        cell = error if t["status"] != "ok" else notes
+        if t["status"] == "ok" and len(notes) > NOTES_CHARS:
+            if full_errors:
+                details.append(f"{t['table_name']}: {notes}")
+                cell = "(below)"
+            else:
+                cell = notes[: NOTES_CHARS - 1] + "…"
         if t["status"] != "ok" and len(error) > ERROR_CHARS:
             if full_errors:
                 details.append(f"{t['table_name']}: {error}")

@@ -204,3 +204,15 @@ def test_refused_and_early_failed_runs_are_told_and_the_early_failure_is_recorde
     pg.close()
     assert (run_id, status, total, name) == (failed["run_id"], "failed", 0, failed["run_name"])
     assert "cannot reach the replica database" in error and "wrongpw42" not in error
+
+
+def test_ui_url_follows_the_api_url_or_the_ui_url() -> None:
+    """The link `etl status`, the run report and the messages carry; none for the temporary local API."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4999/api"}):
+        assert notify.ui_url("abc") == "http://127.0.0.1:4999/runs/flow-run/abc"
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4999/api", PREFECT_UI_URL: "https://ui.example/p"}):
+        assert notify.ui_url("abc") == "https://ui.example/p/runs/flow-run/abc"
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert notify.ui_url("abc") is None

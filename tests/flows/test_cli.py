@@ -112,7 +112,8 @@ def test_run_refuses_a_replica_that_is_the_source_before_anything_is_written(etl
     conn.close()
 
 
-def _record_run(env, run_id: str, *, status: str, error: str | None = None) -> None:  # noqa: ANN001
+def _record_run(env, run_id: str, *, status: str, error: str | None = None,  # noqa: ANN001
+                notes: str | None = None) -> None:
     from tasks.connections import create_engine
 
     engine = create_engine("analytics", env.analytics_url, pool_size=1)
@@ -122,7 +123,7 @@ def _record_run(env, run_id: str, *, status: str, error: str | None = None) -> N
         w.pipeline_started(tables_total=1, full_refresh=False, replica_method="server",
                            prefect_run_name=f"name-{run_id}", prefect_run_url=f"http://ui/runs/flow-run/{run_id}")
         w.table_started("patient", priority="critical", mode="full")
-        w.table_finished("patient", {"status": "failed" if error else "ok", "error": error})
+        w.table_finished("patient", {"status": "failed" if error else "ok", "error": error, "notes": notes})
         if status != "running":
             w.pipeline_finished(status=status, tables_ok=0 if error else 1, failed=["patient"] if error else [],
                                 rows_replica=0, rows_analytics=0, connection_usage=None)
@@ -148,6 +149,35 @@ def test_status_is_a_monitor(etl_env, capsys) -> None:
     _record_run(etl_env, "r3", status="running")
     assert main(["status"]) == 0
     assert main(["status", "--strict"]) == 1
+
+
+def test_status_notes_are_whole_for_one_table(etl_env, capsys) -> None:
+    notes = "; ".join(f"note {i}: small table refreshed in place in one transaction" for i in range(4)) + " END"
+    _record_run(etl_env, "r1", status="ok", notes=notes)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert notes not in out and (notes[:95] + "…") in out  # cut in the runs view, and saying so
+    assert main(["status", "--table", "patient"]) == 0
+    out = capsys.readouterr().out
+    assert f"patient: {notes}" in out and "(below)" in out  # whole, on a line of its own
+
+
+def test_status_into_a_closed_pipe_exits_quietly(etl_env) -> None:
+    """`etl status --json | head`: the reader is gone before etl writes; no message, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    _record_run(etl_env, "r1", status="ok")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone, as `head` has once it read its lines
+    env = {**os.environ, "ETL_ENV_FILE": "", "ETL_ANALYTICS_URL": etl_env.analytics_url}
+    try:
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "status", "--json"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr == "" and done.returncode == 141, (done.returncode, done.stderr)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
