@@ -23,6 +23,8 @@ from typing import Any
 
 import pymysql
 
+from tests.mysql_script import MULTI_STATEMENTS, execute_script
+
 
 @dataclass
 class BinlogServer:
@@ -41,14 +43,7 @@ class BinlogServer:
                                charset="utf8mb4", autocommit=True, ssl_disabled=True, **kw)
 
     def sql(self, db: str | None, text: str) -> None:
-        conn = self.connect(db, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(text)
-                while cur.nextset():
-                    pass
-        finally:
-            conn.close()
+        execute_script(self.connect(db, client_flag=MULTI_STATEMENTS), text)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

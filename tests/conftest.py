@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.mysql_script import MULTI_STATEMENTS, execute_script  # noqa: E402 - after ROOT is on sys.path
+
 MYSQL = dict(host=os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_MYSQL_PORT", "3306")),
              user=os.environ.get("TEST_MYSQL_USER", "root"), password=os.environ.get("TEST_MYSQL_PASSWORD", ""))
 PG = dict(host=os.environ.get("TEST_PG_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_PG_PORT", "5432")),
@@ -62,15 +64,7 @@ def wait_for(predicate, timeout: float = 60.0) -> bool:
 
 def run_mysql_script(db: str, text: str) -> None:
     """Run a multi-statement SQL script (no DELIMITER blocks) in `db`."""
-    conn = pymysql.connect(**MYSQL, database=db, charset="utf8mb4", autocommit=True, ssl_disabled=True,
-                           client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(text)
-            while cur.nextset():
-                pass
-    finally:
-        conn.close()
+    execute_script(mysql_connect(db, client_flag=MULTI_STATEMENTS), text)
 
 
 @dataclass
