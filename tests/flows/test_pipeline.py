@@ -368,8 +368,10 @@ def test_failed_tables_show_on_the_runs_that_hold_them(etl_env, prefect_harness)
     APILogHandler().flush()  # as the process would at exit: the last lines may still be in the batch
     pg = etl_env.pg()
     with pg.cursor() as cur:
-        cur.execute("SELECT run_id FROM etl.pipeline_runs")
-        [(run_id,)] = cur.fetchall()
+        cur.execute("SELECT run_id, prefect_run_url FROM etl.pipeline_runs")
+        [(run_id, run_url)] = cur.fetchall()
+    # The link `etl status` prints: the run's page on the server this run reported to.
+    assert run_url and run_url.startswith("http") and run_url.endswith(f"/runs/flow-run/{run_id}"), run_url
     src = etl_env.mysql()
     for t in ("patient", "appointment", "payment", "document"):
         assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", t)
