@@ -162,6 +162,18 @@ def test_status_notes_are_whole_for_one_table(etl_env, capsys) -> None:
     assert f"patient: {notes}" in out and "(below)" in out  # whole, on a line of its own
 
 
+def test_status_asks_no_binlog_lag_without_binlog_tables(etl_env, capsys) -> None:
+    """Before the first run the replica database does not exist: no `binlog lag: unknown` line for a
+    config without binlog tables; with one, the lag line is still there (and says it is unknown)."""
+    _record_run(etl_env, "r1", status="ok")
+    etl_env.write_config(CONFIG)
+    assert main(["status"]) == 0
+    assert "binlog lag" not in capsys.readouterr().out
+    etl_env.write_config(CONFIG.replace("primary_key: [id]}", "primary_key: [id], mode: binlog}"))
+    assert main(["status"]) == 0
+    assert "binlog lag: unknown (OperationalError)" in capsys.readouterr().out
+
+
 def test_status_into_a_closed_pipe_exits_quietly(etl_env) -> None:
     """`etl status --json | head`: the reader is gone before etl writes; no message, no traceback."""
     import os
