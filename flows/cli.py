@@ -362,7 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif not runs:
         print("no runs recorded yet (etl schema is empty)")
     else:
-        print("\n\n".join(render_run(r, full_errors=bool(args.table)) for r in runs))
+        print("\n\n".join(render_run(r, full_errors=bool(args.table), table=args.table) for r in runs))
     if not args.json and not _blocks(args):
         from tasks.binlog_reader import describe_lag
 
@@ -401,7 +401,7 @@ def _status_by_clinic(args: argparse.Namespace, names: list[str]) -> int:
     else:
         for n, runs in by_clinic.items():
             print(f"== clinic {n}")
-            print("\n\n".join(render_run(r, full_errors=bool(args.table)) for r in runs) if runs
+            print("\n\n".join(render_run(r, full_errors=bool(args.table), table=args.table) for r in runs) if runs
                   else "no runs recorded yet")
             print()
     if bad:

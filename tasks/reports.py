@@ -84,10 +84,11 @@ def last_runs(engine: Engine, *, runs: int = 5, table: str | None = None, source
     return out
 
 
-def render_run(run: dict, *, full_errors: bool = False) -> str:
+def render_run(run: dict, *, full_errors: bool = False, table: str | None = None) -> str:
     """One run: a head line (status, Prefect run name and link, totals), the run's own error when it
     failed outside the tables, and a row per table. `full_errors` (`etl status --table T`): table errors
-    and notes whole, each on a line of its own below the table, not cut."""
+    and notes whole, each on a line of its own below the table, not cut. `table`: the one table the rows
+    were read for (a run without it says so, not "no table started")."""
     secs = (run["ended_at"] - run["started_at"]).total_seconds() if run.get("ended_at") else None
     head = (f"{'clinic ' + run['source'] + '  ' if run.get('source') else ''}run {run['run_id']}  {run['status'].upper()}  started {_fmt(run['started_at'])}"
             f"{f'  {secs:.1f}s' if secs is not None else '  (still running or interrupted)'}  "
@@ -98,6 +99,8 @@ def render_run(run: dict, *, full_errors: bool = False) -> str:
         lines.append(f"prefect run {run.get('prefect_run_name') or '?'}" + (f"  {link}" if link else ""))
     if run.get("error"):
         lines.append(f"error: {run['error']}")
+    if not run["tables"] and table:
+        return "\n".join(lines + [f"(table {table} is not in this run)"])
     if not run["tables"]:
         return "\n".join(lines + (["(no table started)"] if run["status"] != "running" else []))
     rows = []

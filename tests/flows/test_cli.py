@@ -160,6 +160,8 @@ def test_status_notes_are_whole_for_one_table(etl_env, capsys) -> None:
     assert main(["status", "--table", "patient"]) == 0
     out = capsys.readouterr().out
     assert f"patient: {notes}" in out and "(below)" in out  # whole, on a line of its own
+    assert main(["status", "--table", "claim"]) == 0
+    assert "(table claim is not in this run)" in capsys.readouterr().out  # not "(no table started)"
 
 
 def test_status_asks_no_binlog_lag_without_binlog_tables(etl_env, capsys) -> None:
