@@ -71,9 +71,12 @@ def start(*, buffer_pool: str = "32M", log_file_size: str = "16M", prefix: str =
     """A fresh server with binary logging on; small buffers by default (the tests keep values small)."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     data = tmp / "data"
-    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}",
+    # Its own tmpdir, for the install's bootstrap server too: a MariaDB server starting up deletes every
+    # `#sql*` file in its tmpdir, which in /tmp are the machine server's live temporary tables (queries
+    # there failed with "Error on delete of '/tmp/#sql-temptable-….MAI'" whenever a test server started).
+    (tmp / "tmp").mkdir()
+    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", f"--tmpdir={tmp}/tmp",
                     "--auth-root-authentication-method=normal", "--skip-test-db"], check=True, capture_output=True)
-    (tmp / "tmp").mkdir()  # its own tmpdir: another process cleaning /tmp cannot take its temporary tables
     port = _free_port()
     with open(tmp / "server.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(

@@ -7,6 +7,8 @@ streamed path); the ETL_* settings and the clean-up are etl_env's (tests/conftes
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -17,11 +19,22 @@ from tests.binlog_server import BinlogServer
 from tests.conftest import EtlEnv, env_in_use, new_env
 
 
+FOREIGN_TMP_FILE: dict[str, bool] = {}
+
+
 @pytest.fixture(scope="session")
 def binlog_server() -> Iterator[BinlogServer]:
     if not server_mod.available():
         pytest.skip("mariadbd is not installed")
-    server = server_mod.start()
+    # A file named like the machine server's temporary tables, in /tmp: the start must leave it alone
+    # (tests/binlog/test_test_server.py reads whether it did).
+    marker = Path(tempfile.gettempdir()) / f"#sql-temptable-etlt-{os.urandom(4).hex()}.MAI"
+    marker.touch()
+    try:
+        server = server_mod.start()
+    finally:
+        FOREIGN_TMP_FILE["survived"] = marker.exists()
+        marker.unlink(missing_ok=True)
     try:
         yield server
     finally:
