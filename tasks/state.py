@@ -124,16 +124,18 @@ def mysql_save(cur: Any, table: str, st: TableState) -> None:
         if col not in keep:
             cur.execute(f"DELETE FROM {mysql_ident(MYSQL_STATE)} WHERE table_name = %s AND column_name = %s",
                         (table, col))
-    for col, v in rows:
-        cur.execute(
-            f"INSERT INTO {mysql_ident(MYSQL_STATE)} (table_name, column_name, wm_datetime, wm_int, generation, "
-            "run_count, source_time_zone, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(6)) "
-            "ON DUPLICATE KEY UPDATE wm_datetime = VALUES(wm_datetime), wm_int = VALUES(wm_int), "
-            "generation = VALUES(generation), run_count = VALUES(run_count), "
-            "source_time_zone = VALUES(source_time_zone), updated_at = VALUES(updated_at)",
-            (table, col, v if isinstance(v, dt.datetime) else None, v if isinstance(v, int) else None,
-             st.generation, st.run_count, st.source_time_zone),
-        )
+    # Every row in one statement (a row per change column, plus the generation's).
+    cur.execute(
+        f"INSERT INTO {mysql_ident(MYSQL_STATE)} (table_name, column_name, wm_datetime, wm_int, generation, "
+        "run_count, source_time_zone, updated_at) VALUES "
+        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(6))"] * len(rows))
+        + " ON DUPLICATE KEY UPDATE wm_datetime = VALUES(wm_datetime), wm_int = VALUES(wm_int), "
+        "generation = VALUES(generation), run_count = VALUES(run_count), "
+        "source_time_zone = VALUES(source_time_zone), updated_at = VALUES(updated_at)",
+        [x for col, v in rows for x in (table, col, v if isinstance(v, dt.datetime) else None,
+                                         v if isinstance(v, int) else None, st.generation, st.run_count,
+                                         st.source_time_zone)],
+    )
 
 
 def mysql_reset(cur: Any, table: str) -> None:
@@ -221,15 +223,18 @@ def pg_load(cur: Any, schema: str, table: str) -> TableState | None:
     return st
 
 
-def pg_save(cur: Any, schema: str, table: str, st: TableState) -> None:
-    cur.execute(f"DELETE FROM {PG_STATE} WHERE target_schema = %s AND table_name = %s", (schema, table))
-    for col, v in [("", None)] + sorted(st.watermarks.items()):
-        cur.execute(
-            f"INSERT INTO {PG_STATE} (target_schema, table_name, column_name, wm_timestamp, wm_int, generation, "
-            "run_count) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (schema, table, col, v if isinstance(v, dt.datetime) else None, v if isinstance(v, int) else None,
-             st.generation, st.run_count),
-        )
+def pg_save(cur: Any, schema: str, table: str, st: TableState, *, cleared: bool = False) -> None:
+    """Replace the table's state rows (caller commits); `cleared`: the caller deleted them in this
+    transaction already (pg_reset), so only the INSERT is sent. All rows in one INSERT."""
+    if not cleared:
+        cur.execute(f"DELETE FROM {PG_STATE} WHERE target_schema = %s AND table_name = %s", (schema, table))
+    rows = [("", None)] + sorted(st.watermarks.items())
+    cur.execute(
+        f"INSERT INTO {PG_STATE} (target_schema, table_name, column_name, wm_timestamp, wm_int, generation, "
+        "run_count) VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(rows)),
+        [x for col, v in rows for x in (schema, table, col, v if isinstance(v, dt.datetime) else None,
+                                         v if isinstance(v, int) else None, st.generation, st.run_count)],
+    )
 
 
 def pg_reset(cur: Any, schema: str, table: str) -> None:

@@ -266,7 +266,7 @@ def _load(engines: Engines, job: TableJob, *, full_refresh: bool, resume: bool,
     def in_swap(cur) -> None:  # noqa: ANN001
         if full_refresh:
             state.pg_reset(cur, pg_schema, pg_name)
-        state.pg_save(cur, pg_schema, pg_name, new)
+        state.pg_save(cur, pg_schema, pg_name, new, cleared=full_refresh)
 
     stats = analytics_full.load_full(engines, job, schema=rep_schema, resume=resume, progress=progress,
                                      in_swap=in_swap)
