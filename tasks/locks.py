@@ -53,17 +53,17 @@ def analytics_lock(engines: Engines, schema: str, table: str, *, wait_seconds: i
         raw.autocommit = True
         try:
             with raw.cursor() as cur:
-                cur.execute("SET lock_timeout = %s", (f"{int(wait_seconds)}s",))
+                # One round trip each way (two statements in one query): the timeout holds for the wait,
+                # and is reset with the unlock (the phase works on connections of its own).
                 try:
-                    cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    cur.execute("SET lock_timeout = %s; SELECT pg_advisory_lock(%s)", (f"{int(wait_seconds)}s", key))
                 except Exception as e:  # noqa: BLE001 - lock_timeout
                     raise TableBusy(f"table {table!r}: another run is loading it into analytics (advisory lock "
                                     f"{key} held for more than {wait_seconds}s); it was skipped this run") from e
-                cur.execute("RESET lock_timeout")
             try:
                 yield
             finally:
                 with raw.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    cur.execute("SELECT pg_advisory_unlock(%s); RESET lock_timeout", (key,))
         finally:
             raw.autocommit = False

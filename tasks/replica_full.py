@@ -244,8 +244,10 @@ def _copy_server_side(job: TableJob, *, cur: Any, rep: Any, shadow: str, after: 
     cols = ", ".join(mysql_ident(c) for c in writable_columns(job.source))
     src = job.source_sql
     dst = mysql_qualified(job.replica_db, shadow)
-    # READ COMMITTED: INSERT ... SELECT then reads the source without locking its rows.
-    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    # READ COMMITTED: INSERT ... SELECT then reads the source without locking its rows (in place, the
+    # caller set it before its transaction began; set here it would only apply to the next one).
+    if not in_place:
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     try:
         if not key or in_place:  # in place: one statement, the table is small
             n = _exec(cur, f"INSERT INTO {dst} ({cols}) SELECT {cols} FROM {src}")
