@@ -166,6 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_pipeline_config(config_path)
     cfg.resolved_tables(_split(args.tables))
 
+    api_ready = _start_temporary_api()  # starts while the flows are imported
     from blocks.connectors import BlockNames
     from flows.pipeline import etl_pipeline
 
@@ -174,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         blocks = BlockNames(source=args.source_block, replica=args.replica_block, analytics=args.analytics_block)
     from tasks.schedule_guard import BlackoutRefused
 
+    api_ready()
     with _heartbeat_for_cli_run():
         state = etl_pipeline(tables=_split(args.tables), full_refresh=args.full_refresh, config_path=config_path,
                              blocks=blocks, ignore_blackout=args.ignore_blackout, dispatch=args.dispatch,
@@ -194,6 +196,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Bad settings refused inside the flow (a bad URL, the replica is the source) exit 2 like `etl plan`
     # and the plain runner; a run that failed (a table, a database unreachable) exits 1.
     return 2 if isinstance(error, ConfigError) else 1
+
+
+def _start_temporary_api():  # noqa: ANN202 - returns the wait
+    """Without PREFECT_API_URL the flow starts Prefect's temporary API server (a subprocess, ~5 s) at its
+    first API call; started here on a thread, it boots on the other core while this process imports the
+    flows (~1.3 s). Returns the wait for it. A start that fails here is left to the flow, which starts it
+    again and reports what went wrong."""
+    import threading
+
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return lambda: None
+
+    def start() -> None:
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+        except Exception:  # noqa: BLE001 - see above
+            pass
+
+    thread = threading.Thread(target=start, name="etl-temporary-api", daemon=True)
+    thread.start()
+    return thread.join
 
 
 def _heartbeat_for_cli_run():  # noqa: ANN202 - a context manager
