@@ -240,6 +240,59 @@ def drop_later(env: EtlEnv) -> None:
         _BACKGROUND.drop(env)
 
 
+class Alongside:
+    """Work a test starts ahead, on a thread, while the tests of its own directory (`zone`) run; the test
+    itself asserts `result()` at the end of that directory.
+
+    Only subprocess-driven sequences that wait on servers belong here (tests/deploy's README sequence).
+    Its writes to the shared MariaDB are open transactions in INNODB_TRX, which every other run's probe
+    and watermark read server-wide, so it must not run beside the tests that assert what a probe skips
+    or where a watermark stands: before any test outside `zone` starts, the session waits for it
+    (`pytest_runtest_setup` below), and the session's end waits for it too (its own clean-up runs)."""
+
+    def __init__(self, name: str, zone: Path, fn) -> None:  # noqa: ANN001 - a callable returning anything
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.name, self.zone = name, zone
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"etlt-{name}")
+        self._future = self._pool.submit(fn)
+        self._pool.shutdown(wait=False)
+
+    def covers(self, path: Path) -> bool:
+        return self.zone == path or self.zone in path.parents
+
+    def wait(self) -> None:
+        try:
+            self._future.result()
+        except BaseException:  # noqa: BLE001 - reported by result(), to the test that owns it
+            pass
+
+    def result(self):  # noqa: ANN201 - whatever fn returned
+        return self._future.result()
+
+
+ALONGSIDE: dict[str, Alongside] = {}
+
+
+def start_alongside(name: str, zone: Path, fn) -> Alongside:  # noqa: ANN001
+    """Start `fn` on a thread once per session (see Alongside); the same job if it is already started."""
+    if name not in ALONGSIDE:
+        ALONGSIDE[name] = Alongside(name, zone, fn)
+    return ALONGSIDE[name]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for job in ALONGSIDE.values():
+        if not job.covers(Path(item.path)):
+            job.wait()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for job in ALONGSIDE.values():
+        job.wait()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect API for the whole session (flows under test report to it)."""
@@ -280,6 +333,16 @@ def new_env(tmp_path: Path) -> EtlEnv:
     """A test's own databases (made ahead on the background thread while a session runs)."""
     prefix = _BACKGROUND.take() if _BACKGROUND is not None else _create_databases(_new_prefix())
     return _env(prefix, tmp_path)
+
+
+def env_made_now(tmp_path: Path) -> EtlEnv:
+    """A set of databases created on the calling thread, for work on a thread of its own (Alongside):
+    new_env's ready-made sets are handed out by the session's thread. Drop it with `drop_now`."""
+    return _env(_create_databases(_new_prefix()), tmp_path)
+
+
+def drop_now(env: EtlEnv) -> None:
+    _drop_everything(env)
 
 
 def env_in_use(env: EtlEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[EtlEnv]:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import secrets
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from flows.dispatch import SOURCE_LIMIT
-from tests.conftest import PG, EtlEnv, pg_connect
+from tests.conftest import PG, Alongside, EtlEnv, pg_connect, start_alongside
 from tests.deploy.prefect_server import ROOT, PrefectStack
 
 
@@ -75,3 +77,34 @@ def deployed_env(etl_env: EtlEnv, prefect_stack: PrefectStack) -> EtlEnv:
         "ETL_ANALYTICS_URL": etl_env.analytics_url})
     etl_env.config_path = prefect_stack.config_path
     return etl_env
+
+
+# The README's operating sequence in a fresh copy (test_readme.py) is two temporary Prefect servers and
+# a worker, mostly waited on: ~2 minutes that overlap the rest of this directory instead of adding to it.
+# It starts with the first test here and is this directory's last test; no test outside tests/deploy runs
+# beside it (tests/conftest.Alongside says why).
+README_TEST = "tests/deploy/test_readme.py::test_readme_operating_sequence_from_a_fresh_copy"
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The README test goes after the last test of tests/deploy, so everything between it and the first
+    test here overlaps its sequence."""
+    readme = [i for i in items if i.nodeid == README_TEST]
+    if not readme:
+        return
+    items.remove(readme[0])
+    here = [n for n, i in enumerate(items) if HERE in Path(i.path).parents]
+    items.insert(here[-1] + 1 if here else len(items), readme[0])
+
+
+def readme_sequence(session: pytest.Session) -> Alongside:
+    from tests.deploy.test_readme import operating_sequence
+
+    return start_alongside("readme", HERE, lambda: operating_sequence(Path(tempfile.mkdtemp(prefix="etlt-readme-"))))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if any(i.nodeid == README_TEST for i in item.session.items):
+        readme_sequence(item.session)

@@ -9,6 +9,10 @@ table config reach `etl`, the blocks and the worker through the env file `make d
 isolation only, the environment points the demo at this test's databases (DEMO_*_URL, a tiny
 DEMO_SCALE) and the server at a free port; the server's database is the one `make server` names for
 the copy (dropped afterwards). Also: `make server` refuses a database it did not create.
+
+The sequence is subprocesses waiting on Prefect servers (~2 min), so it runs on a thread from the first
+test of tests/deploy on, beside the others there, and the test at the end of the directory asserts its
+outcome (tests/deploy/conftest.py); no test outside tests/deploy runs beside it (tests/conftest.Alongside).
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PG, pg_connect
+from tests.conftest import PG, EtlEnv, drop_now, env_made_now, pg_connect
 from tests.dbcompare import assert_pg_matches_mysql
 from tests.deploy.prefect_server import ROOT, clean_environment, flow_run_id_from, free_port
+from tests.deploy.conftest import readme_sequence
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +63,21 @@ def _drop_pg(db: str) -> None:
     conn.close()
 
 
-def test_readme_operating_sequence_from_a_fresh_copy(etl_env, tmp_path) -> None:
+def operating_sequence(tmp_path: Path) -> dict[str, float]:
+    """The sequence, start to end, in `tmp_path`, on databases of its own; returns the cumulative time
+    after each step. Runs on a thread while the rest of tests/deploy runs (see tests/deploy/conftest.py),
+    so it touches nothing of the session: no fixture, no os.environ, its own databases made and dropped
+    here; every failure is an AssertionError, re-raised by the test below."""
+    etl_env = env_made_now(tmp_path)
+    try:
+        timings = _sequence(etl_env, tmp_path)
+    finally:
+        drop_now(etl_env)
+    shutil.rmtree(tmp_path, ignore_errors=True)  # kept when the sequence failed
+    return timings
+
+
+def _sequence(etl_env: EtlEnv, tmp_path: Path) -> dict[str, float]:
     repo = _fresh_copy(tmp_path / "checkout")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -83,8 +102,11 @@ def test_readme_operating_sequence_from_a_fresh_copy(etl_env, tmp_path) -> None:
             cur.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db,))
             assert cur.fetchone() == (f"created by mysql-analytics-etl make server for {repo}",)
         conn.close()
+        timings["server"] = time.monotonic() - t0
         _ok(_sh("make blocks", cwd=repo, env=shell), "make blocks")
+        timings["blocks"] = time.monotonic() - t0
         _ok(_sh("make deploy", cwd=repo, env=shell, timeout=300), "make deploy")
+        timings["deploy"] = time.monotonic() - t0
         out = _ok(_sh("make worker", cwd=repo, env=shell), "make worker")
         assert f"table config {repo}/build/demo/tables.yml" in out
         timings["stack"] = time.monotonic() - t0
@@ -93,6 +115,7 @@ def test_readme_operating_sequence_from_a_fresh_copy(etl_env, tmp_path) -> None:
         ops = f"export PREFECT_API_URL={api}\n"
         repair = _sh(ops + "prefect deployment run 'etl-repair/repair' --param 'tables=[\"patient\"]' --watch",
                      cwd=repo, env={**shell, "PATH": f"{repo}/.venv/bin:{shell['PATH']}"})
+        timings["repair"] = time.monotonic() - t0
         nightly = _sh(ops + "prefect deployment run 'etl-pipeline/nightly' --watch", cwd=repo,
                       env={**shell, "PATH": f"{repo}/.venv/bin:{shell['PATH']}"})
         timings["runs"] = time.monotonic() - t0
@@ -114,19 +137,31 @@ def test_readme_operating_sequence_from_a_fresh_copy(etl_env, tmp_path) -> None:
         bin_path = {**shell, "PATH": f"{repo}/.venv/bin:{shell['PATH']}"}
         status = _ok(_sh(ops + "etl status", cwd=repo, env=bin_path), "etl status")
         assert "patient" in status
+        timings["status"] = time.monotonic() - t0
         _ok(_sh(ops + "etl plan", cwd=repo, env=bin_path), "etl plan")
+        timings["plan"] = time.monotonic() - t0
     finally:
         stop = _sh("make stop", cwd=repo, env=shell, timeout=120)
         marker = repo / "build" / "prefect-server.db"
         if marker.exists():
             _drop_pg(marker.read_text().strip().rsplit("/", 1)[1])
+    timings["stop"] = time.monotonic() - t0
     _ok(stop, "make stop")
     src, pg = etl_env.mysql(), etl_env.pg()
     try:
         assert_pg_matches_mysql(src, etl_env.source_db, pg, "raw", "patient")
     finally:
         src.close(), pg.close()
-    print(f"README sequence: {time.monotonic() - t0:.0f}s in all; cumulative {timings}")
+    timings["all"] = time.monotonic() - t0
+    return timings
+
+
+def test_readme_operating_sequence_from_a_fresh_copy(request: pytest.FixtureRequest) -> None:
+    """The sequence ran on a thread from the first test of tests/deploy on (this test is the package's
+    last; tests/deploy/conftest.py): here its outcome, failures with the sequence's own message."""
+    timings = readme_sequence(request.session).result()
+    print("README sequence (beside the other tests/deploy tests), cumulative s: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
 
 
 def test_make_server_refuses_a_database_it_did_not_create(tmp_path) -> None:
