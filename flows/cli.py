@@ -239,9 +239,9 @@ def _heartbeat_for_cli_run():  # noqa: ANN202 - a context manager
 
 
 def _config_may_use_binlog(settings: Settings) -> bool:
-    """False when the table config has no `mode: binlog` table: `etl status` then asks no binlog lag (it
-    printed `binlog lag: unknown (OperationalError)` before the replica database existed). A config that
-    cannot be read says nothing either way: True, the lag is asked as before."""
+    """False when the table config has no `mode: binlog` table: `etl status` then asks no binlog lag (a
+    cursor left from an earlier binlog config is stale, and an unreachable replica is not this line's
+    news). A config that cannot be read says nothing either way: True, the lag is asked."""
     from config.models import load_pipeline_config
 
     try:

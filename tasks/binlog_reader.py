@@ -34,6 +34,7 @@ log = logging.getLogger("etl.binlog")
 
 CHANGES = "_etl_binlog_changes"
 CURSOR = "_etl_binlog_cursor"
+ER_BAD_DB_ERROR = 1049  # MySQL "Unknown database": the replica database is not created yet
 FLUSH_KEYS = 5_000  # keys buffered before they are written (bounded memory in a huge transaction)
 READER_SERVER_ID = 4_100_000_001  # the id our reader announces; must differ from every real replica's
 
@@ -292,10 +293,15 @@ def _text(v: Any) -> str:
 
 def describe_lag(source_url: str, replica_url: str) -> str | None:
     """`etl status`: how far the replica's binlog cursor is behind the source's log (bytes, and seconds
-    since the cursor last moved when bytes remain); None when binlog mode is not in use."""
-    from tasks.connections import create_engine
+    since the cursor last moved when bytes remain); None when binlog mode is not in use or nothing has
+    been synced yet (no replica database, no cursor table, no cursor row); otherwise one line naming
+    the database that could not be read and the server's reason."""
+    from tasks.connections import create_engine, describe_url
+    from tasks.errors import redact
 
+    source_db = make_url(source_url).database or ""
     src, rep = create_engine("source", source_url, pool_size=1), create_engine("replica", replica_url, pool_size=1)
+    role, url = "replica", replica_url
     try:
         with rep.connect() as rc:
             cur = rc.connection.driver_connection.cursor()
@@ -303,7 +309,6 @@ def describe_lag(source_url: str, replica_url: str) -> str | None:
                         "AND TABLE_NAME = %s", (CURSOR,))
             if not cur.fetchone()[0]:
                 return None
-            source_db = make_url(source_url).database or ""
             saved = load_cursor(cur, source_db)
             cur.execute(f"SELECT TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)) FROM {mysql_ident(CURSOR)} "
                         "WHERE source_db = %s", (source_db,))
@@ -311,6 +316,7 @@ def describe_lag(source_url: str, replica_url: str) -> str | None:
             rc.rollback()
         if saved is None or row is None:
             return None
+        role, url = "source", source_url
         with src.connect() as sc:
             scur = sc.connection.driver_connection.cursor()
             now = binlog_source.current_position(scur)
@@ -320,7 +326,13 @@ def describe_lag(source_url: str, replica_url: str) -> str | None:
         seconds = int(row[0]) if behind else 0
         return f"binlog lag of {source_db}: {behind} bytes, {seconds} s (read up to {saved[1]}, server at {now})"
     except Exception as e:  # noqa: BLE001 - status still shows the runs
-        return f"binlog lag: unknown ({type(e).__name__})"
+        root = getattr(e, "orig", None) or e
+        if role == "replica" and getattr(root, "args", (None,))[0] == ER_BAD_DB_ERROR:
+            return None  # the first run creates the replica database: nothing synced yet
+        text = str(root).splitlines()[0] if str(root) else type(root).__name__
+        secrets = tuple(str(u.password) for u in (make_url(source_url), make_url(replica_url)) if u.password)
+        return (f"binlog lag of {source_db}: unknown, reading the {role} database at {describe_url(url)} "
+                f"failed: {redact(text, secrets)}")
     finally:
         src.dispose()
         rep.dispose()

@@ -1,9 +1,11 @@
-"""tasks/binlog_reader.ddl_markers: which statements of the log empty or replace a table (plain function)."""
+"""tasks/binlog_reader.ddl_markers: which statements of the log empty or replace a table (plain function);
+describe_lag (the `etl status` line) before the first sync and when the replica cannot be read (real server)."""
 from __future__ import annotations
 
 import pytest
 
-from tasks.binlog_reader import ddl_markers
+from tasks.binlog_reader import ddl_markers, describe_lag
+from tests.conftest import MYSQL
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -27,3 +29,27 @@ from tasks.binlog_reader import ddl_markers
 ])
 def test_ddl_markers(query, expected) -> None:
     assert ddl_markers(query, "db") == expected
+
+
+def test_lag_before_the_first_sync_is_none(etl_env) -> None:
+    """No replica database yet (the first run creates it), then a replica database without the cursor
+    table: nothing synced, so no lag line (it was `binlog lag: unknown (OperationalError)`)."""
+    assert describe_lag(etl_env.source_url, etl_env.replica_url) is None
+    conn = etl_env.mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{etl_env.replica_db}`")
+    finally:
+        conn.close()
+    assert describe_lag(etl_env.source_url, etl_env.replica_url) is None
+
+
+def test_lag_that_cannot_be_read_names_the_database_and_the_reason(etl_env) -> None:
+    """A refused login to the replica: one line naming the replica database and the server's reason,
+    never the password."""
+    bad = (f"mysql+pymysql://{MYSQL['user']}:n0tTh3pw@{MYSQL['host']}:{MYSQL['port']}/{etl_env.replica_db}")
+    line = describe_lag(etl_env.source_url, bad)
+    assert line is not None and "\n" not in line
+    assert line.startswith(f"binlog lag of {etl_env.source_db}: unknown, reading the replica database at "
+                           f"mysql {MYSQL['host']}:{MYSQL['port']}/{etl_env.replica_db} failed: "), line
+    assert "Access denied" in line and "n0tTh3pw" not in line
