@@ -109,7 +109,7 @@ def build_plan(settings: Settings, cfg: PipelineConfig, *, tables: list[str] | N
                     p.protection = watermarks.describe_protection(
                         trx, {c: schema.column(c).data_type for c in t.incremental_columns})
                 st = states.get(t.name)
-                p.watermark = st.describe() if st else None
+                p.watermark = describe_watermarks(st) if st else None
                 p.chunks = max(1, math.ceil((p.estimated_rows or 0) / t.batch_size)) if p.key else 1
                 has_state = st is not None and (mode != "binlog" or binlog_apply.SEQ in st.watermarks)
                 # checksum hook: as in tasks/sync.py, a state without the checksum log's sequence copies first
@@ -285,6 +285,24 @@ def _auto_method(replica: Endpoint, src_conn) -> str:  # noqa: ANN001
         return "server" if same else "stream"
     except Exception:  # noqa: BLE001 - the plan still shows everything else
         return "unknown (replica unreachable)"
+
+
+# The checksum and binlog modes keep their log sequence (and binlog mode the log position of its last
+# full copy, Position.encode: file number << 32 | offset) as state "watermarks" under internal names;
+# the plan says what they are.
+_INTERNAL = {
+    checksum_sync.SEQ: lambda v: f"checksum log at {v}",
+    binlog_apply.SEQ: lambda v: f"binlog change log at {v}",
+    binlog_apply.AT: lambda v: f"full copy at binlog file {int(v) >> 32:06d} offset {int(v) & 0xFFFFFFFF}",
+}
+
+
+def describe_watermarks(st: state.TableState) -> str | None:
+    """The plan's watermark column: change columns as `column=value`, a mode's log sequence in words
+    (`checksum log at 0`, not `_checksum_seq=0`)."""
+    logs = [_INTERNAL[c](v) for c, v in sorted(st.watermarks.items(), reverse=True) if c in _INTERNAL]
+    columns = state.TableState(watermarks={c: v for c, v in st.watermarks.items() if c not in _INTERNAL}).describe()
+    return ", ".join(logs + ([columns] if columns else [])) or None
 
 
 def render_plan(plan: Plan) -> str:

@@ -159,7 +159,15 @@ def test_plan_shows_the_saved_and_current_position_and_the_bytes_to_read(bl_env,
     saved, rest = line.split("saved position ")[1].split(", server position ")
     current, nbytes = rest.split(", ")
     assert saved != current and int(nbytes.split()[0]) > 0
-    assert "binlog" in next(x for x in out.splitlines() if " patient " in x)
+    row = next(x for x in out.splitlines() if " patient " in x)
+    assert "binlog" in row
+    rep = bl_env.mysql(bl_env.replica_db)
+    with rep.cursor() as cur:
+        cur.execute("SELECT wm_int FROM _etl_state WHERE table_name = 'patient' AND column_name = '_binlog_seq'")
+        (seq,) = cur.fetchone()
+    rep.close()
+    assert f"binlog change log at {seq}, full copy at binlog file 0" in row  # the saved state, in words
+    assert "_binlog_seq" not in out and "_binlog_at" not in out
     assert bl_env.run() == 0
     assert_all_copies_equal(bl_env)
 

@@ -74,6 +74,24 @@ def test_plan_exits_1_when_a_table_would_fail(etl_env, capsys) -> None:
     assert main(["plan", "--tables", "patient"]) == 0
 
 
+def test_plan_names_the_checksum_log_not_its_state_column(etl_env, capsys) -> None:
+    """After a checksum-mode run the plan's watermark column says `checksum log at N` (N the sequence
+    the replica's state holds), not the internal `_checksum_seq=N`."""
+    etl_env.source_sql(SOURCE)
+    etl_env.write_config(CONFIG.replace("primary_key: [id]}", "primary_key: [id], mode: checksum}"))
+    assert etl_env.run() == 0
+    rep = etl_env.mysql(etl_env.replica_db)
+    with rep.cursor() as cur:
+        cur.execute("SELECT wm_int FROM _etl_state WHERE table_name = 'patient' AND column_name = '_checksum_seq'")
+        (seq,) = cur.fetchone()
+    rep.close()
+    capsys.readouterr()
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert f"checksum log at {seq}" in next(x for x in out.splitlines() if " patient " in x)
+    assert "_checksum_seq" not in out
+
+
 def test_run_with_a_wrong_password_ends_in_one_line_without_traceback(etl_env, prefect_harness, monkeypatch,
                                                                       capfd) -> None:
     etl_env.source_sql(SOURCE)
