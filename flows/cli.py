@@ -149,7 +149,7 @@ def _plan_one(settings: Settings, args: argparse.Namespace, *, urls=None, clinic
     print(render_plan(plan))
     bad = [p.table for p in plan.tables if p.problems]
     if bad:
-        print(f"etl plan: {len(bad)} table(s) would fail: {', '.join(bad)} (see `why / problems` above)",
+        print(f"etl plan: {len(bad)} table(s) would fail: {', '.join(bad)} (see their `problems:` lines above)",
               file=sys.stderr)
         return 1
     return 0

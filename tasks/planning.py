@@ -306,11 +306,14 @@ def describe_watermarks(st: state.TableState) -> str | None:
 
 
 def render_plan(plan: Plan) -> str:
-    rows = []
+    rows, under = [], []
     for p in plan.tables:
         rows.append([p.group_order, p.group, p.workers, p.table, p.mode, p.estimated_rows, p.batch_size, p.chunks,
-                     ",".join(p.key) or "-", p.watermark or "-", p.deletes, p.protection,
-                     "; ".join(p.problems) if p.problems else p.reason])
+                     ",".join(p.key) or "-", p.watermark or "-", p.deletes])
+        # The long texts go on their own lines under the row, whole: as columns they made every row
+        # hundreds of characters wide.
+        under.append([f"problems: {'; '.join(p.problems)}" if p.problems else f"why: {p.reason}"]
+                     + ([f"protection: {p.protection}"] if p.protection != "-" else []))
     head = f"replica copy path: {plan.replica_method}; {len(plan.tables)} tables"
     bad = [p for p in plan.tables if p.problems]
     ddl = [f"  {p.table}: {readable(stmt)}" for p in plan.tables for stmt in p.ddl]
@@ -319,6 +322,6 @@ def render_plan(plan: Plan) -> str:
     tail += f"\n{plan.binlog}" if plan.binlog else ""
     tail += f"\n{plan.dbt}" if plan.dbt else ""
     return head + "\n" + format_table(
-        ["#", "group", "workers", "table", "mode", "rows to move", "batch", "chunks", "key", "watermark", "deletes",
-         "protection", "why / problems"], rows
+        ["#", "group", "workers", "table", "mode", "rows to move", "batch", "chunks", "key", "watermark", "deletes"],
+        rows, under=under,
     ) + tail

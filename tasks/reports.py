@@ -17,15 +17,18 @@ ERROR_CHARS = 120
 NOTES_CHARS = 96  # the probe's "unchanged" note fits; a longer one is cut with "…" here, `etl status --table T` shows it whole
 
 
-def format_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain-text table with right-aligned numbers."""
+def format_table(headers: list[str], rows: list[list[Any]], *, under: list[list[str]] | None = None) -> str:
+    """A plain-text table with right-aligned numbers; `under[i]` are lines printed, indented, below row i
+    (long text that would make every row as wide as its longest value)."""
     cells = [[_fmt(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows for i in range(len(headers))]
     def line(vals: list[str]) -> str:
         return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths))).rstrip()
     out = [line(headers), line(["-" * w for w in widths])]
-    out += [line(r) for r in cells]
+    for i, r in enumerate(cells):
+        out.append(line(r))
+        out += [f"    {text}" for text in (under[i] if under else [])]
     return "\n".join(out)
 
 

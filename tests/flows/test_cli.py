@@ -70,7 +70,8 @@ def test_plan_exits_1_when_a_table_would_fail(etl_env, capsys) -> None:
     assert main(["plan"]) == 1
     out = capsys.readouterr()
     assert "ghost" in out.out
-    assert out.err.strip().splitlines() == ["etl plan: 1 table(s) would fail: ghost (see `why / problems` above)"]
+    assert out.err.strip().splitlines() == [
+        "etl plan: 1 table(s) would fail: ghost (see their `problems:` lines above)"]
     assert main(["plan", "--tables", "patient"]) == 0
 
 
@@ -90,6 +91,33 @@ def test_plan_names_the_checksum_log_not_its_state_column(etl_env, capsys) -> No
     out = capsys.readouterr().out
     assert f"checksum log at {seq}" in next(x for x in out.splitlines() if " patient " in x)
     assert "_checksum_seq" not in out
+
+
+def test_plan_rows_fit_a_terminal_and_keep_every_text_whole(etl_env, capsys) -> None:
+    """The why and protection texts (hundreds of characters) go on indented lines under their table's
+    row, whole, as `build_plan` made them; the table rows themselves stay narrow."""
+    from config.models import load_pipeline_config
+    from config.settings import Settings
+    from tasks.planning import build_plan
+
+    etl_env.source_sql(SOURCE + "CREATE TABLE proc (id INT PRIMARY KEY, changed DATETIME NOT NULL, v INT);"
+                       "INSERT INTO proc VALUES (1, '2024-01-01 10:00:00', 1);")
+    etl_env.write_config(CONFIG + "  proc: {priority: critical, primary_key: [id], mode: incremental, "
+                                  "incremental_columns: [changed]}\n  ghost: {priority: critical, primary_key: [id]}\n")
+    # patient: first run (why), proc: incremental (why and protection), ghost: missing (problems)
+    assert etl_env.run("--tables", "proc") == 0
+    capsys.readouterr()
+    assert main(["plan"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    plan = build_plan(Settings(), load_pipeline_config(str(etl_env.config_path)), tables=None, full_refresh=False)
+    by_table = {p.table: p for p in plan.tables}
+    assert by_table["proc"].protection != "-" and len(by_table["proc"].reason) > 60
+    for name, p in by_table.items():
+        i = next(i for i, x in enumerate(lines) if f" {name} " in x and not x.startswith(" "))
+        assert len(lines[i]) <= 120, lines[i]
+        texts = [f"problems: {'; '.join(p.problems)}"] if p.problems else [f"why: {p.reason}"]
+        texts += [f"protection: {p.protection}"] if p.protection != "-" else []
+        assert lines[i + 1:i + 1 + len(texts)] == [f"    {t}" for t in texts]
 
 
 def test_run_with_a_wrong_password_ends_in_one_line_without_traceback(etl_env, prefect_harness, monkeypatch,
