@@ -5,13 +5,13 @@ Only information_schema and SHOW CREATE TABLE are used, both of which MySQL 8 an
 from __future__ import annotations
 
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tasks import once
 from tasks.errors import SchemaError
 from tasks.identifiers import execute, mysql_ident, mysql_qualified, readable, sql_text
 
@@ -388,33 +388,18 @@ class ServerIdentity:
         return bool(m) and tuple(int(x) for x in m.groups()) >= (8, 0, 20)
 
 
-_IDENTITIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def server_identity(conn: Connection) -> ServerIdentity:
     """Which server `conn` talks to: read once per DB-API connection (it cannot change under it)."""
-    raw = conn.connection.driver_connection
-    try:
-        found = _IDENTITIES.get(raw)
-    except TypeError:  # not weak-referenceable
-        found = None
-    if found is not None:
-        return found
-    r = conn.execute(sa.text("SELECT @@hostname, @@port, @@datadir, VERSION()")).one()
-    found = ServerIdentity(str(r[0]), int(r[1]), str(r[2]), str(r[3]))
-    try:
-        _IDENTITIES[raw] = found
-    except TypeError:
-        pass
-    return found
+    def read() -> ServerIdentity:
+        r = conn.execute(sa.text("SELECT @@hostname, @@port, @@datadir, VERSION()")).one()
+        return ServerIdentity(str(r[0]), int(r[1]), str(r[2]), str(r[3]))
+    return once.remembered(conn.connection.driver_connection, "server-identity", read)
 
 
 def ensure_database(conn: Connection, database: str, *, like_charset: str = "utf8mb4") -> None:
     """Create the database if it is missing. Looked up first: `CREATE DATABASE IF NOT EXISTS` waits for
     a metadata lock behind any DDL running in that database (a 20 s index build stalled a table).
     Once per connection and database (tasks/once.py): a run's database does not vanish under it."""
-    from tasks import once
-
     if not once.first_time(conn.connection.driver_connection, f"database:{database}"):
         return
     found = conn.exec_driver_sql("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",

@@ -1,4 +1,5 @@
-"""Bookkeeping DDL once per connection, not once per table and phase.
+"""Bookkeeping DDL once per connection, not once per table and phase (and facts a connection cannot
+change, read once: `remembered`).
 
 Every phase of every table made sure of its bookkeeping tables (`CREATE TABLE IF NOT EXISTS` for
 the state, checkpoint, pending-window and checksum-log tables, plus a look at their name columns'
@@ -16,9 +17,12 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 _seen: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_values: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -39,3 +43,19 @@ def forget(conn: Any, what: str) -> None:
     """The work marked done on `conn` did not stick (its transaction was rolled back): do it again next time."""
     with _lock:
         _seen.get(conn, set()).discard(what)
+
+
+def remembered(conn: Any, what: str, read: Callable[[], T]) -> T:
+    """`read()` the first time `what` is asked for on this DB-API connection, the same value after it
+    (a fact the connection cannot change under it, e.g. which server it talks to)."""
+    try:
+        with _lock:
+            held = _values.setdefault(conn, {})
+            if what in held:
+                return held[what]
+    except TypeError:  # not weak-referenceable (a test double): always read
+        return read()
+    value = read()
+    with _lock:
+        held[what] = value
+    return value
