@@ -213,6 +213,14 @@ class MetricsWriter:
     def clean(self, text: str | None) -> str | None:
         return None if text is None else redact(text, self.secrets)[:4000]
 
+    def _stored(self, column: str, value: Any) -> Any:
+        """A table row's value as stored: messages redacted, the note list as JSON of redacted notes."""
+        if column in ("error", "notes"):
+            return self.clean(value)
+        if column == "note_list" and value is not None:
+            return json.dumps([self.clean(n) for n in value])
+        return value
+
     def pipeline_started(self, *, tables_total: int, full_refresh: bool, replica_method: str,
                          prefect_run_name: str | None = None, prefect_run_url: str | None = None) -> None:
         self.mark_abandoned()
@@ -307,9 +315,7 @@ class MetricsWriter:
         cols = ("priority", "mode", "status", "worker", *[c for c in FINISHED_COLUMNS if c not in ("status", "mode")])
         values = []
         for table, row in batch.rows.items():
-            vals = [self.clean(row.get(c)) if c in ("error", "notes") else
-                    json.dumps([self.clean(n) for n in row[c]]) if c == "note_list" and row.get(c) is not None
-                    else row.get(c) for c in cols]
+            vals = [self._stored(c, row.get(c)) for c in cols]
             ended = row.get("_ended")
             # Times as the server's clock saw them: now() less how long ago they were, measured here.
             values.append((self.run_id, table, self.source, now - row["_started"],
@@ -382,8 +388,7 @@ class MetricsWriter:
             batch.finished(table, values)
             return
         cols = [k for k in values if k in FINISHED_COLUMNS]
-        vals = [self.clean(values[k]) if k in ("error", "notes")
-                else json.dumps([self.clean(n) for n in values[k]]) if k == "note_list" else values[k] for k in cols]
+        vals = [self._stored(k, values[k]) for k in cols]
         sets = ", ".join(f"{k} = %s" for k in cols)
         self._exec(
             f"UPDATE {SCHEMA}.table_runs SET ended_at = now(), {sets} WHERE run_id = %s AND table_name = %s",
