@@ -313,15 +313,14 @@ def differing_ranges(src_cur: Any, rep_cur: Any, *, source_sql: str, replica_sql
                 whole = Range(None, None, int(rep_cur.fetchone()[0]), 0, (0,))
                 if whole.replica_rows > leaf:  # (a smaller one is compared, then re-copied only if it differs)
                     result.replica_rows = whole.replica_rows
-                    leaves.extend(merge_adjacent(bis.bisect([whole])))
+                    leaves.extend(bis.bisect([whole]))
                     break
             d, differs = bis.compare(low, high, (n,))
             result.replica_rows += d.replica_rows
             if differs:
-                # One top-level range bisected at a time; its touching leaves kept as one range.
-                leaves.extend(merge_adjacent(bis.bisect([d])))
+                leaves.extend(bis.bisect([d]))  # one top-level range bisected at a time
             if high is None:
                 break
             low, n = high, n + 1
-    result.differing = merge_adjacent(leaves)
+    result.differing = merge_adjacent(leaves)  # key order: touching leaves as one range
     return result
