@@ -296,7 +296,7 @@ def describe_lag(source_url: str, replica_url: str) -> str | None:
     since the cursor last moved when bytes remain); None when binlog mode is not in use or nothing has
     been synced yet (no replica database, no cursor table, no cursor row); otherwise one line naming
     the database that could not be read and the server's reason."""
-    from tasks.connections import create_engine, describe_url
+    from tasks.connections import create_engine, describe_url, url_passwords
     from tasks.errors import redact
 
     source_db = make_url(source_url).database or ""
@@ -330,9 +330,8 @@ def describe_lag(source_url: str, replica_url: str) -> str | None:
         if role == "replica" and getattr(root, "args", (None,))[0] == ER_BAD_DB_ERROR:
             return None  # the first run creates the replica database: nothing synced yet
         text = str(root).splitlines()[0] if str(root) else type(root).__name__
-        secrets = tuple(str(u.password) for u in (make_url(source_url), make_url(replica_url)) if u.password)
         return (f"binlog lag of {source_db}: unknown, reading the {role} database at {describe_url(url)} "
-                f"failed: {redact(text, secrets)}")
+                f"failed: {redact(text, url_passwords(source_url, replica_url))}")
     finally:
         src.dispose()
         rep.dispose()

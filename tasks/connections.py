@@ -80,8 +80,20 @@ class EngineUrls:
 
     def secrets(self) -> tuple[str, ...]:
         """The passwords, for `redact` (the last guard on messages built elsewhere)."""
-        urls = (getattr(self, role) for role in ("source", "replica", "analytics"))
-        return tuple(str(u.password) for u in urls if isinstance(u, URL) and u.password)
+        return url_passwords(*(getattr(self, role) for role in ("source", "replica", "analytics")))
+
+
+def url_passwords(*urls: URL | str | None) -> tuple[str, ...]:
+    """The passwords of these URLs (parsed when given as text), for `redact`."""
+    out = []
+    for url in urls:
+        try:
+            u = url if isinstance(url, URL) or url is None else make_url(url)
+        except Exception:  # noqa: BLE001 - an unparsable URL has no password to find
+            continue
+        if u is not None and u.password:
+            out.append(str(u.password))
+    return tuple(out)
 
 
 def describe_url(url: URL | str) -> str:
