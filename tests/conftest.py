@@ -291,6 +291,59 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for job in ALONGSIDE.values():
         job.wait()
+    for ahead in AHEAD.values():
+        ahead.stop_if_unclaimed()
+
+
+class Ahead:
+    """A session resource (a server to start) started on a thread as soon as collection ends, so its
+    start overlaps the tests that run before the first one that needs it.
+
+    The directory that owns the resource registers it in its conftest's `pytest_collection_finish`
+    (only when a collected test uses its fixture); the fixture then `take`s what the thread made, or
+    the thread's error. Nothing it starts may touch the shared MariaDB (see Alongside): a Prefect
+    server on a PostgreSQL database of its own, a MariaDB server of its own. Whatever was started and
+    never taken is stopped at the session's end."""
+
+    def __init__(self, name: str, start, stop) -> None:  # noqa: ANN001 - callables
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.name, self._stop, self.taken = name, stop, False
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"etlt-ahead-{name}")
+        self._future = pool.submit(start)
+        pool.shutdown(wait=False)
+
+    def take(self):  # noqa: ANN201 - what `start` returned
+        self.taken = True
+        return self._future.result()
+
+    def stop_if_unclaimed(self) -> None:
+        if self.taken:
+            return
+        self.taken = True
+        try:
+            made = self._future.result()
+        except BaseException:  # noqa: BLE001 - nothing was made, so nothing to stop
+            return
+        self._stop(made)
+
+
+AHEAD: dict[str, Ahead] = {}
+
+
+def start_ahead(session: pytest.Session, fixture: str, start, stop) -> None:  # noqa: ANN001
+    """Start `start()` now on a thread if any collected test uses `fixture` (see Ahead)."""
+    if fixture in AHEAD or not any(fixture in getattr(i, "fixturenames", ()) for i in session.items):
+        return
+    AHEAD[fixture] = Ahead(fixture, start, stop)
+
+
+def take_ahead(fixture: str, start):  # noqa: ANN001, ANN201
+    """What the thread started for `fixture`, or `start()` now when nothing was started ahead."""
+    ahead = AHEAD.get(fixture)
+    if ahead is None or ahead.taken:
+        return start()
+    return ahead.take()
 
 
 @pytest.fixture(scope="session")

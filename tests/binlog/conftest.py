@@ -16,25 +16,36 @@ import pytest
 
 from tests import binlog_server as server_mod
 from tests.binlog_server import BinlogServer
-from tests.conftest import EtlEnv, env_in_use, new_env
+from tests.conftest import EtlEnv, env_in_use, new_env, start_ahead, take_ahead
 
 
 FOREIGN_TMP_FILE: dict[str, bool] = {}
+
+
+def _start_server() -> BinlogServer:
+    # A file named like the machine server's temporary tables, in /tmp: the start must leave it alone
+    # (tests/binlog/test_test_server.py reads whether it did).
+    marker = Path(tempfile.gettempdir()) / f"#sql-temptable-etlt-{os.urandom(4).hex()}.MAI"
+    marker.touch()
+    try:
+        return server_mod.start()
+    finally:
+        FOREIGN_TMP_FILE["survived"] = marker.exists()
+        marker.unlink(missing_ok=True)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The server (~15-30 s of mariadb-install-db and start-up) starts while the tests before tests/binlog
+    run (tests/conftest.Ahead); it is a server of its own, so it touches nothing they read."""
+    if server_mod.available():
+        start_ahead(session, "binlog_server", _start_server, BinlogServer.stop)
 
 
 @pytest.fixture(scope="session")
 def binlog_server() -> Iterator[BinlogServer]:
     if not server_mod.available():
         pytest.skip("mariadbd is not installed")
-    # A file named like the machine server's temporary tables, in /tmp: the start must leave it alone
-    # (tests/binlog/test_test_server.py reads whether it did).
-    marker = Path(tempfile.gettempdir()) / f"#sql-temptable-etlt-{os.urandom(4).hex()}.MAI"
-    marker.touch()
-    try:
-        server = server_mod.start()
-    finally:
-        FOREIGN_TMP_FILE["survived"] = marker.exists()
-        marker.unlink(missing_ok=True)
+    server = take_ahead("binlog_server", _start_server)
     try:
         yield server
     finally:

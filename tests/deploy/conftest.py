@@ -11,6 +11,7 @@ from the blocks. Everything is stopped by PID (process group) whatever happens.
 from __future__ import annotations
 
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from flows.dispatch import SOURCE_LIMIT
-from tests.conftest import PG, Alongside, EtlEnv, pg_connect, start_alongside
+from tests.conftest import PG, Alongside, EtlEnv, pg_connect, start_ahead, start_alongside, take_ahead
 from tests.deploy.prefect_server import ROOT, PrefectStack
 
 
@@ -28,11 +29,12 @@ def _pg_url(db: str) -> str:
     return f"postgresql+asyncpg://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
 
 
-@pytest.fixture(scope="package")
-def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectStack]:
+def _start_stack() -> PrefectStack:
+    """The server on its own PostgreSQL database, prefect.yaml deployed, two workers polling; stopped
+    (database dropped) by `_stop_stack`, and by itself when any step of this fails."""
     token = secrets.token_hex(4)
     db = f"etlt_{token}_prefect"
-    run_dir = tmp_path_factory.mktemp("prefect-stack")
+    run_dir = Path(tempfile.mkdtemp(prefix="etlt-prefect-stack-"))
     conn = pg_connect("postgres")
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{db}"')
@@ -41,6 +43,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectS
     t0 = time.monotonic()
     try:
         stack = PrefectStack.start(run_dir, db_url=_pg_url(db), pool=f"etlt-{token}")
+        stack.db = db
         stack.timings["server"] = time.monotonic() - t0
         stack.prefect("block", "register", "-m", "prefect_sqlalchemy")
         stack.prefect("work-pool", "create", stack.pool, "--type", "process")
@@ -56,16 +59,40 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectS
                                limit=1, wait=False)
         stack.wait_for_workers()
         stack.timings["total"] = time.monotonic() - t0
-        yield stack
+        return stack
+    except BaseException:
+        _stop_stack(stack, db)
+        raise
+
+
+def _stop_stack(stack: PrefectStack | None, db: str | None = None) -> None:
+    db = db or getattr(stack, "db", None)
+    try:
+        if stack is not None:
+            stack.stop()
+            shutil.rmtree(stack.run_dir, ignore_errors=True)
     finally:
-        try:
-            if stack is not None:
-                stack.stop()
-        finally:
+        if db:
             conn = pg_connect("postgres")
             with conn.cursor() as cur:
                 cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             conn.close()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The stack (~25-55 s: a server, five `prefect` commands, two workers) starts while the tests before
+    tests/deploy run (tests/conftest.Ahead). It writes only its own PostgreSQL database; the workers
+    poll and run nothing until a test here starts a deployment."""
+    start_ahead(session, "prefect_stack", _start_stack, _stop_stack)
+
+
+@pytest.fixture(scope="package")
+def prefect_stack() -> Iterator[PrefectStack]:
+    stack = take_ahead("prefect_stack", _start_stack)
+    try:
+        yield stack
+    finally:
+        _stop_stack(stack)
 
 
 @pytest.fixture
