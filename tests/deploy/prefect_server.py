@@ -286,15 +286,24 @@ class PrefectStack:
                            + "\n".join(p.tail() for p in self.workers))
 
     def stop(self) -> None:
-        """Worker first (with any flow run it started), then the server. Safe to call twice."""
+        """The workers together (each with any flow run it started; one that outlives SIGTERM waits out
+        its grace beside the other, not after it), then the server. Safe to call twice."""
+        from concurrent.futures import ThreadPoolExecutor
+
         errors = []
-        for proc in (*self.workers, self.server):
-            if proc is None:
-                continue
+
+        def stop(proc: Proc) -> None:
             try:
                 proc.stop()
-            except Exception as e:  # noqa: BLE001 - stop the other one anyway
+            except Exception as e:  # noqa: BLE001 - stop the others anyway
                 errors.append(f"{proc.name}: {e!r}")
+
+        workers = [p for p in self.workers if p is not None]
+        if workers:
+            with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+                list(pool.map(stop, workers))
+        if self.server is not None:
+            stop(self.server)
         if errors:
             raise RuntimeError("; ".join(errors))
 
