@@ -292,16 +292,19 @@ class PrefectStack:
 
         errors = []
 
-        def stop(proc: Proc) -> None:
+        def stop(proc: Proc, grace: float = 20.0) -> None:
             try:
-                proc.stop()
+                proc.stop(grace)
             except Exception as e:  # noqa: BLE001 - stop the others anyway
                 errors.append(f"{proc.name}: {e!r}")
 
         workers = [p for p in self.workers if p is not None]
         if workers:
             with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-                list(pool.map(stop, workers))
+                # 5 s: a test's flow runs have ended by now; in a full suite run the workers sometimes
+                # outlive SIGTERM (alone they stop in 0.6 s; the cause is not found), and waiting 20 s
+                # for the SIGKILL bought nothing.
+                list(pool.map(lambda p: stop(p, 5.0), workers))
         if self.server is not None:
             stop(self.server)
         if errors:
