@@ -286,27 +286,26 @@ class PrefectStack:
                            + "\n".join(p.tail() for p in self.workers))
 
     def stop(self) -> None:
-        """The workers together (each with any flow run it started; one that outlives SIGTERM waits out
-        its grace beside the other, not after it), then the server. Safe to call twice."""
+        """The workers together, each with any flow run it started, then the server. Safe to call twice.
+
+        A worker gets 5 s after SIGTERM, not Proc.stop's 20: a test's flow runs have ended by now, and in a
+        full suite run the workers sometimes outlive SIGTERM (alone they stop in 0.6 s; the cause is not
+        found), so the longer grace only delayed the SIGKILL."""
         from concurrent.futures import ThreadPoolExecutor
 
         errors = []
 
-        def stop(proc: Proc, grace: float = 20.0) -> None:
+        def stop(proc: Proc, grace: float) -> None:
             try:
                 proc.stop(grace)
             except Exception as e:  # noqa: BLE001 - stop the others anyway
                 errors.append(f"{proc.name}: {e!r}")
 
-        workers = [p for p in self.workers if p is not None]
-        if workers:
-            with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-                # 5 s: a test's flow runs have ended by now; in a full suite run the workers sometimes
-                # outlive SIGTERM (alone they stop in 0.6 s; the cause is not found), and waiting 20 s
-                # for the SIGKILL bought nothing.
-                list(pool.map(lambda p: stop(p, 5.0), workers))
+        if self.workers:
+            with ThreadPoolExecutor(max_workers=len(self.workers)) as pool:
+                list(pool.map(lambda p: stop(p, 5.0), self.workers))
         if self.server is not None:
-            stop(self.server)
+            stop(self.server, 20.0)
         if errors:
             raise RuntimeError("; ".join(errors))
 

@@ -165,8 +165,8 @@ def _failed_nightly_run_page(page: Page, env, prefect_stack) -> None:  # noqa: A
     now = dt.datetime.now(dt.timezone.utc)
     prefect_stack.api("POST", f"/deployments/{nightly['id']}/schedule", json={
         "start_time": (now - dt.timedelta(hours=24)).isoformat(), "end_time": now.isoformat(), "max_runs": 1})
-    # Whatever its state: it is due at once, and a polling worker may already have taken it (a clean-clone
-    # run saw it Pending before this read). Only this test schedules runs, so it is the one auto-scheduled run.
+    # Whatever its state: it is due at once, and a polling worker may take it before this read (a clean-clone
+    # run's SCHEDULED filter found none). Only this test schedules runs, so it is the one auto-scheduled run.
     [scheduled] = [r for r in prefect_stack.api("POST", "/flow_runs/filter", json={
         "flow_runs": {"deployment_id": {"any_": [nightly["id"]]}}}) if r["auto_scheduled"]]
     run_id = scheduled["id"]
